@@ -1,0 +1,1 @@
+//! The chat client core (see the crate description).

@@ -1,0 +1,153 @@
+//! The envelope one node publishes on the bus for the others.
+//!
+//! An envelope is a small JSON header (who sent it, to which users, what it is) followed by the
+//! exact bytes of the [`crate::ws::ServerFrame`] the receiving nodes hand to their devices. The
+//! frame is serialized once, by the node that accepted the message, and never parsed again on
+//! the way: receivers read the header, look up local devices of the recipients, and share the
+//! frame bytes among them.
+//!
+//! Layout: `0xCB 0x01`, header length as u32 big-endian, header JSON, frame bytes.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::{ConvId, DeviceId, MessageId, Millis, NodeId, Seq, UserId};
+
+const MAGIC: [u8; 2] = [0xCB, 0x01];
+const PREFIX_LEN: usize = MAGIC.len() + 4;
+
+/// Largest header accepted when decoding (recipient lists of very large rooms fit easily).
+pub const MAX_HEADER_BYTES: usize = 8 * 1024 * 1024;
+
+/// What an envelope is about and who it is for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusHeader {
+    /// The node that published it.
+    pub origin: NodeId,
+    /// When the origin published it (for latency figures).
+    pub sent_at: Millis,
+    /// The users whose devices get the frame. Membership was checked by the origin.
+    pub recipients: Vec<UserId>,
+    /// What it carries.
+    pub kind: BusKind,
+}
+
+/// The kinds of envelope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BusKind {
+    /// A persisted conversation event; the frame is its `event` frame. Receivers deliver it in
+    /// `seq` order per device, drop repeats, and fetch any gap from the store.
+    Event {
+        /// The conversation.
+        conv: ConvId,
+        /// The event's position.
+        seq: Seq,
+        /// The event's id.
+        id: MessageId,
+    },
+    /// A live-only frame (typing, read marker, presence): delivered as it is, not replayed.
+    Live,
+    /// A device was revoked: close its sessions. No frame.
+    Revoke {
+        /// Whose device.
+        user: UserId,
+        /// Which device.
+        device: DeviceId,
+    },
+}
+
+/// A header and the frame it carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// Routing and bookkeeping.
+    pub header: BusHeader,
+    /// The frame for devices (empty for [`BusKind::Revoke`]).
+    pub frame: Bytes,
+}
+
+/// Why bytes from the bus are not an envelope.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    /// Too short, wrong magic, or a length past the end.
+    #[error("not an envelope: {0}")]
+    Framing(&'static str),
+    /// The header is not valid JSON of the right shape.
+    #[error("bad envelope header: {0}")]
+    Header(#[from] serde_json::Error),
+}
+
+impl Envelope {
+    /// Frames the envelope for the bus.
+    pub fn encode(&self) -> Bytes {
+        let header = serde_json::to_vec(&self.header).unwrap_or_default();
+        let mut out = BytesMut::with_capacity(PREFIX_LEN + header.len() + self.frame.len());
+        out.put_slice(&MAGIC);
+        out.put_u32(header.len() as u32);
+        out.put_slice(&header);
+        out.put_slice(&self.frame);
+        out.freeze()
+    }
+
+    /// Reads an envelope; the frame is a zero-copy slice of `bytes`.
+    pub fn decode(bytes: Bytes) -> Result<Envelope, EnvelopeError> {
+        if bytes.len() < PREFIX_LEN {
+            return Err(EnvelopeError::Framing("shorter than its prefix"));
+        }
+        if bytes[..2] != MAGIC {
+            return Err(EnvelopeError::Framing("wrong magic"));
+        }
+        let len = u32::from_be_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]) as usize;
+        if len > MAX_HEADER_BYTES || PREFIX_LEN + len > bytes.len() {
+            return Err(EnvelopeError::Framing("header length past the end"));
+        }
+        let header: BusHeader = serde_json::from_slice(&bytes[PREFIX_LEN..PREFIX_LEN + len])?;
+        Ok(Envelope {
+            header,
+            frame: bytes.slice(PREFIX_LEN + len..),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Result<Envelope, crate::ids::IdError> {
+        Ok(Envelope {
+            header: BusHeader {
+                origin: NodeId::new("node-a")?,
+                sent_at: 5,
+                recipients: vec![UserId(1), UserId(2)],
+                kind: BusKind::Event {
+                    conv: ConvId(9),
+                    seq: 3,
+                    id: MessageId(77),
+                },
+            },
+            frame: Bytes::from_static(br#"{"type":"event"}"#),
+        })
+    }
+
+    #[test]
+    fn round_trip() -> Result<(), Box<dyn std::error::Error>> {
+        let env = sample()?;
+        let decoded = Envelope::decode(env.encode())?;
+        assert_eq!(decoded, env);
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_garbage() -> Result<(), Box<dyn std::error::Error>> {
+        assert!(Envelope::decode(Bytes::from_static(b"xx")).is_err());
+        assert!(Envelope::decode(Bytes::from_static(b"\xCB\x02\0\0\0\0")).is_err());
+        assert!(Envelope::decode(Bytes::from_static(b"\xCB\x01\0\0\0\x09{}")).is_err());
+        let mut bytes = sample()?.encode().to_vec();
+        bytes[7] = b'!';
+        assert!(matches!(
+            Envelope::decode(Bytes::from(bytes)),
+            Err(EnvelopeError::Header(_))
+        ));
+        Ok(())
+    }
+}

@@ -1,0 +1,117 @@
+//! Structured events a node streams to observers (the lab) on `GET /trace`, one JSON object per
+//! WebSocket text message: each hop of a message through the node, and each change of a
+//! connection. Nodes produce them only while somebody listens, and sample messages by id
+//! (`?sample=N` keeps ids where `id % N == 0`) so that a sampled message is seen on every node it
+//! crosses.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ConvId, DeviceId, MessageId, NodeId, Seq, UserId};
+
+/// One observation on one node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceEvent {
+    /// Microseconds since the Unix epoch, on the node's clock.
+    pub at_us: i64,
+    /// The node that saw it.
+    pub node: NodeId,
+    /// What it saw.
+    pub what: Trace,
+}
+
+/// What a node saw.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Trace {
+    /// A message (event) went through one step here.
+    Hop {
+        /// Which step.
+        hop: Hop,
+        /// The message (event) id.
+        id: MessageId,
+        /// Its conversation.
+        conv: ConvId,
+        /// Its position.
+        seq: Seq,
+        /// The user concerned (sender when accepted, recipient when delivered).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<UserId>,
+        /// The device concerned.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<DeviceId>,
+        /// The other nodes: targets when published, origin when received.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        peers: Vec<NodeId>,
+    },
+    /// A device's connection changed, or a user's presence.
+    Conn {
+        /// What changed.
+        change: ConnChange,
+        /// Whose.
+        user: UserId,
+        /// Which device, when one is concerned.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<DeviceId>,
+    },
+    /// The node's own state changed.
+    Node {
+        /// What changed.
+        change: NodeChange,
+    },
+}
+
+/// Steps of a message through a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hop {
+    /// Persisted with its `seq` (on the node the sender is connected to).
+    Persisted,
+    /// The sending device got its ack.
+    Acked,
+    /// Handed to the bus for the nodes in `peers`.
+    Published,
+    /// Arrived from the bus, from the node in `peers`.
+    Received,
+    /// Written to a device's queue.
+    Delivered,
+    /// Fetched from the store to fill a gap in a device's sequence.
+    GapFilled,
+    /// Replayed from the store during a device's resync.
+    Replayed,
+    /// Published again by a node cleaning up after a dead node.
+    Recovered,
+}
+
+/// Connection and presence changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnChange {
+    /// A device connected and said hello.
+    Connected,
+    /// A device's session ended.
+    Gone,
+    /// The user came online (first device).
+    Online,
+    /// The user went offline (last device).
+    Offline,
+    /// The device was closed because its queue overflowed.
+    TooSlow,
+    /// The device was closed for flooding.
+    RateLimited,
+    /// The device was closed because it was revoked.
+    Revoked,
+}
+
+/// Changes of a node's own state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeChange {
+    /// Registered and serving.
+    Started,
+    /// Draining: moving devices away.
+    Draining,
+    /// Lost its connection to the bus.
+    BusDown,
+    /// Its connection to the bus is back.
+    BusUp,
+}

@@ -1,0 +1,85 @@
+//! How nodes hand each other envelopes: the fast path of cross-node delivery.
+//!
+//! [`Bus`] is the contract: `publish` an encoded [`protocol::bus::Envelope`] to some nodes (or
+//! all), and `subscribe` to the stream of envelopes for this node. Implementations: the
+//! controller-hosted bus of the embedded setup ([`crate::link::LinkClient`]), and, for many
+//! machines, RabbitMQ and Redis pub/sub. The behavioural suite in [`suite`] runs against each.
+//!
+//! The bus may lose or repeat an envelope when a broker or node fails; nothing relies on it
+//! alone. Receivers drop repeats by `seq`, fill gaps from the store, and a survivor publishes
+//! again what a dead node persisted (see `node::recovery`).
+//!
+//! Routing: in `routed` mode a node publishes an event only to the nodes that [`locate`]
+//! names for its recipients; in `fanout` mode to every node, as the design we started from did.
+//! Both deliver the same; the lab compares what they cost.
+//!
+//! [`locate`]: crate::registry::Registry::locate
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use protocol::NodeId;
+pub use protocol::link::Targets;
+use tokio::sync::mpsc;
+
+
+/// Which nodes get an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Routing {
+    /// Only nodes holding a device of a recipient.
+    #[default]
+    Routed,
+    /// Every node.
+    Fanout,
+}
+
+impl Routing {
+    /// "routed" or "fanout".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Routing::Routed => "routed",
+            Routing::Fanout => "fanout",
+        }
+    }
+}
+
+/// Why a bus call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// Not connected right now; the caller keeps the envelope and retries.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else.
+    #[error("bus failure: {0}")]
+    Internal(String),
+}
+
+/// Result of a bus call.
+pub type BusResult<T> = Result<T, BusError>;
+
+/// The envelopes for one node, in the order the bus hands them over. The stream ends only
+/// when the bus handle is dropped; across reconnects it simply continues.
+pub type Inbox = mpsc::Receiver<Bytes>;
+
+/// The bus contract.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// "embedded", "redis" or "amqp", for status pages.
+    fn kind(&self) -> &'static str;
+
+    /// Hands `envelope` to the bus for `targets`. Returns once the bus has accepted it
+    /// (publisher confirm where the bus has them); the envelope may still be lost if a target
+    /// node dies. Safe to call from many tasks at once.
+    async fn publish(&self, targets: &Targets, envelope: Bytes) -> BusResult<()>;
+
+    /// Starts receiving envelopes addressed to `node` (and fanout ones). Called once per node;
+    /// the implementation re-subscribes by itself after a reconnect.
+    async fn subscribe(&self, node: &NodeId) -> BusResult<Inbox>;
+
+    /// Whether the bus is connected right now (for health, metrics and the lab).
+    fn is_up(&self) -> bool;
+}
+
+/// The bus shared by a process's tasks.
+pub type SharedBus = Arc<dyn Bus>;

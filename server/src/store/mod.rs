@@ -1,0 +1,309 @@
+//! History and accounts: the durable half of the cluster. Every acknowledged event is here
+//! before its ack leaves the node, with its conversation's next `seq`; the bus is only the fast
+//! path, and a device's resync cursor against this store is the guarantee.
+//!
+//! [`Store`] is the contract; [`sqlite`] is the embedded implementation (one file shared by
+//! every process on the machine) and `postgres` the one for many machines. The behavioural
+//! suite in [`suite`] runs against each.
+//!
+//! Invariants every implementation keeps:
+//! - Per conversation, `seq` runs 1, 2, 3… without gaps or repeats, even with many writers in
+//!   many processes; an event with `seq = n` is visible only once every `seq < n` is.
+//! - `(sender, client_id)` is unique: appending it again returns the first event with
+//!   `duplicate = true` and stores nothing.
+//! - Membership changes happen in the same transaction as the member event that records them,
+//!   and the recipients returned with an event are the members right after it (a leaver gets
+//!   the event of their own leaving).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use protocol::http::{DeviceInfoState, RoomListing};
+use protocol::model::{Attachment, ConvKind, ConversationSummary, Event, MemberAction, MessageKind};
+use protocol::{AttachmentId, ClientMsgId, ConvId, DeviceId, MessageId, Millis, NodeId, Seq, UserId};
+
+pub mod sqlite;
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The thing asked for does not exist (or the caller may not know it exists).
+    #[error("not found")]
+    NotFound,
+    /// It exists already (a taken username).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The user is not a member of the conversation.
+    #[error("not a member of the conversation")]
+    NotMember,
+    /// Nobody in the caller's position may do this (edit someone else's message).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// Well-formed but unacceptable (attachment of another conversation, reply to nothing).
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// The database cannot be reached or is busy beyond patience; retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (a bug, corrupt data).
+    #[error("store failure: {0}")]
+    Internal(String),
+}
+
+/// Result of a store call.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A user as the store keeps them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserRecord {
+    /// The id.
+    pub id: UserId,
+    /// The unique name.
+    pub username: String,
+    /// Argon2 PHC string.
+    pub password_hash: String,
+    /// When registered.
+    pub created_at: Millis,
+}
+
+/// A device as the store keeps it. A token is valid for a device only while the device is
+/// active and the token's generation equals the device's: revoking bumps the generation, so
+/// every token issued before is refused for good, even after the device logs in again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// Whose.
+    pub user: UserId,
+    /// Which.
+    pub id: DeviceId,
+    /// Its name.
+    pub name: String,
+    /// First login.
+    pub created_at: Millis,
+    /// Last login.
+    pub last_login: Millis,
+    /// Active or revoked.
+    pub state: DeviceInfoState,
+    /// Token generation.
+    pub generation: i64,
+}
+
+/// A conversation's own row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConversationRecord {
+    /// The id.
+    pub id: ConvId,
+    /// Direct or room.
+    pub kind: ConvKind,
+    /// Room name (empty for direct conversations).
+    pub name: String,
+    /// Whether anyone may join.
+    pub public: bool,
+    /// Highest `seq`.
+    pub last_seq: Seq,
+    /// Who created it.
+    pub created_by: UserId,
+    /// When.
+    pub created_at: Millis,
+}
+
+/// A member's row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberRecord {
+    /// The member.
+    pub user: UserId,
+    /// Their name.
+    pub username: String,
+    /// The `seq` of the event that made them a member.
+    pub joined_seq: Seq,
+    /// Highest `seq` they marked read.
+    pub read_seq: Seq,
+}
+
+/// What a new event says, before the store gives it a `seq`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NewBody {
+    /// A message. The attachment must have been uploaded to the same conversation; `reply_to`
+    /// must be a message of the same conversation.
+    Message {
+        /// Its kind.
+        kind: MessageKind,
+        /// Its text.
+        text: String,
+        /// An uploaded attachment.
+        attachment: Option<AttachmentId>,
+        /// The message answered.
+        reply_to: Option<MessageId>,
+    },
+    /// Change the text of a message the sender sent (not deleted).
+    Edit {
+        /// The message.
+        target: MessageId,
+        /// Its new text.
+        text: String,
+    },
+    /// Delete a message the sender sent. Its text and attachment are dropped from history.
+    Delete {
+        /// The message.
+        target: MessageId,
+    },
+    /// Change membership of a room: `Joined` (sender = user, room public), `Invited` (sender a
+    /// member, user not), `Left` (sender = user, a member). `Created` is not accepted here.
+    Member {
+        /// What.
+        action: MemberAction,
+        /// Whom.
+        user: UserId,
+    },
+}
+
+/// An event to append.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewEvent {
+    /// Where.
+    pub conv: ConvId,
+    /// Its Snowflake id, made by the caller.
+    pub id: MessageId,
+    /// Server time of acceptance.
+    pub at: Millis,
+    /// Who.
+    pub sender: UserId,
+    /// From which device, if a device sent it.
+    pub device: Option<DeviceId>,
+    /// The client's id, for idempotency (unique per sender).
+    pub client_id: Option<ClientMsgId>,
+    /// What.
+    pub body: NewBody,
+    /// The node (or controller) that persists it, so that a survivor can publish again what a
+    /// dead node persisted but may not have published.
+    pub origin: NodeId,
+}
+
+/// A persisted event and who must get it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The event as devices get it.
+    pub event: Event,
+    /// The members right after the event.
+    pub recipients: Arc<[UserId]>,
+    /// True when `(sender, client_id)` was already stored: `event` is the first one.
+    pub duplicate: bool,
+}
+
+/// Which page of history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Page {
+    /// The newest events.
+    Latest,
+    /// Events with `seq` below this, newest first in selection, returned ascending.
+    Before(Seq),
+    /// Events with `seq` above this, ascending.
+    After(Seq),
+}
+
+/// An uploaded file with its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachmentBlob {
+    /// What messages show of it.
+    pub meta: Attachment,
+    /// Who uploaded it.
+    pub uploader: UserId,
+    /// When.
+    pub created_at: Millis,
+    /// The bytes.
+    pub data: Bytes,
+}
+
+/// The store contract. Implementations are cheap-to-clone handles shared across tasks.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// "sqlite" or "postgres", for status pages.
+    fn kind(&self) -> &'static str;
+
+    /// Registers a user. [`StoreError::Conflict`] if the name is taken.
+    async fn create_user(&self, username: &str, password_hash: &str, now: Millis) -> StoreResult<UserRecord>;
+    /// Looks a user up by name.
+    async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>>;
+    /// Looks a user up by id.
+    async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>>;
+
+    /// Records a login from a device: creates it, or renames and re-activates it (a revoked
+    /// device that logs in again is active again, with the generation it has now).
+    async fn login_device(&self, user: UserId, device: &DeviceId, name: &str, now: Millis) -> StoreResult<DeviceRecord>;
+    /// One device.
+    async fn device(&self, user: UserId, device: &DeviceId) -> StoreResult<Option<DeviceRecord>>;
+    /// All of a user's devices, most recent login first.
+    async fn devices(&self, user: UserId) -> StoreResult<Vec<DeviceRecord>>;
+    /// Revokes a device: state revoked, generation + 1. [`StoreError::NotFound`] if the user
+    /// has no such device.
+    async fn revoke_device(&self, user: UserId, device: &DeviceId) -> StoreResult<DeviceRecord>;
+
+    /// Finds or creates the direct conversation of `a` and `b` (a ≠ b). When it is created, its
+    /// first event (`Member { Created, user: a }`, id `created_id`) is returned too.
+    async fn open_direct(&self, a: UserId, b: UserId, created_id: MessageId, origin: &NodeId, now: Millis)
+        -> StoreResult<(ConvId, Option<Appended>)>;
+    /// Creates a room with its creator as only member, and its first event
+    /// (`Member { Created, user: creator }`, id `created_id`). Invite others with
+    /// [`Store::append`].
+    async fn create_room(&self, creator: UserId, name: &str, public: bool, created_id: MessageId, origin: &NodeId, now: Millis)
+        -> StoreResult<(ConvId, Appended)>;
+
+    /// Appends events in one transaction (group commit), in order. Each gets its own result;
+    /// a refusal of one (not a member, bad target…) does not affect the others. If the
+    /// transaction itself fails, every result is that error.
+    async fn append(&self, batch: Vec<NewEvent>) -> Vec<StoreResult<Appended>>;
+
+    /// The conversation's row.
+    async fn conversation(&self, conv: ConvId) -> StoreResult<Option<ConversationRecord>>;
+    /// Whether `user` is a member of `conv` now.
+    async fn is_member(&self, conv: ConvId, user: UserId) -> StoreResult<bool>;
+    /// `user`'s membership: the `seq` that made them a member, if they are one.
+    async fn joined_seq(&self, conv: ConvId, user: UserId) -> StoreResult<Option<Seq>>;
+    /// The members, by name.
+    async fn members(&self, conv: ConvId) -> StoreResult<Vec<MemberRecord>>;
+    /// Everyone who shares at least one conversation with `user` (not `user`).
+    async fn contacts(&self, user: UserId) -> StoreResult<Vec<UserId>>;
+    /// `user`'s conversations with last message, unread count and read markers, most recent
+    /// activity first.
+    async fn conversations_of(&self, user: UserId) -> StoreResult<Vec<ConversationSummary>>;
+    /// Public rooms whose name contains `query` (all when empty), by name, at most `limit`.
+    async fn public_rooms(&self, query: &str, limit: u32) -> StoreResult<Vec<RoomListing>>;
+
+    /// A page of events, ascending, with messages in their current state, and whether more
+    /// exist beyond it in the direction asked. Does not check membership.
+    async fn events(&self, conv: ConvId, page: Page, limit: u32) -> StoreResult<(Vec<Event>, bool)>;
+    /// Events a node persisted at or after `since`, with their recipients, ascending by time:
+    /// what a survivor publishes again when that node died.
+    async fn events_by_origin(&self, origin: &NodeId, since: Millis, limit: u32) -> StoreResult<Vec<Appended>>;
+
+    /// Moves `user`'s read marker in `conv` forward to `seq` (clamped to the last `seq`).
+    /// Returns the new marker if it moved, `None` if it was already there or beyond.
+    /// [`StoreError::NotMember`] if the user is not a member.
+    async fn mark_read(&self, conv: ConvId, user: UserId, seq: Seq) -> StoreResult<Option<Seq>>;
+
+    /// Stores an uploaded file. The caller has checked membership, size and type.
+    async fn put_attachment(&self, blob: AttachmentBlob) -> StoreResult<()>;
+    /// A file, bytes included.
+    async fn attachment(&self, id: &AttachmentId) -> StoreResult<Option<AttachmentBlob>>;
+}
+
+/// The store shared by a process's tasks.
+pub type SharedStore = Arc<dyn Store>;
+
+/// Opens the store named by `url`: `sqlite://PATH` (created if missing) or `postgres://…`.
+pub async fn open(url: &str) -> StoreResult<SharedStore> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        return sqlite::SqliteStore::open(path).await;
+    }
+    #[cfg(feature = "postgres")]
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(postgres::PostgresStore::connect(url).await?));
+    }
+    Err(StoreError::Invalid(format!(
+        "unsupported store URL {url:?} (expected sqlite://PATH{})",
+        if cfg!(feature = "postgres") { " or postgres://…" } else { "; postgres needs the `postgres` feature" }
+    )))
+}
+
+#[cfg(feature = "postgres")]
+pub mod postgres;

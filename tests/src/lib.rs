@@ -1,0 +1,1 @@
+//! Shared helpers for the process-level tests in `tests/tests/`.
