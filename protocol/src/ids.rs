@@ -234,7 +234,10 @@ mod tests {
     fn message_id_is_a_string_on_the_wire() -> Result<(), serde_json::Error> {
         let id = MessageId(9_007_199_254_740_993);
         assert_eq!(serde_json::to_string(&id)?, "\"9007199254740993\"");
-        assert_eq!(serde_json::from_str::<MessageId>("\"9007199254740993\"")?, id);
+        assert_eq!(
+            serde_json::from_str::<MessageId>("\"9007199254740993\"")?,
+            id
+        );
         assert!(serde_json::from_str::<MessageId>("\"12x\"").is_err());
         Ok(())
     }
@@ -244,7 +247,10 @@ mod tests {
         assert!(DeviceId::new("laptop-1f3a.b_c").is_ok());
         assert_eq!(
             DeviceId::new(""),
-            Err(IdError::Length { kind: "device id", max: 64 })
+            Err(IdError::Length {
+                kind: "device id",
+                max: 64
+            })
         );
         assert!(DeviceId::new("a".repeat(65)).is_err());
         assert_eq!(

@@ -22,8 +22,8 @@ pub mod bus;
 pub mod http;
 pub mod ids;
 pub mod limits;
-pub mod model;
 pub mod link;
+pub mod model;
 pub mod trace;
 pub mod ws;
 

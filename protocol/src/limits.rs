@@ -68,9 +68,9 @@ pub const INITIAL_SYNC_EVENTS: u32 = 50;
 /// Usernames: 3 to 32 of `[a-z0-9_.-]`, starting with a letter or digit.
 pub fn username_valid(name: &str) -> bool {
     (3..=32).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+        })
         && name
             .bytes()
             .next()

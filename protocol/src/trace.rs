@@ -115,3 +115,24 @@ pub enum NodeChange {
     /// Its connection to the bus is back.
     BusUp,
 }
+
+/// Whether message `id` is in a `1 in n` sample. Every node decides the same for the same id,
+/// so a sampled message is traced on every hop of its way (ids are hashed first: their low
+/// bits are a per-millisecond counter, often zero).
+pub fn sampled(id: MessageId, n: u32) -> bool {
+    n <= 1 || ((id.0 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32).is_multiple_of(u64::from(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_keeps_about_one_in_n() {
+        let kept = (0..100_000i64)
+            .filter(|i| sampled(MessageId(i << 22), 10))
+            .count();
+        assert!((8_000..12_000).contains(&kept), "{kept}");
+        assert!(sampled(MessageId(12345), 1));
+    }
+}

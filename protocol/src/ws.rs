@@ -252,7 +252,10 @@ impl ErrorCode {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            ErrorCode::Unavailable | ErrorCode::RateLimited | ErrorCode::NoNode | ErrorCode::Internal
+            ErrorCode::Unavailable
+                | ErrorCode::RateLimited
+                | ErrorCode::NoNode
+                | ErrorCode::Internal
         )
     }
 }
@@ -350,7 +353,11 @@ impl ServerFrame {
     }
 
     /// An error frame.
-    pub fn error(code: ErrorCode, message: impl Into<String>, reference: Option<ClientMsgId>) -> Self {
+    pub fn error(
+        code: ErrorCode,
+        message: impl Into<String>,
+        reference: Option<ClientMsgId>,
+    ) -> Self {
         ServerFrame::Error(ErrorFrame {
             code,
             message: message.into(),
@@ -367,12 +374,15 @@ mod tests {
     #[test]
     fn hello_round_trips() -> Result<(), serde_json::Error> {
         let json = r#"{"type":"hello","v":1,"cursors":[{"conv":3,"seq":41}]}"#;
-        let frame = ClientFrame::parse(json.as_bytes()).map_err(|e| serde::de::Error::custom(e))?;
+        let frame = ClientFrame::parse(json.as_bytes()).map_err(serde::de::Error::custom)?;
         assert_eq!(
             frame,
             ClientFrame::Hello(Hello {
                 v: 1,
-                cursors: vec![Cursor { conv: ConvId(3), seq: 41 }]
+                cursors: vec![Cursor {
+                    conv: ConvId(3),
+                    seq: 41
+                }]
             })
         );
         assert_eq!(serde_json::to_string(&frame)?, json);
@@ -409,7 +419,10 @@ mod tests {
             ClientFrame::parse(br#"{"type":"read","conv":1,"seq":2,"extra":1}"#),
             Err(FrameError::Malformed(_))
         ));
-        assert!(matches!(ClientFrame::parse(b"[]"), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            ClientFrame::parse(b"[]"),
+            Err(FrameError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -6,6 +6,25 @@
 //! - [`store`]: history and accounts behind the `Store` trait (SQLite embedded, PostgreSQL).
 //! - [`registry`]: nodes, leases, loads and user locations behind the `Registry` trait.
 //! - [`bus`]: envelopes between nodes behind the `Bus` trait.
+//! - [`backends`]: choosing those implementations from URLs.
+//! - [`link`]: the node ↔ controller link of the embedded setup (registry and bus in the
+//!   controller).
+//! - [`route`]: recipients → target nodes → publishes.
+//! - [`recovery`]: publishing again what a dead node may not have published.
+//! - [`node`]: the chat node (sessions, delivery order, group commit, publisher).
+//! - [`controller`]: the controller's HTTP API and its background tasks.
+//! - [`auth`]: the cluster secret, password hashes and device-bound tokens.
+//! - [`ids`]: clocks and Snowflake ids; [`metrics`]: Prometheus; [`trace`]: hop events.
+pub mod auth;
+pub mod backends;
 pub mod bus;
+pub mod controller;
+pub mod ids;
+pub mod link;
+pub mod metrics;
+pub mod node;
+pub mod recovery;
 pub mod registry;
+pub mod route;
 pub mod store;
+pub mod trace;

@@ -23,7 +23,6 @@ use protocol::NodeId;
 pub use protocol::link::Targets;
 use tokio::sync::mpsc;
 
-
 /// Which nodes get an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Routing {

@@ -23,7 +23,9 @@ use async_trait::async_trait;
 use protocol::http::{AssignResponse, NodeState, NodeStatus};
 use protocol::{Millis, NodeId, UserId};
 
-
+pub mod memory;
+#[cfg(test)]
+pub mod suite;
 
 /// Default lease of a node: gone from answers this long after its last heartbeat.
 pub const DEFAULT_LEASE_MS: u64 = 5_000;
@@ -110,7 +112,12 @@ pub trait Registry: Send + Sync + 'static {
 
     /// A device of `user` connected on `node`, using `reservation` if it had one (the slot is
     /// then counted as a connection instead). Returns true if the user was offline before.
-    async fn attach(&self, node: &NodeId, user: UserId, reservation: Option<&str>) -> RegistryResult<bool>;
+    async fn attach(
+        &self,
+        node: &NodeId,
+        user: UserId,
+        reservation: Option<&str>,
+    ) -> RegistryResult<bool>;
     /// A device of `user` left `node`. Returns true if the user is now offline.
     async fn detach(&self, node: &NodeId, user: UserId) -> RegistryResult<bool>;
     /// For each user, in order, the nodes holding one of their devices.

@@ -20,8 +20,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use protocol::http::{DeviceInfoState, RoomListing};
-use protocol::model::{Attachment, ConvKind, ConversationSummary, Event, MemberAction, MessageKind};
-use protocol::{AttachmentId, ClientMsgId, ConvId, DeviceId, MessageId, Millis, NodeId, Seq, UserId};
+use protocol::model::{
+    Attachment, ConvKind, ConversationSummary, Event, MemberAction, MessageKind,
+};
+use protocol::{
+    AttachmentId, ClientMsgId, ConvId, DeviceId, MessageId, Millis, NodeId, Seq, UserId,
+};
 
 pub mod sqlite;
 
@@ -221,7 +225,12 @@ pub trait Store: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 
     /// Registers a user. [`StoreError::Conflict`] if the name is taken.
-    async fn create_user(&self, username: &str, password_hash: &str, now: Millis) -> StoreResult<UserRecord>;
+    async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        now: Millis,
+    ) -> StoreResult<UserRecord>;
     /// Looks a user up by name.
     async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>>;
     /// Looks a user up by id.
@@ -229,7 +238,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records a login from a device: creates it, or renames and re-activates it (a revoked
     /// device that logs in again is active again, with the generation it has now).
-    async fn login_device(&self, user: UserId, device: &DeviceId, name: &str, now: Millis) -> StoreResult<DeviceRecord>;
+    async fn login_device(
+        &self,
+        user: UserId,
+        device: &DeviceId,
+        name: &str,
+        now: Millis,
+    ) -> StoreResult<DeviceRecord>;
     /// One device.
     async fn device(&self, user: UserId, device: &DeviceId) -> StoreResult<Option<DeviceRecord>>;
     /// All of a user's devices, most recent login first.
@@ -240,13 +255,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// Finds or creates the direct conversation of `a` and `b` (a ≠ b). When it is created, its
     /// first event (`Member { Created, user: a }`, id `created_id`) is returned too.
-    async fn open_direct(&self, a: UserId, b: UserId, created_id: MessageId, origin: &NodeId, now: Millis)
-        -> StoreResult<(ConvId, Option<Appended>)>;
+    async fn open_direct(
+        &self,
+        a: UserId,
+        b: UserId,
+        created_id: MessageId,
+        origin: &NodeId,
+        now: Millis,
+    ) -> StoreResult<(ConvId, Option<Appended>)>;
     /// Creates a room with its creator as only member, and its first event
     /// (`Member { Created, user: creator }`, id `created_id`). Invite others with
     /// [`Store::append`].
-    async fn create_room(&self, creator: UserId, name: &str, public: bool, created_id: MessageId, origin: &NodeId, now: Millis)
-        -> StoreResult<(ConvId, Appended)>;
+    async fn create_room(
+        &self,
+        creator: UserId,
+        name: &str,
+        public: bool,
+        created_id: MessageId,
+        origin: &NodeId,
+        now: Millis,
+    ) -> StoreResult<(ConvId, Appended)>;
 
     /// Appends events in one transaction (group commit), in order. Each gets its own result;
     /// a refusal of one (not a member, bad target…) does not affect the others. If the
@@ -261,6 +289,16 @@ pub trait Store: Send + Sync + 'static {
     async fn joined_seq(&self, conv: ConvId, user: UserId) -> StoreResult<Option<Seq>>;
     /// The members, by name.
     async fn members(&self, conv: ConvId) -> StoreResult<Vec<MemberRecord>>;
+    /// The members' ids, for routing live frames (typing, read markers). Implementations
+    /// cache this by membership epoch; the default asks [`Store::members`].
+    async fn recipients(&self, conv: ConvId) -> StoreResult<Arc<[UserId]>> {
+        Ok(self
+            .members(conv)
+            .await?
+            .into_iter()
+            .map(|m| m.user)
+            .collect())
+    }
     /// Everyone who shares at least one conversation with `user` (not `user`).
     async fn contacts(&self, user: UserId) -> StoreResult<Vec<UserId>>;
     /// `user`'s conversations with last message, unread count and read markers, most recent
@@ -271,10 +309,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// A page of events, ascending, with messages in their current state, and whether more
     /// exist beyond it in the direction asked. Does not check membership.
-    async fn events(&self, conv: ConvId, page: Page, limit: u32) -> StoreResult<(Vec<Event>, bool)>;
+    async fn events(&self, conv: ConvId, page: Page, limit: u32)
+    -> StoreResult<(Vec<Event>, bool)>;
     /// Events a node persisted at or after `since`, with their recipients, ascending by time:
     /// what a survivor publishes again when that node died.
-    async fn events_by_origin(&self, origin: &NodeId, since: Millis, limit: u32) -> StoreResult<Vec<Appended>>;
+    async fn events_by_origin(
+        &self,
+        origin: &NodeId,
+        since: Millis,
+        limit: u32,
+    ) -> StoreResult<Vec<Appended>>;
 
     /// Moves `user`'s read marker in `conv` forward to `seq` (clamped to the last `seq`).
     /// Returns the new marker if it moved, `None` if it was already there or beyond.
@@ -295,15 +339,8 @@ pub async fn open(url: &str) -> StoreResult<SharedStore> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         return sqlite::SqliteStore::open(path).await;
     }
-    #[cfg(feature = "postgres")]
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(Arc::new(postgres::PostgresStore::connect(url).await?));
-    }
     Err(StoreError::Invalid(format!(
         "unsupported store URL {url:?} (expected sqlite://PATH{})",
-        if cfg!(feature = "postgres") { " or postgres://…" } else { "; postgres needs the `postgres` feature" }
+        "; PostgreSQL support is not built yet"
     )))
 }
-
-#[cfg(feature = "postgres")]
-pub mod postgres;

@@ -1,0 +1,657 @@
+//! The controller's HTTP routes. Every body is a `protocol::http` type; every failure an
+//! `ErrorBody` (see [`super::error`]). Membership changes are persisted as conversation events
+//! and published like messages, so every member device (the new member's included) learns of
+//! them in order.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use protocol::bus::BusKind;
+use protocol::http::{
+    AssignResponse, Attachment, ConversationsResponse, CreateRoomRequest, DeviceInfo,
+    DevicesResponse, DirectRequest, Health, HistoryPage, InviteRequest, LoginRequest,
+    LoginResponse, MembersResponse, NodesResponse, RegisterRequest, RoomsResponse, ServerInfo,
+    UserLookup,
+};
+use protocol::limits::{self, HISTORY_PAGE_MAX, NAME_MAX_CHARS};
+use protocol::model::{ConversationSummary, MemberAction, MemberInfo, UserInfo};
+use protocol::ws::ServerFrame;
+use protocol::{AttachmentId, ConvId, DeviceId, NodeId, UserId};
+use serde::Deserialize;
+
+use super::AppState;
+use super::error::{ApiError, Authed, Body, PathOf, QueryOf, RawBody};
+use crate::ids::now_ms;
+use crate::store::{Appended, AttachmentBlob, DeviceRecord, NewBody, NewEvent, Page};
+
+type Api<T> = Result<T, ApiError>;
+
+/// The routes, with their state.
+pub fn router(state: Arc<AppState>) -> Router {
+    let upload_limit = state.max_attachment_bytes as usize + 1;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(|| async { crate::metrics::render() }))
+        .route("/v1/info", get(info))
+        .route("/v1/auth/register", post(register))
+        .route("/v1/auth/login", post(login))
+        .route("/v1/devices", get(devices))
+        .route("/v1/devices/{device}", delete(revoke))
+        .route("/v1/assign", get(assign))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/users/{username}", get(user))
+        .route("/v1/conversations", get(conversations))
+        .route("/v1/conversations/direct", post(direct))
+        .route("/v1/conversations/{id}", get(conversation))
+        .route("/v1/conversations/{id}/members", get(members))
+        .route("/v1/conversations/{id}/events", get(history))
+        .route(
+            "/v1/conversations/{id}/attachments",
+            post(upload).layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route("/v1/attachments/{id}", get(download))
+        .route("/v1/rooms", post(create_room).get(rooms))
+        .route("/v1/rooms/{id}/join", post(join))
+        .route("/v1/rooms/{id}/invite", post(invite))
+        .route("/v1/rooms/{id}/leave", post(leave))
+        .route("/internal/link", get(super::link))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .with_state(state)
+}
+
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        role: "controller".into(),
+        node: None,
+    })
+}
+
+async fn info(State(s): State<Arc<AppState>>) -> Json<ServerInfo> {
+    Json(ServerInfo {
+        version: env!("CARGO_PKG_VERSION").into(),
+        protocol: protocol::PROTOCOL_VERSION,
+        max_attachment_bytes: s.max_attachment_bytes,
+        attachment_types: limits::ATTACHMENT_TYPES
+            .iter()
+            .map(|t| (*t).to_owned())
+            .collect(),
+        max_text_bytes: limits::MAX_TEXT_BYTES,
+        max_frame_bytes: limits::MAX_FRAME_BYTES,
+        backends: s.backends.clone(),
+    })
+}
+
+async fn register(
+    State(s): State<Arc<AppState>>,
+    Body(req): Body<RegisterRequest>,
+) -> Api<(StatusCode, Json<UserInfo>)> {
+    if !limits::username_valid(&req.username) {
+        return Err(ApiError::Invalid(
+            "username: 3 to 32 of a-z, 0-9, '_', '.', '-', starting with a letter or digit".into(),
+        ));
+    }
+    if req.password.chars().count() < limits::PASSWORD_MIN_CHARS
+        || req.password.len() > limits::PASSWORD_MAX_BYTES
+    {
+        return Err(ApiError::Invalid(format!(
+            "password: at least {} characters, at most {} bytes",
+            limits::PASSWORD_MIN_CHARS,
+            limits::PASSWORD_MAX_BYTES
+        )));
+    }
+    let hash = s.passwords.hash(req.password).await?;
+    let user = s
+        .store
+        .create_user(&req.username, &hash, now_ms())
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Conflict(_) => {
+                ApiError::Conflict("that username is taken".into())
+            }
+            other => other.into(),
+        })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(UserInfo {
+            id: user.id,
+            username: user.username,
+        }),
+    ))
+}
+
+fn device_info(d: DeviceRecord, current: &DeviceId) -> DeviceInfo {
+    DeviceInfo {
+        current: d.id == *current,
+        id: d.id,
+        name: d.name,
+        created_at: d.created_at,
+        last_login: d.last_login,
+        state: d.state,
+    }
+}
+
+fn clean_name(name: &str, what: &str) -> Api<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > NAME_MAX_CHARS {
+        return Err(ApiError::Invalid(format!(
+            "{what}: 1 to {NAME_MAX_CHARS} characters"
+        )));
+    }
+    Ok(name.to_owned())
+}
+
+async fn login(
+    State(s): State<Arc<AppState>>,
+    Body(req): Body<LoginRequest>,
+) -> Api<Json<LoginResponse>> {
+    let name = clean_name(&req.device_name, "device name")?;
+    let wrong = || ApiError::Unauthorized("wrong username or password".into());
+    let user = s
+        .store
+        .user_by_name(&req.username)
+        .await?
+        .ok_or_else(wrong)?;
+    if req.password.len() > limits::PASSWORD_MAX_BYTES
+        || !s
+            .passwords
+            .verify(req.password, user.password_hash.clone())
+            .await?
+    {
+        return Err(wrong());
+    }
+    let now = now_ms();
+    let device = s
+        .store
+        .login_device(user.id, &req.device_id, &name, now)
+        .await?;
+    let (token, expires_at) =
+        s.keys
+            .issue(user.id, &user.username, &device, now, s.token_ttl_secs)?;
+    let current = device.id.clone();
+    Ok(Json(LoginResponse {
+        token,
+        user: UserInfo {
+            id: user.id,
+            username: user.username,
+        },
+        device: device_info(device, &current),
+        expires_at,
+    }))
+}
+
+async fn devices(State(s): State<Arc<AppState>>, Authed(me): Authed) -> Api<Json<DevicesResponse>> {
+    let list = s.store.devices(me.user).await?;
+    Ok(Json(DevicesResponse {
+        devices: list
+            .into_iter()
+            .map(|d| device_info(d, &me.device))
+            .collect(),
+    }))
+}
+
+async fn revoke(
+    State(s): State<Arc<AppState>>,
+    Authed(me): Authed,
+    PathOf(device): PathOf<String>,
+) -> Api<StatusCode> {
+    let device = DeviceId::new(device).map_err(|e| ApiError::Malformed(e.to_string()))?;
+    s.store
+        .revoke_device(me.user, &device)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NotFound => ApiError::NotFound("no such device".into()),
+            other => other.into(),
+        })?;
+    // Close its sockets wherever they are; a failure here still leaves its token dead.
+    let router = s.router.clone();
+    let user = me.user;
+    tokio::spawn(async move {
+        let kind = BusKind::Revoke { user, device };
+        if let Err(e) = router.publish(&[user], kind, Bytes::new()).await {
+            tracing::warn!(error = %e, "could not tell nodes about a revoked device");
+        }
+    });
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct AssignQuery {
+    #[serde(default)]
+    exclude: String,
+}
+
+async fn assign(
+    State(s): State<Arc<AppState>>,
+    _me: Authed,
+    QueryOf(q): QueryOf<AssignQuery>,
+) -> Api<Json<AssignResponse>> {
+    let exclude: Vec<NodeId> = q
+        .exclude
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| NodeId::new(p).ok())
+        .collect();
+    metrics::counter!("chat_assignments_total").increment(1);
+    s.router
+        .registry
+        .assign(&exclude)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NoNode)
+}
+
+async fn nodes(State(s): State<Arc<AppState>>) -> Api<Json<NodesResponse>> {
+    Ok(Json(NodesResponse {
+        nodes: s.router.registry.nodes().await?,
+        now: now_ms(),
+    }))
+}
+
+async fn user(
+    State(s): State<Arc<AppState>>,
+    _me: Authed,
+    PathOf(username): PathOf<String>,
+) -> Api<Json<UserLookup>> {
+    let u = s
+        .store
+        .user_by_name(&username)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
+    let online = !s.router.registry.online(&[u.id]).await?.is_empty();
+    Ok(Json(UserLookup {
+        user: UserInfo {
+            id: u.id,
+            username: u.username,
+        },
+        online,
+    }))
+}
+
+async fn conversations(
+    State(s): State<Arc<AppState>>,
+    Authed(me): Authed,
+) -> Api<Json<ConversationsResponse>> {
+    Ok(Json(ConversationsResponse {
+        conversations: s.store.conversations_of(me.user).await?,
+    }))
+}
+
+async fn summary_of(s: &AppState, user: UserId, conv: ConvId) -> Api<ConversationSummary> {
+    s.store
+        .conversations_of(user)
+        .await?
+        .into_iter()
+        .find(|c| c.id == conv)
+        .ok_or(ApiError::NotMember)
+}
+
+async fn conversation(
+    State(s): State<Arc<AppState>>,
+    Authed(me): Authed,
+    PathOf(id): PathOf<i64>,
+) -> Api<Json<ConversationSummary>> {
+    Ok(Json(summary_of(&s, me.user, ConvId(id)).await?))
+}
+
+/// Publishes a persisted event to every member device, in the background, retrying a while:
+/// the event is already durable, so the HTTP answer does not wait for the bus.
+fn publish_event(s: &AppState, appended: Appended) {
+    let router = s.router.clone();
+    let cancel = s.cancel.clone();
+    tokio::spawn(async move {
+        let ev = appended.event;
+        let frame = Bytes::from(ServerFrame::Event(ev.clone()).to_json());
+        let kind = BusKind::Event {
+            conv: ev.conv,
+            seq: ev.seq,
+            id: ev.id,
+        };
+        let mut delay = std::time::Duration::from_millis(100);
+        for _ in 0..8 {
+            match router
+                .publish(&appended.recipients, kind.clone(), frame.clone())
+                .await
+            {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "publishing a membership event failed; retrying")
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay *= 2;
+        }
+        tracing::error!(conv = %ev.conv, seq = ev.seq, "membership event not published; devices get it on resync");
+    });
+}
+
+async fn append_one(s: &AppState, conv: ConvId, sender: UserId, body: NewBody) -> Api<Appended> {
+    let event = NewEvent {
+        conv,
+        id: s.ids.next(),
+        at: now_ms(),
+        sender,
+        device: None,
+        client_id: None,
+        body,
+        origin: s.id.clone(),
+    };
+    let appended = s
+        .store
+        .append(vec![event])
+        .await
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::Internal("append returned nothing".into()))??;
+    publish_event(s, appended.clone());
+    Ok(appended)
+}
+
+async fn user_named(s: &AppState, username: &str) -> Api<UserId> {
+    Ok(s.store
+        .user_by_name(username)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no user named {username:?}")))?
+        .id)
+}
+
+async fn direct(
+    State(s): State<Arc<AppState>>,
+    Authed(me): Authed,
+    Body(req): Body<DirectRequest>,
+) -> Api<Json<ConversationSummary>> {
+    let other = user_named(&s, &req.username).await?;
+    if other == me.user {
+        return Err(ApiError::Invalid(
+            "a direct conversation needs another user".into(),
+        ));
+    }
+    let (conv, created) = s
+        .store
+        .open_direct(me.user, other, s.ids.next(), &s.id, now_ms())
+        .await?;
+    if let Some(appended) = created {
+        publish_event(&s, appended);
+    }
+    Ok(Json(summary_of(&s, me.user, conv).await?))
+}
+
+async fn create_room(
+    State(s): State<Arc<AppState>>,
+    Authed(me): Authed,
+    Body(req): Body<CreateRoomRequest>,
+) -> Api<(StatusCode, Json<ConversationSummary>)> {
+    let name = clean_name(&req.name, "room name")?;
+    let mut invitees = Vec::new();
+    for username in &req.members {
+        let id = user_named(&s, username).await?;
+        if id != me.user && !invitees.contains(&id) {
+            invitees.push(id);
+        }
+    }
+    let (conv, created) = s
+        .store
+        .create_room(me.user, &name, req.public, s.ids.next(), &s.id, now_ms())
+        .await?;
+    publish_event(&s, created);
+    for user in invitees {
+        append_one(
+            &s,
+            conv,
+            me.user,
+            NewBody::Member {
+                action: MemberAction::Invited,
+                user,
+            },
+        )
+        .await?;
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(summary_of(&s, me.user, conv).await?),
+    ))
+}
+
+#[derive(Deserialize)]
+struct RoomsQuery {
+    #[serde(default)]
+    q: String,
+}
+
+async fn rooms(
+    State(s): State<Arc<AppState>>,
+    _me: Authed,
+    QueryOf(q): QueryOf<RoomsQuery>,
+) -> Api<Json<RoomsResponse>> {
+    Ok(Json(RoomsResponse {
+        rooms: s.store.public_rooms(q.q.trim(), 100).await?,
+    }))
+}
+
+async fn join(
+    State(s): State<Arc<AppState>>,
+    Authed(me): Authed,
+    PathOf(id): PathOf<i64>,
+) -> Api<Json<ConversationSummary>> {
+    let conv = ConvId(id);
+    if !s.store.is_member(conv, me.user).await? {
+        append_one(
+            &s,
+            conv,
+            me.user,
+            NewBody::Member {
+                action: MemberAction::Joined,
+                user: me.user,
+            },
+        )
+        .await?;
+    }
+    Ok(Json(summary_of(&s, me.user, conv).await?))
+}
+
+async fn invite(
+    State(s): State<Arc<AppState>>,
+    Authed(me): Authed,
+    PathOf(id): PathOf<i64>,
+    Body(req): Body<InviteRequest>,
+) -> Api<StatusCode> {
+    let user = user_named(&s, &req.username).await?;
+    append_one(
+        &s,
+        ConvId(id),
+        me.user,
+        NewBody::Member {
+            action: MemberAction::Invited,
+            user,
+        },
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn leave(
+    State(s): State<Arc<AppState>>,
+    Authed(me): Authed,
+    PathOf(id): PathOf<i64>,
+) -> Api<StatusCode> {
+    append_one(
+        &s,
+        ConvId(id),
+        me.user,
+        NewBody::Member {
+            action: MemberAction::Left,
+            user: me.user,
+        },
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn must_be_member(s: &AppState, conv: ConvId, user: UserId) -> Api<()> {
+    if s.store.is_member(conv, user).await? {
+        Ok(())
+    } else {
+        Err(ApiError::NotMember)
+    }
+}
+
+async fn members(
+    State(s): State<Arc<AppState>>,
+    Authed(me): Authed,
+    PathOf(id): PathOf<i64>,
+) -> Api<Json<MembersResponse>> {
+    let conv = ConvId(id);
+    must_be_member(&s, conv, me.user).await?;
+    let list = s.store.members(conv).await?;
+    let ids: Vec<UserId> = list.iter().map(|m| m.user).collect();
+    let online = s.router.registry.online(&ids).await.unwrap_or_default();
+    Ok(Json(MembersResponse {
+        members: list
+            .into_iter()
+            .map(|m| MemberInfo {
+                online: online.contains(&m.user),
+                user: UserInfo {
+                    id: m.user,
+                    username: m.username,
+                },
+                read_seq: m.read_seq,
+                joined_seq: m.joined_seq,
+            })
+            .collect(),
+    }))
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    before: Option<u64>,
+    after: Option<u64>,
+    limit: Option<u32>,
+}
+
+async fn history(
+    State(s): State<Arc<AppState>>,
+    Authed(me): Authed,
+    PathOf(id): PathOf<i64>,
+    QueryOf(q): QueryOf<HistoryQuery>,
+) -> Api<Json<HistoryPage>> {
+    let conv = ConvId(id);
+    must_be_member(&s, conv, me.user).await?;
+    let page = match (q.before, q.after) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::Malformed("give before or after, not both".into()));
+        }
+        (Some(b), None) => Page::Before(b),
+        (None, Some(a)) => Page::After(a),
+        (None, None) => Page::Latest,
+    };
+    let limit = q.limit.unwrap_or(50).clamp(1, HISTORY_PAGE_MAX);
+    let (events, has_more) = s.store.events(conv, page, limit).await?;
+    Ok(Json(HistoryPage { events, has_more }))
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    name: Option<String>,
+}
+
+async fn upload(
+    State(s): State<Arc<AppState>>,
+    Authed(me): Authed,
+    PathOf(id): PathOf<i64>,
+    QueryOf(q): QueryOf<UploadQuery>,
+    headers: HeaderMap,
+    RawBody(data): RawBody,
+) -> Api<(StatusCode, Json<Attachment>)> {
+    let conv = ConvId(id);
+    must_be_member(&s, conv, me.user).await?;
+    let mime = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .trim()
+        .to_ascii_lowercase();
+    if !limits::attachment_type_allowed(&mime) {
+        return Err(ApiError::Invalid(format!(
+            "attachments of type {mime:?} are not accepted (accepted: {})",
+            limits::ATTACHMENT_TYPES.join(", ")
+        )));
+    }
+    if data.len() as u64 > s.max_attachment_bytes {
+        return Err(ApiError::TooLarge(format!(
+            "attachments are limited to {} bytes",
+            s.max_attachment_bytes
+        )));
+    }
+    if data.is_empty() {
+        return Err(ApiError::Invalid("the upload is empty".into()));
+    }
+    let name = q.name.unwrap_or_else(|| "file".into());
+    let name: String = name
+        .chars()
+        .filter(|c| !c.is_control() && *c != '/' && *c != '\\' && *c != '"')
+        .take(128)
+        .collect();
+    let name = if name.trim().is_empty() {
+        "file".to_owned()
+    } else {
+        name
+    };
+    let meta = Attachment {
+        id: AttachmentId::new(uuid::Uuid::new_v4().simple().to_string())
+            .map_err(|e| ApiError::Internal(e.to_string()))?,
+        name,
+        mime,
+        size: data.len() as u64,
+        conv,
+    };
+    s.store
+        .put_attachment(AttachmentBlob {
+            meta: meta.clone(),
+            uploader: me.user,
+            created_at: now_ms(),
+            data,
+        })
+        .await?;
+    metrics::counter!("chat_attachments_uploaded_total").increment(1);
+    Ok((StatusCode::CREATED, Json(meta)))
+}
+
+async fn download(
+    State(s): State<Arc<AppState>>,
+    Authed(me): Authed,
+    PathOf(id): PathOf<String>,
+) -> Api<Response> {
+    let id = AttachmentId::new(id).map_err(|_| ApiError::NotFound("no such attachment".into()))?;
+    let blob = s
+        .store
+        .attachment(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such attachment".into()))?;
+    must_be_member(&s, blob.meta.conv, me.user).await?;
+    let disposition = if blob.meta.mime.starts_with("image/") {
+        "inline"
+    } else {
+        "attachment"
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, blob.meta.mime.clone()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("{disposition}; filename=\"{}\"", blob.meta.name),
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+            (header::CACHE_CONTROL, "private, max-age=86400".to_owned()),
+        ],
+        blob.data,
+    )
+        .into_response())
+}

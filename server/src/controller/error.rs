@@ -1,0 +1,208 @@
+//! The controller's one error type at the HTTP edge, and the extractors that make every
+//! refusal (bad JSON, bad path, missing token) come out as an [`ErrorBody`] with the right
+//! status. Internal details are logged here and never sent to clients.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use protocol::http::ErrorBody;
+use protocol::ws::ErrorCode;
+
+use super::AppState;
+use crate::auth::{AuthError, HashError, Principal};
+use crate::registry::RegistryError;
+use crate::route::RouteError;
+use crate::store::StoreError;
+
+/// Every way an API call fails.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Not JSON, wrong shape, bad path or query.
+    #[error("{0}")]
+    Malformed(String),
+    /// Well-formed but not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// No token, a bad one, or wrong credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The device was revoked.
+    #[error("device revoked")]
+    Revoked,
+    /// Not a member of the conversation.
+    #[error("not a member of that conversation")]
+    NotMember,
+    /// Not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such thing.
+    #[error("{0}")]
+    NotFound(String),
+    /// Exists already.
+    #[error("{0}")]
+    Conflict(String),
+    /// Over a size limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// No live node to hand out.
+    #[error("no chat node is live")]
+    NoNode,
+    /// A backend is down; retry.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unexpected failure (logged, not sent).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ApiError::Malformed(_) => (StatusCode::BAD_REQUEST, ErrorCode::Malformed),
+            ApiError::Invalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::Invalid),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            ApiError::Revoked => (StatusCode::UNAUTHORIZED, ErrorCode::Revoked),
+            ApiError::NotMember => (StatusCode::FORBIDDEN, ErrorCode::NotMember),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge),
+            ApiError::NoNode => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NoNode),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
+        };
+        let message = match &self {
+            ApiError::Internal(detail) => {
+                tracing::error!(detail = %detail, "internal error");
+                "internal error".to_owned()
+            }
+            ApiError::Unavailable(detail) => {
+                tracing::warn!(detail = %detail, "backend unavailable");
+                "a backend is unavailable; retry shortly".to_owned()
+            }
+            other => other.to_string(),
+        };
+        (status, Json(ErrorBody::new(code, message))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ApiError::NotFound("not found".into()),
+            StoreError::Conflict(m) => ApiError::Conflict(m),
+            StoreError::NotMember => ApiError::NotMember,
+            StoreError::Forbidden(m) => ApiError::Forbidden(m),
+            StoreError::Invalid(m) => ApiError::Invalid(m),
+            StoreError::Unavailable(m) => ApiError::Unavailable(m),
+            StoreError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Unavailable(m) => ApiError::Unavailable(m),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<RouteError> for ApiError {
+    fn from(e: RouteError) -> Self {
+        ApiError::Unavailable(e.to_string())
+    }
+}
+
+impl From<HashError> for ApiError {
+    fn from(e: HashError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Missing => ApiError::Unauthorized("no token".into()),
+            AuthError::Invalid => ApiError::Unauthorized("invalid token".into()),
+            AuthError::Expired => ApiError::Unauthorized("token expired".into()),
+            AuthError::Revoked => ApiError::Revoked,
+            AuthError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        ApiError::Malformed(r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::Malformed(r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::Malformed(r.body_text())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge("the upload is larger than the server accepts".into())
+        } else {
+            ApiError::Malformed(r.body_text())
+        }
+    }
+}
+
+/// A JSON body whose rejection is an [`ApiError`].
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Body<T>(pub T);
+
+/// A path whose rejection is an [`ApiError`].
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct PathOf<T>(pub T);
+
+/// A query whose rejection is an [`ApiError`].
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct QueryOf<T>(pub T);
+
+/// Raw bytes whose rejection (including "too large") is an [`ApiError`].
+pub struct RawBody(pub bytes::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        Ok(RawBody(bytes::Bytes::from_request(req, state).await?))
+    }
+}
+
+/// The caller, from a bearer token checked against the store.
+pub struct Authed(pub Principal);
+
+impl FromRequestParts<Arc<AppState>> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
+        let token = crate::node::bearer(&parts.headers).ok_or(AuthError::Missing)?;
+        Ok(Authed(state.keys.verify(&*state.store, &token).await?))
+    }
+}

@@ -1,0 +1,234 @@
+//! The controller: accounts and devices, conversations and rooms, history pages,
+//! attachments, and the least-loaded answer that tells each client where to connect. In the
+//! embedded setup it also hosts the registry and the bus (see [`crate::link`]); with real
+//! backends it is stateless and off the path of chat messages.
+//!
+//! [`Controller::start`] serves the HTTP API ([`api`]) and runs the reaper: nodes whose lease
+//! lapsed (or whose link dropped) are removed, and what they may not have published is
+//! published again ([`crate::recovery`]).
+
+pub mod api;
+pub mod error;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use protocol::NodeId;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{HashCost, Passwords, Secret, TokenKeys};
+use crate::backends::{BackendError, BusChoice, RegistryChoice};
+use crate::bus::{Routing, SharedBus};
+use crate::ids::{Snowflakes, now_ms};
+use crate::link::{HubBus, LinkHub};
+use crate::registry::memory::{CONTROLLER_WORKER_ID, MemoryRegistry};
+use crate::registry::{DeadNode, SharedRegistry};
+use crate::route::Router;
+use crate::store::SharedStore;
+use error::ApiError;
+
+/// Everything the controller needs to start.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// Its id: the origin of the events it persists (membership changes).
+    pub id: NodeId,
+    /// The store URL.
+    pub store: String,
+    /// Registry backend.
+    pub registry: RegistryChoice,
+    /// Bus backend.
+    pub bus: BusChoice,
+    /// Routed or fanout.
+    pub routing: Routing,
+    /// Node lease (embedded registry).
+    pub lease_ms: u64,
+    /// The cluster secret.
+    pub secret: Secret,
+    /// Password hashing cost.
+    pub hash_cost: HashCost,
+    /// Largest attachment accepted.
+    pub max_attachment_bytes: u64,
+    /// Token lifetime.
+    pub token_ttl_secs: i64,
+}
+
+/// State shared by the handlers.
+pub struct AppState {
+    /// This controller.
+    pub id: NodeId,
+    /// History and accounts.
+    pub store: SharedStore,
+    /// Registry, bus and routing.
+    pub router: Router,
+    /// Token issuing and checks.
+    pub keys: TokenKeys,
+    /// Password hashing.
+    pub passwords: Passwords,
+    /// Ids of the events the controller persists.
+    pub ids: Snowflakes,
+    /// The embedded hub, when the controller hosts registry and bus.
+    pub hub: Option<Arc<LinkHub>>,
+    /// Checks node links.
+    pub secret: Secret,
+    /// Largest attachment.
+    pub max_attachment_bytes: u64,
+    /// Token lifetime.
+    pub token_ttl_secs: i64,
+    /// Backend names for `/v1/info`.
+    pub backends: protocol::http::Backends,
+    /// Stops background work.
+    pub cancel: CancellationToken,
+}
+
+/// A running controller.
+pub struct Controller {
+    http_url: String,
+    cancel: CancellationToken,
+    server: JoinHandle<()>,
+    reaper: JoinHandle<()>,
+}
+
+impl Controller {
+    /// Opens the backends and serves on `listener`.
+    pub async fn start(
+        listener: TcpListener,
+        config: ControllerConfig,
+    ) -> anyhow::Result<Controller> {
+        let addr = listener.local_addr()?;
+        let http_url = format!("http://{addr}");
+        let cancel = CancellationToken::new();
+        let store = crate::store::open(&config.store).await?;
+        let (dead_tx, dead_rx) = mpsc::unbounded_channel::<DeadNode>();
+        let (registry, bus, hub): (SharedRegistry, SharedBus, Option<Arc<LinkHub>>) =
+            match (&config.registry, &config.bus) {
+                (RegistryChoice::Embedded, BusChoice::Embedded) => {
+                    let memory = Arc::new(MemoryRegistry::new(config.lease_ms));
+                    let hub = LinkHub::new(memory.clone(), dead_tx.clone());
+                    (memory, Arc::new(HubBus(hub.clone())), Some(hub))
+                }
+                (RegistryChoice::Embedded, _) => return Err(BackendError::Mismatch.into()),
+                (RegistryChoice::Redis(url), _) => {
+                    return Err(BackendError::NotBuilt {
+                        what: "registry",
+                        url: url.clone(),
+                        feature: "redis",
+                    }
+                    .into());
+                }
+            };
+        crate::metrics::install();
+        let state = Arc::new(AppState {
+            id: config.id.clone(),
+            backends: protocol::http::Backends {
+                registry: config.registry.name().into(),
+                bus: format!("{} ({})", config.bus.name(), config.routing.as_str()),
+                store: store.kind().into(),
+            },
+            store,
+            router: Router {
+                me: config.id.clone(),
+                registry,
+                bus,
+                routing: config.routing,
+            },
+            keys: TokenKeys::new(&config.secret),
+            passwords: Passwords::new(config.hash_cost),
+            ids: Snowflakes::new(CONTROLLER_WORKER_ID),
+            hub,
+            secret: config.secret.clone(),
+            max_attachment_bytes: config.max_attachment_bytes,
+            token_ttl_secs: config.token_ttl_secs,
+            cancel: cancel.clone(),
+        });
+        let reaper = tokio::spawn(reap(state.clone(), dead_rx, config.lease_ms));
+        let app = api::router(state.clone());
+        let stop = cancel.clone();
+        let server = tokio::spawn(async move {
+            let serve = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "controller HTTP server failed");
+            }
+        });
+        tracing::info!(%http_url, registry = config.registry.name(), bus = config.bus.name(), routing = config.routing.as_str(), "controller serving");
+        Ok(Controller {
+            http_url,
+            cancel,
+            server,
+            reaper,
+        })
+    }
+
+    /// Its HTTP base URL.
+    pub fn http_url(&self) -> &str {
+        &self.http_url
+    }
+
+    /// Stops serving and stops the background tasks.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        // Open WebSocket links do not end by themselves; give the server a moment, then stop.
+        if tokio::time::timeout(Duration::from_secs(3), self.server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("controller connections still open at shutdown");
+        }
+        self.reaper.abort();
+        tracing::info!("controller stopped");
+    }
+}
+
+/// Removes nodes whose lease lapsed or whose link dropped, and cleans up after each.
+async fn reap(state: Arc<AppState>, mut dead_rx: mpsc::UnboundedReceiver<DeadNode>, lease_ms: u64) {
+    let period = Duration::from_millis((lease_ms / 4).clamp(50, 500));
+    loop {
+        let dead: Vec<DeadNode> = tokio::select! {
+            _ = state.cancel.cancelled() => return,
+            Some(d) = dead_rx.recv() => vec![d],
+            _ = tokio::time::sleep(period) => match state.router.registry.reap(now_ms()).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reap failed");
+                    continue;
+                }
+            },
+        };
+        for d in dead {
+            metrics::counter!("chat_nodes_reaped_total").increment(1);
+            tracing::warn!(node = %d.node, offline = d.went_offline.len(), "node gone; recovering");
+            tokio::spawn(crate::recovery::recover(
+                d,
+                state.store.clone(),
+                state.router.clone(),
+                state.cancel.clone(),
+            ));
+        }
+    }
+}
+
+/// `GET /internal/link`: a node's link, authenticated by the cluster secret.
+async fn link(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Some(hub) = state.hub.clone() else {
+        return ApiError::NotFound("this controller does not host the registry".into())
+            .into_response();
+    };
+    match crate::node::bearer(&headers) {
+        Some(s) if state.secret.matches(&s) => {}
+        _ => return ApiError::Unauthorized("bad cluster secret".into()).into_response(),
+    }
+    ws.max_message_size(16 * 1024 * 1024)
+        .max_frame_size(16 * 1024 * 1024)
+        .on_upgrade(move |socket| hub.serve(socket))
+}

@@ -1,0 +1,329 @@
+//! The controller's end of the link: serves `GET /internal/link`, answers registry requests
+//! from the in-process [`MemoryRegistry`], and forwards each publish to the links of its target
+//! nodes. A node whose link closes is removed from the registry at once and handed to the
+//! recovery task.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use axum::extract::ws::{Message, WebSocket};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use parking_lot::RwLock;
+use protocol::NodeId;
+use protocol::link::{LinkOp, LinkReply, LinkRequest, LinkServerFrame, Targets, decode_publish};
+use tokio::sync::{mpsc, watch};
+
+use crate::bus::{Bus, BusError, BusResult, Inbox};
+use crate::registry::memory::MemoryRegistry;
+use crate::registry::{DeadNode, Load, NodeInfo, Registry, RegistryError};
+
+/// Envelopes queued for one node before the hub starts dropping them (the store and the
+/// receivers' gap filling make up for a drop; a node this far behind is in trouble anyway).
+const NODE_QUEUE: usize = 65_536;
+
+struct NodeLink {
+    /// Distinguishes this connection from a later one of the same node.
+    conn: u64,
+    deliver: mpsc::Sender<Bytes>,
+}
+
+/// The hub: registry host and bus switch of the embedded setup.
+pub struct LinkHub {
+    registry: Arc<MemoryRegistry>,
+    links: RwLock<HashMap<NodeId, NodeLink>>,
+    next_conn: AtomicU64,
+    dead: mpsc::UnboundedSender<DeadNode>,
+}
+
+impl LinkHub {
+    /// A hub over `registry`; nodes that drop their link are sent to `dead`.
+    pub fn new(registry: Arc<MemoryRegistry>, dead: mpsc::UnboundedSender<DeadNode>) -> Arc<Self> {
+        Arc::new(LinkHub {
+            registry,
+            links: RwLock::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            dead,
+        })
+    }
+
+    /// Number of nodes with an open link.
+    pub fn linked(&self) -> usize {
+        self.links.read().len()
+    }
+
+    /// Hands an envelope to the links of its targets.
+    pub fn route(&self, targets: &Targets, envelope: &Bytes) {
+        let links = self.links.read();
+        let send = |id: &NodeId, link: &NodeLink| {
+            if link.deliver.try_send(envelope.clone()).is_err() {
+                metrics::counter!("chat_link_dropped_total").increment(1);
+                tracing::warn!(node = %id, "link queue full or closed; envelope dropped");
+            }
+        };
+        match targets {
+            Targets::All => links.iter().for_each(|(id, l)| send(id, l)),
+            Targets::Nodes(ids) => {
+                for id in ids {
+                    if let Some(l) = links.get(id) {
+                        send(id, l);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Serves one node's link until it closes.
+    pub async fn serve(self: Arc<Self>, socket: WebSocket) {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (mut sink, mut stream) = socket.split();
+        let (deliver_tx, mut deliver_rx) = mpsc::channel::<Bytes>(NODE_QUEUE);
+        let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<LinkServerFrame>();
+        let (ack_tx, mut ack_rx) = watch::channel(0u64);
+
+        // Writer: replies, publish acks (coalesced through the watch) and deliveries.
+        let writer = tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    biased;
+                    Some(reply) = reply_rx.recv() => text(&reply),
+                    Ok(()) = ack_rx.changed() => {
+                        let upto = *ack_rx.borrow_and_update();
+                        text(&LinkServerFrame::PubAck { upto })
+                    }
+                    Some(env) = deliver_rx.recv() => {
+                        if sink.feed(Message::Binary(env)).await.is_err() {
+                            break;
+                        }
+                        let mut more = 0;
+                        while more < 64 {
+                            match deliver_rx.try_recv() {
+                                Ok(env) => {
+                                    if sink.feed(Message::Binary(env)).await.is_err() {
+                                        return;
+                                    }
+                                    more += 1;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        if sink.flush().await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    else => break,
+                };
+                if sink.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+
+        let mut node: Option<NodeId> = None;
+        while let Some(Ok(msg)) = stream.next().await {
+            match msg {
+                Message::Text(t) => {
+                    let req: LinkRequest = match serde_json::from_str(t.as_str()) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "malformed link request; closing link");
+                            break;
+                        }
+                    };
+                    let reply = self.handle(&mut node, conn, &deliver_tx, req.op).await;
+                    if reply_tx
+                        .send(LinkServerFrame::Reply { id: req.id, reply })
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                Message::Binary(b) => {
+                    if node.is_none() {
+                        tracing::warn!("publish before register; closing link");
+                        break;
+                    }
+                    match decode_publish(b) {
+                        Ok(p) => {
+                            self.route(&p.targets, &p.envelope);
+                            metrics::counter!("chat_link_routed_total").increment(1);
+                            let _ = ack_tx.send(p.seq);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "bad publish frame; closing link");
+                            break;
+                        }
+                    }
+                }
+                Message::Close(_) => break,
+                Message::Ping(_) | Message::Pong(_) => {}
+            }
+        }
+        writer.abort();
+        if let Some(id) = node {
+            self.drop_link(&id, conn);
+        }
+    }
+
+    fn drop_link(&self, id: &NodeId, conn: u64) {
+        let mut links = self.links.write();
+        if links.get(id).is_some_and(|l| l.conn == conn) {
+            links.remove(id);
+            drop(links);
+            if let Some(dead) = self.registry.remove_node(id) {
+                tracing::info!(node = %id, offline = dead.went_offline.len(), "node link closed; node removed");
+                let _ = self.dead.send(dead);
+            }
+        }
+    }
+
+    async fn handle(
+        &self,
+        node: &mut Option<NodeId>,
+        conn: u64,
+        deliver: &mpsc::Sender<Bytes>,
+        op: LinkOp,
+    ) -> LinkReply {
+        let r = &*self.registry;
+        let me = match (&op, node.as_ref()) {
+            (LinkOp::Register { .. }, _) => None,
+            (_, Some(id)) => Some(id.clone()),
+            (_, None) => {
+                return LinkReply::Failed {
+                    message: "register first".into(),
+                };
+            }
+        };
+        let result: Result<LinkReply, RegistryError> = async {
+            Ok(match op {
+                LinkOp::Register {
+                    node: id,
+                    ws_url,
+                    http_url,
+                    started_at,
+                } => {
+                    let lease = r
+                        .register(&NodeInfo {
+                            id: id.clone(),
+                            ws_url,
+                            http_url,
+                            started_at,
+                        })
+                        .await?;
+                    self.links.write().insert(
+                        id.clone(),
+                        NodeLink {
+                            conn,
+                            deliver: deliver.clone(),
+                        },
+                    );
+                    *node = Some(id);
+                    LinkReply::Registered {
+                        worker_id: lease.worker_id,
+                        lease_ms: lease.lease_ms,
+                    }
+                }
+                LinkOp::Heartbeat {
+                    connections,
+                    unpublished_since,
+                } => {
+                    let id = me.as_ref().ok_or_else(not_registered)?;
+                    r.heartbeat(
+                        id,
+                        Load {
+                            connections,
+                            unpublished_since,
+                        },
+                    )
+                    .await?;
+                    LinkReply::Done
+                }
+                LinkOp::SetState { state } => {
+                    r.set_state(me.as_ref().ok_or_else(not_registered)?, state)
+                        .await?;
+                    LinkReply::Done
+                }
+                LinkOp::Deregister => {
+                    let id = me.as_ref().ok_or_else(not_registered)?;
+                    self.links.write().remove(id);
+                    r.deregister(id).await?;
+                    *node = None;
+                    LinkReply::Done
+                }
+                LinkOp::Attach { user, reservation } => LinkReply::Attached {
+                    first: r
+                        .attach(
+                            me.as_ref().ok_or_else(not_registered)?,
+                            user,
+                            reservation.as_deref(),
+                        )
+                        .await?,
+                },
+                LinkOp::Detach { user } => LinkReply::Detached {
+                    last: r
+                        .detach(me.as_ref().ok_or_else(not_registered)?, user)
+                        .await?,
+                },
+                LinkOp::Locate { users } => LinkReply::Located {
+                    nodes: r.locate(&users).await?,
+                },
+                LinkOp::Online { users } => LinkReply::Online {
+                    users: r.online(&users).await?,
+                },
+                LinkOp::Assign { exclude } => LinkReply::Assigned {
+                    assignment: r.assign(&exclude).await?,
+                },
+                LinkOp::Nodes => LinkReply::Nodes {
+                    nodes: r.nodes().await?,
+                },
+            })
+        }
+        .await;
+        result.unwrap_or_else(|e| LinkReply::Failed {
+            message: match e {
+                RegistryError::UnknownNode(_) => UNKNOWN_NODE.to_owned(),
+                other => other.to_string(),
+            },
+        })
+    }
+}
+
+/// The failure message that tells a node to register again.
+pub const UNKNOWN_NODE: &str = "unknown node";
+
+fn not_registered() -> RegistryError {
+    RegistryError::Internal("link not registered".into())
+}
+
+fn text(frame: &LinkServerFrame) -> Message {
+    Message::Text(serde_json::to_string(frame).unwrap_or_default().into())
+}
+
+/// The controller's own handle on the hub as a bus: what it publishes (membership events,
+/// revocations, recovery) goes straight to the node links.
+pub struct HubBus(pub Arc<LinkHub>);
+
+#[async_trait]
+impl Bus for HubBus {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn publish(&self, targets: &Targets, envelope: Bytes) -> BusResult<()> {
+        self.0.route(targets, &envelope);
+        Ok(())
+    }
+
+    async fn subscribe(&self, _node: &NodeId) -> BusResult<Inbox> {
+        Err(BusError::Internal(
+            "the controller's hub publishes only; nodes subscribe over the link".into(),
+        ))
+    }
+
+    fn is_up(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,240 @@
+//! The `server` binary: `server controller` or `server node`. Turns flags and environment into
+//! a config, starts the library's controller or node on its listener, prints the ready line
+//! a supervisor waits for, and drains on SIGTERM or Ctrl-C.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use protocol::NodeId;
+use protocol::http::ReadyLine;
+use server::auth::{HashCost, Secret};
+use server::backends::{BusChoice, RegistryChoice};
+use server::bus::Routing;
+use server::controller::{Controller, ControllerConfig};
+use server::node::{Fault, Node, NodeConfig, NodeLimits};
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(
+    name = "server",
+    version,
+    about = "Chat cluster: the controller and the chat node"
+)]
+struct Cli {
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// Accounts, conversations, attachments, the least-loaded answer; in the embedded setup
+    /// also the registry and the bus.
+    Controller(ControllerArgs),
+    /// A chat node: devices' WebSocket sessions and cross-node delivery.
+    Node(NodeArgs),
+}
+
+#[derive(Args)]
+struct Common {
+    /// Directory for the SQLite history and the cluster secret.
+    #[arg(long, env = "CHAT_DATA_DIR", default_value = ".chat-data")]
+    data_dir: PathBuf,
+    /// History store: sqlite://PATH or postgres://… (default: SQLite in the data dir).
+    #[arg(long, env = "CHAT_STORE")]
+    store: Option<String>,
+    /// Registry: embedded (in the controller) or redis://HOST:PORT.
+    #[arg(long, env = "CHAT_REGISTRY", default_value = "embedded")]
+    registry: String,
+    /// Bus between nodes: embedded (through the controller), redis://… or amqp://….
+    #[arg(long, env = "CHAT_BUS", default_value = "embedded")]
+    bus: String,
+    /// Routed (only nodes holding a recipient) or fanout (every node).
+    #[arg(long, env = "CHAT_ROUTING", value_enum, default_value_t = Routing::Routed)]
+    routing: Routing,
+    /// Node lease in milliseconds: a silent node is gone after this long.
+    #[arg(long, env = "CHAT_LEASE_MS", default_value_t = server::registry::DEFAULT_LEASE_MS)]
+    lease_ms: u64,
+}
+
+impl Common {
+    fn store_url(&self) -> String {
+        self.store
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("chat.db").display()))
+    }
+}
+
+#[derive(Args)]
+struct ControllerArgs {
+    /// Address to serve on (port 0 picks a free port).
+    #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+    #[command(flatten)]
+    common: Common,
+    /// Password hashing cost; `fast` is for test clusters only.
+    #[arg(long, env = "CHAT_PASSWORD_HASH", value_enum, default_value_t = HashCost::Standard)]
+    password_hash: HashCost,
+    /// Largest attachment accepted, in bytes.
+    #[arg(long, env = "CHAT_MAX_ATTACHMENT_BYTES", default_value_t = protocol::limits::MAX_ATTACHMENT_BYTES)]
+    max_attachment_bytes: u64,
+    /// Token lifetime in seconds.
+    #[arg(long, env = "CHAT_TOKEN_TTL_SECS", default_value_t = server::auth::TOKEN_TTL_SECS)]
+    token_ttl_secs: i64,
+    /// Controller id (the origin of the events it persists).
+    #[arg(long)]
+    id: Option<String>,
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// Address to serve on (port 0 picks a free port).
+    #[arg(long, env = "CHAT_NODE_LISTEN", default_value = "127.0.0.1:0")]
+    listen: String,
+    /// The controller's HTTP base (for the embedded registry and bus).
+    #[arg(long, env = "CHAT_CONTROLLER", default_value = "http://127.0.0.1:8080")]
+    controller: String,
+    #[command(flatten)]
+    common: Common,
+    /// Node id, unique for the life of the process (default: random).
+    #[arg(long)]
+    id: Option<String>,
+    /// Host to advertise in the node's URLs (default: the bound address).
+    #[arg(long)]
+    advertise_host: Option<String>,
+    /// Frames per second a device may send on average.
+    #[arg(long, default_value_t = protocol::limits::RATE_PER_SEC)]
+    rate_per_sec: u32,
+    /// Frames a device may send in a burst.
+    #[arg(long, default_value_t = protocol::limits::RATE_BURST)]
+    rate_burst: u32,
+    /// Frames queued per device before it is dropped as too slow.
+    #[arg(long, default_value_t = protocol::limits::DEVICE_QUEUE_FRAMES)]
+    queue_frames: usize,
+    /// How long a drain waits for devices and pending events, in milliseconds.
+    #[arg(long, default_value_t = 8_000)]
+    drain_timeout_ms: u64,
+    /// Fault injection for tests (crash-after-ack=N). Never in production.
+    #[arg(long, hide = true)]
+    fault: Option<Fault>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().role {
+        Role::Controller(args) => controller(args).await,
+        Role::Node(args) => node(args).await,
+    }
+}
+
+fn ready(line: ReadyLine) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", line.to_line())?;
+    out.flush()?;
+    Ok(())
+}
+
+async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let secret = Secret::load(&args.common.data_dir)?;
+    let id = args
+        .id
+        .unwrap_or_else(|| format!("controller-{}", std::process::id()));
+    let config = ControllerConfig {
+        id: NodeId::new(id)?,
+        store: args.common.store_url(),
+        registry: args.common.registry.parse::<RegistryChoice>()?,
+        bus: args.common.bus.parse::<BusChoice>()?,
+        routing: args.common.routing,
+        lease_ms: args.common.lease_ms,
+        secret,
+        hash_cost: args.password_hash,
+        max_attachment_bytes: args.max_attachment_bytes,
+        token_ttl_secs: args.token_ttl_secs,
+    };
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let controller = Controller::start(listener, config).await?;
+    ready(ReadyLine {
+        role: "controller".into(),
+        http_url: controller.http_url().to_owned(),
+        node: None,
+        ws_url: None,
+        pid: std::process::id(),
+    })?;
+    signal().await;
+    tracing::info!("stopping");
+    controller.shutdown().await;
+    Ok(())
+}
+
+async fn node(args: NodeArgs) -> anyhow::Result<()> {
+    let secret = Secret::load(&args.common.data_dir)?;
+    let id = args
+        .id
+        .unwrap_or_else(|| format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+    let config = NodeConfig {
+        id: NodeId::new(id)?,
+        controller: Some(args.controller),
+        store: args.common.store_url(),
+        registry: args.common.registry.parse::<RegistryChoice>()?,
+        bus: args.common.bus.parse::<BusChoice>()?,
+        routing: args.common.routing,
+        advertise_host: args.advertise_host,
+        secret,
+        limits: NodeLimits {
+            rate_per_sec: args.rate_per_sec,
+            rate_burst: args.rate_burst,
+            queue_frames: args.queue_frames,
+            ..NodeLimits::default()
+        },
+        fault: args.fault,
+        drain_timeout: Duration::from_millis(args.drain_timeout_ms),
+    };
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let node = Node::start(listener, config).await?;
+    ready(ReadyLine {
+        role: "node".into(),
+        http_url: node.http_url().to_owned(),
+        node: Some(node.id().clone()),
+        ws_url: Some(node.ws_url().to_owned()),
+        pid: std::process::id(),
+    })?;
+    signal().await;
+    tracing::info!("draining");
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Waits for SIGTERM or Ctrl-C.
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

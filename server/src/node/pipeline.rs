@@ -1,0 +1,279 @@
+//! The path of an accepted frame after its session: group commit into the store, then the ack,
+//! local delivery and publication.
+//!
+//! One committer task per node takes every append waiting (up to a batch) and writes them in one
+//! transaction: a lone message goes at once, a busy node writes hundreds per commit. After the
+//! commit, each event is serialized once; its ack goes to the sender's queue, its frame to
+//! every local recipient device, and a publish job to the publisher. The publisher resolves
+//! the targets of a whole batch with one registry call and publishes concurrently; it retries
+//! until the bus takes each envelope, and reports the oldest event it still holds so that a
+//! survivor knows where to start if this node dies.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use protocol::bus::BusKind;
+use protocol::trace::Hop;
+use protocol::ws::{Ack, ErrorCode, ServerFrame};
+use protocol::{ClientMsgId, Millis, UserId};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::devices::{DeviceSlot, Outbound, SharedEvent};
+use super::{Fault, NodeCtx};
+use crate::store::{Appended, NewEvent, StoreError};
+
+/// Most events in one commit.
+const MAX_BATCH: usize = 256;
+/// Most envelopes resolved and published together.
+const MAX_PUBLISH_BATCH: usize = 512;
+
+/// An event to persist for a device.
+pub struct AppendJob {
+    /// The event.
+    pub event: NewEvent,
+    /// The device that sent it (gets the ack or the error).
+    pub from: Arc<DeviceSlot>,
+    /// Its client id (for the error frame).
+    pub client_id: ClientMsgId,
+}
+
+/// A frame to publish to other nodes.
+pub struct PublishJob {
+    /// Who gets it.
+    pub recipients: Arc<[UserId]>,
+    /// What it is.
+    pub kind: BusKind,
+    /// The frame.
+    pub frame: Bytes,
+    /// When it was accepted (for the oldest-unpublished report).
+    pub at: Millis,
+}
+
+/// The error code a device sees for a store failure.
+pub fn store_error_code(e: &StoreError) -> ErrorCode {
+    match e {
+        StoreError::NotFound => ErrorCode::NotFound,
+        StoreError::Conflict(_) => ErrorCode::Conflict,
+        StoreError::NotMember => ErrorCode::NotMember,
+        StoreError::Forbidden(_) => ErrorCode::Forbidden,
+        StoreError::Invalid(_) => ErrorCode::Invalid,
+        StoreError::Unavailable(_) => ErrorCode::Unavailable,
+        StoreError::Internal(_) => ErrorCode::Internal,
+    }
+}
+
+/// What a device is told for a store failure (internals stay in the log).
+pub fn store_error_message(e: &StoreError) -> String {
+    match e {
+        StoreError::Internal(_) => "internal error".into(),
+        StoreError::Unavailable(_) => "history store unavailable; retry".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Runs the committer until its input closes; then returns (after the last batch).
+pub async fn run_committer(ctx: Arc<NodeCtx>, mut rx: mpsc::Receiver<AppendJob>) {
+    let mut jobs: Vec<AppendJob> = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+        let events: Vec<NewEvent> = jobs.iter().map(|j| j.event.clone()).collect();
+        let started = Instant::now();
+        let n = events.len();
+        let results = ctx.store.append(events).await;
+        metrics::histogram!("chat_store_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("chat_store_batch_size").record(n as f64);
+        for (job, result) in jobs.drain(..).zip(results) {
+            match result {
+                Ok(appended) => committed(&ctx, job, appended).await,
+                Err(e) => {
+                    if matches!(e, StoreError::Internal(_)) {
+                        tracing::error!(error = %e, "append failed");
+                    }
+                    metrics::counter!("chat_sends_refused_total").increment(1);
+                    let frame = ServerFrame::error(
+                        store_error_code(&e),
+                        store_error_message(&e),
+                        Some(job.client_id),
+                    );
+                    job.from
+                        .queue
+                        .push(Outbound::Live(Bytes::from(frame.to_json())));
+                }
+            }
+        }
+    }
+}
+
+async fn committed(ctx: &Arc<NodeCtx>, job: AppendJob, appended: Appended) {
+    let ev = &appended.event;
+    let ack = Bytes::from(
+        ServerFrame::Ack(Ack {
+            client_id: job.client_id,
+            conv: ev.conv,
+            seq: ev.seq,
+            id: ev.id,
+            at: ev.at,
+            duplicate: appended.duplicate,
+        })
+        .to_json(),
+    );
+    if !appended.duplicate {
+        metrics::counter!("chat_events_persisted_total").increment(1);
+        ctx.tracer.hop(
+            Hop::Persisted,
+            ev.id,
+            ev.conv,
+            ev.seq,
+            Some(ev.sender),
+            ev.device.as_ref(),
+            vec![],
+        );
+    }
+    if let Some(Fault::CrashAfterAck(n)) = ctx.fault
+        && ctx.acks.fetch_add(1, Ordering::Relaxed) + 1 == n
+    {
+        tracing::warn!(id = %ev.id, "fault injection: crashing after this ack, before publishing");
+        job.from.queue.push(Outbound::AckThenCrash(ack));
+        return;
+    }
+    job.from.queue.push(Outbound::Live(ack));
+    ctx.tracer.hop(
+        Hop::Acked,
+        ev.id,
+        ev.conv,
+        ev.seq,
+        Some(ev.sender),
+        ev.device.as_ref(),
+        vec![],
+    );
+    // A duplicate is delivered and published again too: the first attempt may have died
+    // between its ack and its publish. Receivers drop what they already have.
+    let shared = Arc::new(SharedEvent {
+        conv: ev.conv,
+        seq: ev.seq,
+        id: ev.id,
+        frame: Bytes::from(ServerFrame::Event(ev.clone()).to_json()),
+    });
+    let local = ctx.devices.deliver_event(&appended.recipients, &shared);
+    metrics::counter!("chat_deliveries_total").increment(local as u64);
+    let job = PublishJob {
+        recipients: appended.recipients.clone(),
+        kind: BusKind::Event {
+            conv: ev.conv,
+            seq: ev.seq,
+            id: ev.id,
+        },
+        frame: shared.frame.clone(),
+        at: ev.at,
+    };
+    if ctx.publish.send(job).await.is_err() {
+        tracing::warn!(id = %ev.id, "publisher gone; event stays for resync");
+    }
+}
+
+/// Oldest accepted-but-unpublished time, 0 for none.
+#[derive(Default)]
+pub struct Unpublished(AtomicI64);
+
+impl Unpublished {
+    /// The time, if any.
+    pub fn get(&self) -> Option<Millis> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+}
+
+/// Runs the publisher until its input closes and everything taken is published (or `cancel`
+/// fires while the bus is down).
+pub async fn run_publisher(
+    ctx: Arc<NodeCtx>,
+    mut rx: mpsc::Receiver<PublishJob>,
+    cancel: CancellationToken,
+) {
+    let mut jobs: Vec<PublishJob> = Vec::with_capacity(MAX_PUBLISH_BATCH);
+    while rx.recv_many(&mut jobs, MAX_PUBLISH_BATCH).await > 0 {
+        let oldest = jobs.iter().map(|j| j.at).min().unwrap_or(0);
+        ctx.unpublished.0.store(oldest, Ordering::Relaxed);
+        let mut delay = Duration::from_millis(50);
+        while !jobs.is_empty() {
+            match publish_batch(&ctx, &jobs).await {
+                Ok(()) => jobs.clear(),
+                Err((done, e)) => {
+                    // Keep only what failed; retry after a pause.
+                    let mut i = 0;
+                    jobs.retain(|_| {
+                        let keep = !done.get(i).copied().unwrap_or(false);
+                        i += 1;
+                        keep
+                    });
+                    metrics::counter!("chat_publish_retries_total").increment(1);
+                    tracing::warn!(error = %e, pending = jobs.len(), "publish failed; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => {
+                            tracing::warn!(lost = jobs.len(), "stopping with unpublished events; survivors' resync covers them");
+                            return;
+                        }
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        ctx.unpublished.0.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Publishes a batch; on failure says which jobs went out.
+async fn publish_batch(ctx: &NodeCtx, jobs: &[PublishJob]) -> Result<(), (Vec<bool>, String)> {
+    let lists: Vec<&[UserId]> = jobs.iter().map(|j| &j.recipients[..]).collect();
+    let targets = ctx
+        .router
+        .targets(&lists)
+        .await
+        .map_err(|e| (vec![false; jobs.len()], e.to_string()))?;
+    let sends = jobs.iter().zip(targets).map(|(job, targets)| async move {
+        let Some(targets) = targets else {
+            return Ok(());
+        };
+        let env = ctx
+            .router
+            .envelope(job.recipients.to_vec(), job.kind.clone(), job.frame.clone());
+        ctx.router.bus.publish(&targets, env).await?;
+        metrics::counter!("chat_bus_published_total").increment(1);
+        if let BusKind::Event { conv, seq, id } = &job.kind
+            && ctx.tracer.enabled()
+        {
+            let peers = match &targets {
+                protocol::link::Targets::Nodes(n) => n.clone(),
+                protocol::link::Targets::All => Vec::new(),
+            };
+            ctx.tracer
+                .hop(Hop::Published, *id, *conv, *seq, None, None, peers);
+        }
+        Ok::<(), crate::bus::BusError>(())
+    });
+    let results = futures::future::join_all(sends).await;
+    if results.iter().all(Result::is_ok) {
+        return Ok(());
+    }
+    let first = results
+        .iter()
+        .find_map(|r| r.as_ref().err().map(ToString::to_string))
+        .unwrap_or_default();
+    Err((results.iter().map(Result::is_ok).collect(), first))
+}
+
+/// Counts acks for fault injection.
+#[derive(Default)]
+pub struct AckCounter(AtomicU64);
+
+impl std::ops::Deref for AckCounter {
+    type Target = AtomicU64;
+    fn deref(&self) -> &AtomicU64 {
+        &self.0
+    }
+}

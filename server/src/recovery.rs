@@ -1,0 +1,125 @@
+//! Cleaning up after a dead node. A node acks an event once it is persisted and publishes it
+//! right after; if it dies in between, the event is in the store but on no bus. The survivor
+//! that reaps the node publishes again every event the dead node persisted since shortly before
+//! its oldest unpublished one (or its last heartbeat), and tells the contacts of users who went
+//! offline with it. Receivers drop what they already had, by `seq`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use protocol::bus::BusKind;
+use protocol::model::PresenceState;
+use protocol::ws::ServerFrame;
+use protocol::{Millis, UserId};
+use tokio_util::sync::CancellationToken;
+
+use crate::ids::now_ms;
+use crate::registry::DeadNode;
+use crate::route::Router;
+use crate::store::SharedStore;
+
+/// How far before the last sign of life to look: covers events accepted between the node's
+/// last heartbeat and its death, and heartbeats that were late.
+pub const MARGIN_MS: Millis = 5_000;
+
+/// Events published again per store page.
+const PAGE: u32 = 1_000;
+
+/// Republishes what `dead` may not have published, and corrects presence. Retries the store
+/// and the bus until `cancel` fires.
+pub async fn recover(
+    dead: DeadNode,
+    store: SharedStore,
+    router: Router,
+    cancel: CancellationToken,
+) {
+    let since = dead
+        .unpublished_since
+        .map_or(dead.last_heartbeat, |u| u.min(dead.last_heartbeat))
+        - MARGIN_MS;
+    let started = now_ms();
+    let mut cursor = since;
+    let mut republished = 0u64;
+    'pages: loop {
+        let page = match retry(&cancel, || store.events_by_origin(&dead.node, cursor, PAGE)).await {
+            Some(p) => p,
+            None => return,
+        };
+        let full = page.len() as u32 == PAGE;
+        for appended in &page {
+            cursor = cursor.max(appended.event.at);
+            let ev = &appended.event;
+            let frame = Bytes::from(ServerFrame::Event(ev.clone()).to_json());
+            let kind = BusKind::Event {
+                conv: ev.conv,
+                seq: ev.seq,
+                id: ev.id,
+            };
+            let recipients = appended.recipients.to_vec();
+            let ok = retry(&cancel, || {
+                router.publish(&recipients, kind.clone(), frame.clone())
+            })
+            .await;
+            if ok.is_none() {
+                break 'pages;
+            }
+            republished += 1;
+        }
+        if !full {
+            break;
+        }
+        // Events sharing the last page's final timestamp would be read again; that is harmless
+        // (receivers drop repeats) and guarantees none is skipped.
+    }
+    metrics::counter!("chat_recovered_events_total").increment(republished);
+    for user in &dead.went_offline {
+        let Some(contacts) = retry(&cancel, || store.contacts(*user)).await else {
+            return;
+        };
+        let frame = Bytes::from(
+            ServerFrame::Presence(PresenceState {
+                user: *user,
+                online: false,
+            })
+            .to_json(),
+        );
+        let _ = retry(&cancel, || {
+            router.publish(&contacts, BusKind::Live, frame.clone())
+        })
+        .await;
+    }
+    tracing::info!(
+        node = %dead.node,
+        republished,
+        went_offline = dead.went_offline.len(),
+        took_ms = now_ms() - started,
+        "cleaned up after a dead node"
+    );
+}
+
+/// Presence frame recipients never include the user themself; this helper is shared by nodes.
+pub fn presence_frame(user: UserId, online: bool) -> Bytes {
+    Bytes::from(ServerFrame::Presence(PresenceState { user, online }).to_json())
+}
+
+async fn retry<T, E, F, Fut>(cancel: &CancellationToken, mut f: F) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match f().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                tracing::warn!(error = %e, "recovery step failed; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
