@@ -589,3 +589,6 @@ fn connect_failure(node: NodeId, e: ConnectError) -> Disconnect {
         },
     }
 }
+
+#[cfg(test)]
+mod tests;
