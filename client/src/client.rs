@@ -150,6 +150,12 @@ impl Draft {
         self
     }
 
+    /// The outbox item for this message under `client_id`, for [`Client::enqueue`] and
+    /// [`Client::enqueue_and_wait`].
+    pub fn into_outgoing(self, client_id: ClientMsgId) -> Outgoing {
+        Outgoing::Send(self.into_send(client_id))
+    }
+
     fn into_send(self, client_id: ClientMsgId) -> SendMessage {
         SendMessage {
             conv: self.conv,
