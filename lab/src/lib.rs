@@ -1,1 +1,41 @@
-//! Local cluster supervisor.
+//! The lab's supervisor: starts, kills and watches local chat clusters (one controller and N
+//! nodes, each a real `server` process), for teaching clustering in front of a class and for
+//! the process-level tests in `tests/`.
+//!
+//! Code map:
+//! - [`process`]: one supervised child: spawn, ready line, log file, signals, reaping, and
+//!   the kill-on-drop that keeps tests from leaking servers.
+//! - [`cluster`]: [`ClusterConfig`] and [`Cluster`]: a controller plus node slots, and the
+//!   operations a class or a test performs on them (kill, stop, restart, add, shutdown).
+//! - [`find`]: where the `server` binary is.
+//! - [`status`]: asking the controller (`/healthz`, `/v1/nodes`), polling it until a condition
+//!   holds, and formatting what it says.
+//! - [`console`]: the interactive `lab up` session and `lab status` (the binary is a thin
+//!   wrapper around it).
+//!
+//! Invariant: the lab never sleeps and hopes. Every wait polls the process (its ready line, its
+//! exit) or the controller, and has a deadline whose error quotes the relevant log.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), lab::LabError> {
+//! use std::time::Duration;
+//! let mut cluster = lab::Cluster::start(lab::ClusterConfig::new(3)).await?;
+//! let victim = cluster.node(1)?.id;
+//! cluster.kill_node(1).await?;
+//! cluster.wait_node_gone(&victim, Duration::from_secs(10)).await?;
+//! cluster.restart_node(1).await?;
+//! cluster.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod cluster;
+pub mod console;
+mod error;
+pub mod find;
+pub mod process;
+pub mod status;
+
+pub use cluster::{Backends, Cluster, ClusterConfig, NodeInfo, ProcessState, Routing};
+pub use error::LabError;
+pub use process::Exit;
+pub use status::ControllerClient;

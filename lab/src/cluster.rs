@@ -1,0 +1,848 @@
+//! A local cluster: one controller and N chat nodes, each a supervised [`ServerProcess`],
+//! sharing a data dir and a secret.
+//!
+//! Nodes live in *slots*: slot 0 is named `n1`, slot 1 `n2`, and so on. The first process in a
+//! slot takes the slot's name as its node id; a restart gets a fresh id (`n1-r1`, `n1-r2`),
+//! because a node id is unique for the life of one process.
+//!
+//! Invariants:
+//! - `Cluster::start` returns only once the controller answers `/healthz` and every node is
+//!   live in `/v1/nodes`; each operation that starts a node returns only once it is live.
+//! - Dropping a `Cluster` SIGKILLs and reaps every process still running, nodes first, before
+//!   the data dir is removed.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use protocol::NodeId;
+use protocol::http::{NodeStatus, NodesResponse};
+use rand::Rng;
+
+use crate::LabError;
+use crate::process::{Exit, ProcessSpec, ServerProcess};
+use crate::status::ControllerClient;
+
+/// The environment variable every server process reads its secret from.
+pub const SECRET_ENV: &str = "CHAT_SECRET";
+
+/// How nodes route events to each other.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Routing {
+    /// Only to the nodes holding a recipient.
+    #[default]
+    Routed,
+    /// To every node, as the design we started from did.
+    Fanout,
+}
+
+impl Routing {
+    /// `routed` or `fanout`, as the server's `--routing` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Routing::Routed => "routed",
+            Routing::Fanout => "fanout",
+        }
+    }
+}
+
+impl FromStr for Routing {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "routed" => Ok(Routing::Routed),
+            "fanout" => Ok(Routing::Fanout),
+            other => Err(format!("unknown routing {other:?} (routed or fanout)")),
+        }
+    }
+}
+
+/// Which backends the servers use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backends {
+    /// History store URL (`sqlite://…`, `postgres://…`); `None` lets the server use SQLite in
+    /// the data dir.
+    pub store: Option<String>,
+    /// `embedded` or `redis://…`.
+    pub registry: String,
+    /// `embedded`, `redis://…` or `amqp://…`.
+    pub bus: String,
+    /// Routed or fanout.
+    pub routing: Routing,
+}
+
+impl Default for Backends {
+    fn default() -> Self {
+        Backends {
+            store: None,
+            registry: "embedded".to_owned(),
+            bus: "embedded".to_owned(),
+            routing: Routing::Routed,
+        }
+    }
+}
+
+/// How to start a cluster. Build it with [`ClusterConfig::new`] and adjust the fields.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// Nodes to start.
+    pub nodes: usize,
+    /// Data dir shared by every process. `None`: a fresh temp dir, removed when the cluster
+    /// goes away (unless `keep_data_dir`, or a test panics). A dir given here is never removed.
+    pub data_dir: Option<PathBuf>,
+    /// Keep the temp data dir after the cluster goes away.
+    pub keep_data_dir: bool,
+    /// Where `<name>.log` files go. `None`: `<data_dir>/logs`.
+    pub log_dir: Option<PathBuf>,
+    /// Store, registry, bus, routing.
+    pub backends: Backends,
+    /// Node lease in milliseconds (`None`: the server's default, 5 s).
+    pub lease_ms: Option<u64>,
+    /// Extra environment for every process (set after the lab's own, so it can override them).
+    pub env: Vec<(String, String)>,
+    /// The server binary; `None`: found by [`crate::find::server_binary`].
+    pub server_bin: Option<PathBuf>,
+    /// Extra arguments for the controller (e.g. `--password-hash fast`).
+    pub controller_args: Vec<String>,
+    /// Extra arguments for every node.
+    pub node_args: Vec<String>,
+    /// How long a process may take to print its ready line, and then to be healthy / live.
+    pub ready_timeout: Duration,
+    /// How long a SIGTERMed process may take to exit before it is killed.
+    pub stop_timeout: Duration,
+    /// Start each process in a process group of its own (see
+    /// [`ProcessSpec::own_process_group`]): on for the interactive CLI, off for tests.
+    pub own_process_groups: bool,
+}
+
+impl ClusterConfig {
+    /// A cluster of `nodes` nodes on the embedded backends, in a temp dir.
+    pub fn new(nodes: usize) -> Self {
+        ClusterConfig {
+            nodes,
+            data_dir: None,
+            keep_data_dir: false,
+            log_dir: None,
+            backends: Backends::default(),
+            lease_ms: None,
+            env: Vec::new(),
+            server_bin: None,
+            controller_args: Vec::new(),
+            node_args: Vec::new(),
+            ready_timeout: Duration::from_secs(20),
+            // A node drains for up to ~10 s; leave room on top.
+            stop_timeout: Duration::from_secs(15),
+            own_process_groups: false,
+        }
+    }
+
+    /// How long the registry keeps a silent node.
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms.unwrap_or(5_000))
+    }
+
+    /// Flags both roles take.
+    fn common_args(&self, data_dir: &Path) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["--data-dir".into(), data_dir.into()];
+        if let Some(store) = &self.backends.store {
+            args.extend(["--store".into(), store.into()]);
+        }
+        args.extend([
+            "--registry".into(),
+            (&self.backends.registry).into(),
+            "--bus".into(),
+            (&self.backends.bus).into(),
+            "--routing".into(),
+            self.backends.routing.as_str().into(),
+        ]);
+        if let Some(ms) = self.lease_ms {
+            args.extend(["--lease-ms".into(), ms.to_string().into()]);
+        }
+        args
+    }
+
+    /// The controller's command line (after the program).
+    pub fn controller_command(&self, data_dir: &Path) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["controller".into(), "--listen".into(), LISTEN.into()];
+        args.extend(self.common_args(data_dir));
+        args.extend(self.controller_args.iter().map(OsString::from));
+        args
+    }
+
+    /// A node's command line (after the program).
+    pub fn node_command(
+        &self,
+        data_dir: &Path,
+        controller_url: &str,
+        id: &NodeId,
+    ) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "node".into(),
+            "--listen".into(),
+            LISTEN.into(),
+            "--controller".into(),
+            controller_url.into(),
+        ];
+        args.extend(self.common_args(data_dir));
+        args.extend(["--id".into(), id.as_str().into()]);
+        args.extend(self.node_args.iter().map(OsString::from));
+        args
+    }
+}
+
+/// Loopback only, port 0: the lab never exposes anything and never guesses a port.
+const LISTEN: &str = "127.0.0.1:0";
+
+/// What the lab knows about a node's process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProcessState {
+    /// Running, as far as the lab last looked.
+    Running,
+    /// Killed by the lab with SIGKILL.
+    Killed,
+    /// Stopped by the lab with SIGTERM; how it exited.
+    Stopped {
+        /// Its exit status.
+        status: ExitStatus,
+    },
+    /// Ended without the lab asking (a crash).
+    Exited {
+        /// Its exit status.
+        status: ExitStatus,
+    },
+}
+
+/// One node slot, as of the lab's last look.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    /// The slot's index (0-based).
+    pub index: usize,
+    /// The slot's name (`n1` for index 0).
+    pub name: String,
+    /// The node id of the slot's latest process.
+    pub id: NodeId,
+    /// Its WebSocket URL.
+    pub ws_url: String,
+    /// Its HTTP base.
+    pub http_url: String,
+    /// Its pid.
+    pub pid: u32,
+    /// Running, killed, stopped, died.
+    pub process: ProcessState,
+}
+
+/// A node process that became ready.
+#[derive(Debug)]
+struct NodeProcess {
+    id: NodeId,
+    ws_url: String,
+    http_url: String,
+    process: ServerProcess,
+}
+
+/// How the lab ended a slot's process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EndedBy {
+    Kill,
+    Stop,
+}
+
+#[derive(Debug)]
+struct Slot {
+    name: String,
+    /// Restarts so far: the next process is `<name>-r<restarts + 1>`.
+    restarts: u32,
+    node: NodeProcess,
+    ended_by: Option<EndedBy>,
+}
+
+impl Slot {
+    fn info(&self, index: usize) -> NodeInfo {
+        let process = match (self.node.process.exit_status(), self.ended_by) {
+            (None, _) => ProcessState::Running,
+            (Some(_), Some(EndedBy::Kill)) => ProcessState::Killed,
+            (Some(status), Some(EndedBy::Stop)) => ProcessState::Stopped { status },
+            (Some(status), None) => ProcessState::Exited { status },
+        };
+        NodeInfo {
+            index,
+            name: self.name.clone(),
+            id: self.node.id.clone(),
+            ws_url: self.node.ws_url.clone(),
+            http_url: self.node.http_url.clone(),
+            pid: self.node.process.pid(),
+            process,
+        }
+    }
+}
+
+/// Everything needed to start a node, apart from the cluster's mutable state, so that several
+/// nodes can start at once.
+#[derive(Debug)]
+struct Launcher {
+    config: ClusterConfig,
+    program: PathBuf,
+    data_dir: PathBuf,
+    log_dir: PathBuf,
+    secret: String,
+    controller: ControllerClient,
+}
+
+impl Launcher {
+    fn spec(&self, name: &str, args: Vec<OsString>) -> ProcessSpec {
+        // Inherited CHAT_* variables would silently change the servers' backends (they read
+        // e.g. CHAT_BUS when a flag is absent): a lab cluster is configured by its config only.
+        let env_remove = std::env::vars_os()
+            .map(|(k, _)| k)
+            .filter(|k| k.to_string_lossy().starts_with("CHAT_"))
+            .collect();
+        let mut env: Vec<(OsString, OsString)> =
+            vec![(SECRET_ENV.into(), self.secret.clone().into())];
+        env.extend(self.config.env.iter().map(|(k, v)| (k.into(), v.into())));
+        ProcessSpec {
+            name: name.to_owned(),
+            program: self.program.clone(),
+            args,
+            env_remove,
+            env,
+            log_path: self.log_dir.join(format!("{name}.log")),
+            own_process_group: self.config.own_process_groups,
+        }
+    }
+
+    async fn start_controller(&self) -> Result<(ServerProcess, String), LabError> {
+        let args = self.config.controller_command(&self.data_dir);
+        let mut process = ServerProcess::spawn(self.spec("controller", args))?;
+        let url = process
+            .wait_ready(self.config.ready_timeout)
+            .await?
+            .http_url
+            .clone();
+        Ok((process, url))
+    }
+
+    /// Starts a node and returns once it is live in `/v1/nodes`.
+    async fn start_node(&self, id: NodeId) -> Result<NodeProcess, LabError> {
+        let limit = self.config.ready_timeout;
+        let args = self
+            .config
+            .node_command(&self.data_dir, self.controller.base(), &id);
+        let mut process = ServerProcess::spawn(self.spec(id.as_str(), args))?;
+        let ready = process.wait_ready(limit).await?.clone();
+        let id = match ready.node {
+            Some(reported) if reported != id => {
+                tracing::warn!(asked = %id, %reported, "node took another id than asked");
+                reported
+            }
+            _ => id,
+        };
+        let node = NodeProcess {
+            ws_url: ready.ws_url.clone().unwrap_or_default(),
+            http_url: ready.http_url.clone(),
+            id,
+            process,
+        };
+        // The ready line means "registered", but the lab's contract is "live in /v1/nodes":
+        // check that the controller agrees, and notice a node that dies meanwhile.
+        let started = Instant::now();
+        let mut node = node;
+        tokio::select! {
+            live = self.controller.wait_node_live(&node.id, limit) => match live {
+                Ok(_) => Ok(node),
+                Err(e) => Err(node.process.not_ready(
+                    &format!("to be live in /v1/nodes ({e})"),
+                    started.elapsed(),
+                )),
+            },
+            status = node.process.wait() => Err(match status {
+                Ok(status) => LabError::ExitedEarly {
+                    name: node.process.name().to_owned(),
+                    status,
+                    log: node.process.log_path().to_owned(),
+                    tail: node.process.log_tail(),
+                },
+                Err(e) => e,
+            }),
+        }
+    }
+}
+
+/// Where the data lives, and whether it is ours to delete.
+#[derive(Debug)]
+enum DataDir {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl DataDir {
+    fn path(&self) -> &Path {
+        match self {
+            DataDir::Temp(t) => t.path(),
+            DataDir::Kept(p) => p,
+        }
+    }
+}
+
+/// A running local cluster. See the module docs for its invariants.
+#[derive(Debug)]
+pub struct Cluster {
+    // Field order is drop order: node processes, then the controller, then the data dir.
+    slots: Vec<Slot>,
+    controller: ServerProcess,
+    launcher: Launcher,
+    data_dir: Option<DataDir>,
+}
+
+impl Cluster {
+    /// Starts a controller and `config.nodes` nodes and waits until the controller is healthy
+    /// and every node is live in `/v1/nodes`. On failure everything started is killed.
+    pub async fn start(config: ClusterConfig) -> Result<Cluster, LabError> {
+        let program = match &config.server_bin {
+            Some(p) => p.clone(),
+            None => crate::find::server_binary()?,
+        };
+        let data_dir = match &config.data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| LabError::io(format!("creating data dir {}", dir.display()), e))?;
+                DataDir::Kept(dir.clone())
+            }
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("chat-lab-")
+                    .tempdir()
+                    .map_err(|e| LabError::io("creating a temp data dir", e))?;
+                if config.keep_data_dir {
+                    DataDir::Kept(temp.keep())
+                } else {
+                    DataDir::Temp(temp)
+                }
+            }
+        };
+        let log_dir = config
+            .log_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.path().join("logs"));
+        let mut launcher = Launcher {
+            program,
+            data_dir: data_dir.path().to_owned(),
+            log_dir,
+            secret: new_secret(),
+            // Replaced once the controller tells us its port.
+            controller: ControllerClient::new("http://127.0.0.1:0")?,
+            config,
+        };
+
+        let (controller, url) = launcher.start_controller().await?;
+        launcher.controller = ControllerClient::new(url)?;
+        let limit = launcher.config.ready_timeout;
+        if let Err(e) = launcher.controller.wait_healthy(limit).await {
+            return Err(controller.not_ready(&format!("to be healthy ({e})"), limit));
+        }
+
+        let ids = (1..=launcher.config.nodes).map(|i| slot_name(i - 1));
+        let nodes = futures::future::try_join_all(ids.map(|name| {
+            let launcher = &launcher;
+            async move {
+                let id = node_id(&name, 0)?;
+                let node = launcher.start_node(id).await?;
+                Ok::<_, LabError>((name, node))
+            }
+        }))
+        .await?;
+        let slots = nodes
+            .into_iter()
+            .map(|(name, node)| Slot {
+                name,
+                restarts: 0,
+                node,
+                ended_by: None,
+            })
+            .collect();
+        Ok(Cluster {
+            slots,
+            controller,
+            launcher,
+            data_dir: Some(data_dir),
+        })
+    }
+
+    /// The controller's HTTP base URL.
+    pub fn controller_url(&self) -> &str {
+        self.launcher.controller.base()
+    }
+
+    /// A handle on the controller's API (nodes, health, waits).
+    pub fn controller(&self) -> &ControllerClient {
+        &self.launcher.controller
+    }
+
+    /// The controller's pid.
+    pub fn controller_pid(&self) -> u32 {
+        self.controller.pid()
+    }
+
+    /// The cluster's secret (`CHAT_SECRET`), e.g. to mint tokens in tests.
+    pub fn secret(&self) -> &str {
+        &self.launcher.secret
+    }
+
+    /// The data dir shared by every process.
+    pub fn data_dir(&self) -> &Path {
+        &self.launcher.data_dir
+    }
+
+    /// Where the processes' logs are.
+    pub fn log_dir(&self) -> &Path {
+        &self.launcher.log_dir
+    }
+
+    /// The configuration the cluster was started with.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.launcher.config
+    }
+
+    /// Every node slot, as of the lab's last look (call [`Cluster::refresh`] to notice
+    /// processes that died on their own).
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        self.slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| s.info(i))
+            .collect()
+    }
+
+    /// One node slot.
+    pub fn node(&self, index: usize) -> Result<NodeInfo, LabError> {
+        Ok(self.slot(index)?.info(index))
+    }
+
+    /// The slot whose name (`n2`) or current node id (`n2-r1`) this is.
+    pub fn find_node(&self, name_or_id: &str) -> Option<NodeInfo> {
+        self.nodes()
+            .into_iter()
+            .find(|n| n.name == name_or_id || n.id.as_str() == name_or_id)
+    }
+
+    /// The log file of a slot's latest process.
+    pub fn node_log(&self, index: usize) -> Result<PathBuf, LabError> {
+        Ok(self.slot(index)?.node.process.log_path().to_owned())
+    }
+
+    /// The controller's log file.
+    pub fn controller_log(&self) -> &Path {
+        self.controller.log_path()
+    }
+
+    /// Reaps processes that ended on their own and returns the slots, up to date.
+    pub fn refresh(&mut self) -> Vec<NodeInfo> {
+        for slot in &mut self.slots {
+            slot.node.process.try_status();
+        }
+        self.controller.try_status();
+        self.nodes()
+    }
+
+    /// Whether the controller process still runs.
+    pub fn controller_running(&mut self) -> bool {
+        self.controller.is_running()
+    }
+
+    fn slot(&self, index: usize) -> Result<&Slot, LabError> {
+        self.slots.get(index).ok_or(LabError::NoSuchSlot {
+            index,
+            count: self.slots.len(),
+        })
+    }
+
+    fn running_slot(&mut self, index: usize) -> Result<&mut Slot, LabError> {
+        let count = self.slots.len();
+        let slot = self
+            .slots
+            .get_mut(index)
+            .ok_or(LabError::NoSuchSlot { index, count })?;
+        if !slot.node.process.is_running() {
+            return Err(LabError::NotRunning {
+                name: slot.node.id.to_string(),
+            });
+        }
+        Ok(slot)
+    }
+
+    /// Kills a node with SIGKILL (a crash) and reaps it. The registry notices on its own; use
+    /// [`Cluster::wait_node_gone`] to wait for that.
+    pub async fn kill_node(&mut self, index: usize) -> Result<Exit, LabError> {
+        let slot = self.running_slot(index)?;
+        let exit = slot.node.process.kill().await?;
+        slot.ended_by = Some(EndedBy::Kill);
+        Ok(exit)
+    }
+
+    /// Stops a node with SIGTERM (it drains and deregisters) and waits for it to exit, at most
+    /// `config.stop_timeout`; past that it is killed and this fails with
+    /// [`LabError::StopTimeout`].
+    pub async fn stop_node(&mut self, index: usize) -> Result<Exit, LabError> {
+        let limit = self.launcher.config.stop_timeout;
+        let slot = self.running_slot(index)?;
+        slot.ended_by = Some(EndedBy::Stop);
+        slot.node.process.stop(limit).await
+    }
+
+    /// Starts a fresh process in a slot, with a fresh node id (`n2-r1`), and waits until it is
+    /// live. A process still running in the slot is stopped gracefully first.
+    pub async fn restart_node(&mut self, index: usize) -> Result<NodeInfo, LabError> {
+        let count = self.slots.len();
+        let slot = self
+            .slots
+            .get_mut(index)
+            .ok_or(LabError::NoSuchSlot { index, count })?;
+        if slot.node.process.is_running() {
+            self.stop_node(index).await?;
+        }
+        let (name, restarts) = {
+            let slot = self.slot(index)?;
+            (slot.name.clone(), slot.restarts + 1)
+        };
+        let node = self.launcher.start_node(node_id(&name, restarts)?).await?;
+        let slot = self
+            .slots
+            .get_mut(index)
+            .ok_or(LabError::NoSuchSlot { index, count: 0 })?;
+        slot.restarts = restarts;
+        slot.node = node;
+        slot.ended_by = None;
+        Ok(slot.info(index))
+    }
+
+    /// Starts a node in a new slot and waits until it is live.
+    pub async fn add_node(&mut self) -> Result<NodeInfo, LabError> {
+        let index = self.slots.len();
+        let name = slot_name(index);
+        let node = self.launcher.start_node(node_id(&name, 0)?).await?;
+        self.slots.push(Slot {
+            name,
+            restarts: 0,
+            node,
+            ended_by: None,
+        });
+        self.node(index)
+    }
+
+    /// `GET /v1/nodes`.
+    pub async fn nodes_status(&self) -> Result<NodesResponse, LabError> {
+        self.launcher.controller.nodes().await
+    }
+
+    /// Polls `/v1/nodes` until `id` is gone; returns how long that took.
+    pub async fn wait_node_gone(&self, id: &NodeId, limit: Duration) -> Result<Duration, LabError> {
+        self.launcher.controller.wait_node_gone(id, limit).await
+    }
+
+    /// Polls `/v1/nodes` until exactly `count` nodes are live.
+    pub async fn wait_nodes_live(
+        &self,
+        count: usize,
+        limit: Duration,
+    ) -> Result<Vec<NodeStatus>, LabError> {
+        self.launcher.controller.wait_nodes_live(count, limit).await
+    }
+
+    /// Stops the cluster gracefully: SIGTERM to every running node at once, wait for them, then
+    /// the controller. Everything is ended either way; the result is an error if any process
+    /// had to be killed or exited with a failure status.
+    pub async fn shutdown(mut self) -> Result<Vec<Exit>, LabError> {
+        let limit = self.launcher.config.stop_timeout;
+        let mut running = Vec::new();
+        for slot in &mut self.slots {
+            if slot.node.process.is_running() {
+                slot.ended_by = Some(EndedBy::Stop);
+                running.push(&mut slot.node.process);
+            }
+        }
+        let results =
+            futures::future::join_all(running.into_iter().map(|p| p.terminate(limit))).await;
+        let mut exits = Vec::new();
+        let mut failures = Vec::new();
+        for r in results {
+            match r {
+                Ok(exit) => exits.push(exit),
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        match self.controller.terminate(limit).await {
+            Ok(exit) => exits.push(exit),
+            Err(e) => failures.push(e.to_string()),
+        }
+        for exit in exits.iter().filter(|e| !e.is_clean()) {
+            let log = self.launcher.log_dir.join(format!("{}.log", exit.name));
+            failures.push(format!(
+                "{exit}\n--- last lines of {} ---\n{}\n---",
+                log.display(),
+                crate::process::read_tail(&log, crate::process::LOG_TAIL_LINES)
+            ));
+        }
+        if failures.is_empty() {
+            Ok(exits)
+        } else {
+            Err(LabError::UncleanShutdown {
+                summary: failures.join("\n"),
+            })
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Nodes first, so that none of them sees the controller vanish and starts reconnecting;
+        // each `ServerProcess` drop SIGKILLs and reaps.
+        self.slots.clear();
+        self.controller.kill_now();
+        let panicking = std::thread::panicking();
+        if let Some(DataDir::Temp(temp)) = self.data_dir.take() {
+            if panicking {
+                // A failing test is easier to understand with its servers' logs.
+                let kept = temp.keep();
+                eprintln!(
+                    "lab: keeping the cluster's data dir and logs for the failed test: {}",
+                    kept.display()
+                );
+            }
+            // Otherwise `temp` is dropped here, removing the dir once nothing uses it.
+        }
+    }
+}
+
+/// `n1` for slot 0.
+fn slot_name(index: usize) -> String {
+    format!("n{}", index + 1)
+}
+
+/// `n1` for the first process of slot `n1`, `n1-r2` for its second restart.
+fn node_id(name: &str, restarts: u32) -> Result<NodeId, LabError> {
+    let id = if restarts == 0 {
+        name.to_owned()
+    } else {
+        format!("{name}-r{restarts}")
+    };
+    NodeId::new(&id).map_err(|e| LabError::io(format!("node id {id}"), std::io::Error::other(e)))
+}
+
+/// 32 random bytes as hex: a fresh secret per cluster, so tokens of one cluster mean nothing to
+/// another.
+fn new_secret() -> String {
+    let bytes: [u8; 32] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: Vec<OsString>) -> Vec<String> {
+        args.into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn default_controller_command() {
+        let c = ClusterConfig::new(3);
+        assert_eq!(
+            strings(c.controller_command(Path::new("/d"))).join(" "),
+            "controller --listen 127.0.0.1:0 --data-dir /d --registry embedded --bus embedded \
+             --routing routed"
+        );
+    }
+
+    #[test]
+    fn node_command_with_every_option() {
+        let mut c = ClusterConfig::new(3);
+        c.backends = Backends {
+            store: Some("postgres://127.0.0.1/chat".into()),
+            registry: "redis://127.0.0.1:6379".into(),
+            bus: "amqp://127.0.0.1:5672".into(),
+            routing: Routing::Fanout,
+        };
+        c.lease_ms = Some(1500);
+        c.node_args = vec!["--rate-per-sec".into(), "1000".into()];
+        c.controller_args = vec!["--password-hash".into(), "fast".into()];
+        let id = NodeId::new("n2-r1").expect("id");
+        assert_eq!(
+            strings(c.node_command(Path::new("/d"), "http://127.0.0.1:9", &id)).join(" "),
+            "node --listen 127.0.0.1:0 --controller http://127.0.0.1:9 --data-dir /d \
+             --store postgres://127.0.0.1/chat --registry redis://127.0.0.1:6379 \
+             --bus amqp://127.0.0.1:5672 --routing fanout --lease-ms 1500 --id n2-r1 \
+             --rate-per-sec 1000"
+        );
+        assert!(
+            strings(c.controller_command(Path::new("/d")))
+                .join(" ")
+                .ends_with("--lease-ms 1500 --password-hash fast")
+        );
+    }
+
+    #[test]
+    fn node_ids_are_predictable() {
+        assert_eq!(slot_name(0), "n1");
+        assert_eq!(
+            node_id("n1", 0).map(|i| i.to_string()).ok().as_deref(),
+            Some("n1")
+        );
+        assert_eq!(
+            node_id("n3", 2).map(|i| i.to_string()).ok().as_deref(),
+            Some("n3-r2")
+        );
+    }
+
+    #[test]
+    fn routing_parses() {
+        assert_eq!("fanout".parse::<Routing>(), Ok(Routing::Fanout));
+        assert!("broadcast".parse::<Routing>().is_err());
+    }
+
+    #[test]
+    fn secrets_are_fresh() {
+        let (a, b) = (new_secret(), new_secret());
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+    }
+
+    #[tokio::test]
+    async fn missing_binary_fails_clearly() {
+        let mut c = ClusterConfig::new(1);
+        c.server_bin = Some("/nonexistent/server".into());
+        let err = Cluster::start(c).await.err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.starts_with("cannot start controller (/nonexistent/server)")),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fake_server_that_never_registers_is_reported() {
+        // A stand-in for the server: the controller part answers nothing over HTTP, so the
+        // health check must time out and quote the log.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fake = dir.path().join("fake-server");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\necho \"fake $1 starting\" >&2\n\
+             echo 'CHAT_READY {\"role\":\"controller\",\"http_url\":\"http://127.0.0.1:9\",\"pid\":1}'\n\
+             exec sleep 30\n",
+        )
+        .expect("write fake");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let mut c = ClusterConfig::new(1);
+        c.server_bin = Some(fake);
+        c.ready_timeout = Duration::from_millis(400);
+        let err = Cluster::start(c).await.err().map(|e| e.to_string());
+        let err = err.unwrap_or_default();
+        assert!(err.starts_with("controller not ready after"), "{err}");
+        assert!(err.contains("fake controller starting"), "{err}");
+    }
+}
