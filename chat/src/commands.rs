@@ -162,7 +162,7 @@ pub async fn list(ctx: &Ctx) -> Result<()> {
         };
         out(&format!(
             "{:<6} {:<24} {:>6}  {last}",
-            c.id,
+            c.id.to_string(),
             shorten(&conv_label(c), 24),
             c.unread
         ))?;
@@ -196,7 +196,7 @@ pub async fn rooms(ctx: &Ctx, query: Option<&str>) -> Result<()> {
     for r in &rooms {
         out(&format!(
             "{:<6} {:<32} {:>7}",
-            r.id,
+            r.id.to_string(),
             shorten(&r.name, 32),
             r.member_count
         ))?;
@@ -316,7 +316,7 @@ pub async fn devices(ctx: &Ctx) -> Result<()> {
         let current = if d.current { "  (this device)" } else { "" };
         out(&format!(
             "{:<38} {:<20} {:<8} {}{current}",
-            d.id,
+            d.id.to_string(),
             shorten(&d.name, 20),
             state,
             ctx.clock.date_time(d.last_login)
@@ -357,7 +357,12 @@ pub async fn nodes(ctx: &Ctx) -> Result<()> {
         let age = nodes.now.saturating_sub(n.last_heartbeat);
         out(&format!(
             "{:<24} {:<9} {:>6} {:>8} {:>7}ms  {}",
-            n.id, state, n.connections, n.reserved, age, n.ws_url
+            n.id.to_string(),
+            state,
+            n.connections,
+            n.reserved,
+            age,
+            n.ws_url
         ))?;
     }
     Ok(())

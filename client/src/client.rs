@@ -100,7 +100,7 @@ pub enum ClientError {
     Timeout(Duration),
     /// The server refused it for good.
     #[error("refused by the server: {0}")]
-    Refused(#[from] Refusal),
+    Refused(Refusal),
     /// A controller request failed.
     #[error(transparent)]
     Api(#[from] ApiError),

@@ -43,6 +43,9 @@ use crate::sync::{SyncState, Verdict};
 /// other side within seconds anyway).
 const MAX_PENDING_TYPING: usize = 16;
 
+/// Longest a batch of writes may take before the node is considered stuck.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What resolves a `send_and_wait_ack`.
 pub(crate) type Waiter = oneshot::Sender<Result<Ack, Refusal>>;
 
@@ -280,19 +283,40 @@ impl Engine {
                     if p.ping_sent.is_some() {
                         break Disconnect::Timeout { node: node.clone(), waiting_for: "pong".to_owned() };
                     }
-                    if let Err(message) = conn.ping().await {
-                        break Disconnect::Lost { node: node.clone(), message };
+                    match tokio::time::timeout(WRITE_TIMEOUT, conn.ping()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(message)) => break Disconnect::Lost { node: node.clone(), message },
+                        Err(_) => {
+                            break Disconnect::Timeout { node: node.clone(), waiting_for: "ping".to_owned() };
+                        }
                     }
                     p.ping_sent = Some(Instant::now());
                 }
             }
-            if p.live
-                && let Err(message) = self.write_pending(run, &mut conn, &mut p).await
-            {
-                break Disconnect::Lost {
-                    node: node.clone(),
-                    message,
+            if p.live {
+                // Writing happens outside the select above, so it gets its own bound: a node
+                // that stops reading (frozen, not dead) must not hang the engine or its
+                // shutdown. A cut-off write only loses what `disconnected` requeues.
+                let written = tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => break Disconnect::Shutdown,
+                    r = tokio::time::timeout(WRITE_TIMEOUT, self.write_pending(run, &mut conn, &mut p)) => r,
                 };
+                match written {
+                    Ok(Ok(())) => {}
+                    Ok(Err(message)) => {
+                        break Disconnect::Lost {
+                            node: node.clone(),
+                            message,
+                        };
+                    }
+                    Err(_) => {
+                        break Disconnect::Timeout {
+                            node: node.clone(),
+                            waiting_for: "the socket to accept writes".to_owned(),
+                        };
+                    }
+                }
             }
         };
         match ended {
@@ -453,7 +477,7 @@ impl Engine {
             reference,
         } = error;
         let Some(id) = reference else {
-            warn!(?code, %message, "the node refused a frame");
+            info!(?code, %message, "the node refused a frame");
             return self.emit(ClientEvent::ServerError { code, message }).await;
         };
         let failed = {
@@ -468,7 +492,7 @@ impl Engine {
             }
         };
         if failed {
-            warn!(client_id = %id, ?code, %message, "send refused");
+            info!(client_id = %id, ?code, %message, "send refused");
             let refusal = Refusal {
                 code,
                 message: message.clone(),
