@@ -110,6 +110,16 @@ impl ApiError {
     }
 }
 
+/// An HTTP client set up the way [`Api`] needs (connect timeout, user agent). Cheap to clone;
+/// clones share the connection pool.
+pub fn http_client() -> Result<reqwest::Client, ApiError> {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .user_agent(concat!("chat-client/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(ApiError::Transport)
+}
+
 /// The wire name of an error code (`not_member`…), as serde writes it.
 pub fn code_name(code: ErrorCode) -> String {
     match serde_json::to_value(code) {
@@ -161,6 +171,13 @@ impl Api {
     /// A handle on the controller at `base_url` (for example `http://127.0.0.1:8080`), without
     /// a token: enough for `register`, `login`, `health`, `info` and `nodes`.
     pub fn new(base_url: &str) -> Result<Api, ApiError> {
+        Api::with_http(base_url, http_client()?)
+    }
+
+    /// Like [`Api::new`], on an existing HTTP client. A process running many clients (the
+    /// lab's virtual users) shares one [`http_client`] this way: one connection pool and one
+    /// TLS setup instead of one each.
+    pub fn with_http(base_url: &str, http: reqwest::Client) -> Result<Api, ApiError> {
         let invalid = |reason: &str| ApiError::InvalidUrl {
             url: base_url.to_owned(),
             reason: reason.to_owned(),
@@ -178,11 +195,6 @@ impl Api {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("chat-client/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(ApiError::Transport)?;
         Ok(Api {
             http,
             base,

@@ -46,6 +46,11 @@ impl Session {
         Ok(Api::new(&self.server)?.with_token(self.token.clone()))
     }
 
+    /// An authenticated handle on the controller, on a shared HTTP client.
+    pub fn api_with(&self, http: reqwest::Client) -> Result<Api, ApiError> {
+        Ok(Api::with_http(&self.server, http)?.with_token(self.token.clone()))
+    }
+
     /// Whether the token has expired at `now_ms` (milliseconds since the Unix epoch).
     pub fn is_expired_at(&self, now_ms: Millis) -> bool {
         now_ms >= self.expires_at

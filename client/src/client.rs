@@ -46,6 +46,9 @@ pub struct ClientConfig {
     pub send_rate: Option<RateLimit>,
     /// Outbox items written and not yet answered, at most.
     pub max_in_flight: usize,
+    /// An HTTP client to share with other clients of the process (see
+    /// [`crate::api::http_client`]); `None` makes one for this client.
+    pub http: Option<reqwest::Client>,
 }
 
 impl Default for ClientConfig {
@@ -60,6 +63,7 @@ impl Default for ClientConfig {
             close_timeout: Duration::from_secs(1),
             send_rate: Some(RateLimit::default()),
             max_in_flight: 128,
+            http: None,
         }
     }
 }
@@ -104,6 +108,9 @@ pub enum ClientError {
     /// A controller request failed.
     #[error(transparent)]
     Api(#[from] ApiError),
+    /// [`Client::start`] was called outside a Tokio runtime.
+    #[error("the client must be started within a Tokio runtime")]
+    NoRuntime,
 }
 
 /// A message to send, before it has a client id.
@@ -210,14 +217,18 @@ impl Client {
     /// `ClientState::default()` for a fresh device). Returns the handle and the event
     /// channel, which the application should read continuously.
     ///
-    /// Must be called within a Tokio runtime.
+    /// Must be called within a Tokio runtime ([`ClientError::NoRuntime`] otherwise).
     pub fn start(
         session: &Session,
         state: ClientState,
         config: ClientConfig,
-    ) -> Result<(Client, mpsc::Receiver<ClientEvent>), ApiError> {
+    ) -> Result<(Client, mpsc::Receiver<ClientEvent>), ClientError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ClientError::NoRuntime)?;
         let config = config.sanitized();
-        let api = session.api()?;
+        let api = match &config.http {
+            Some(http) => session.api_with(http.clone())?,
+            None => session.api()?,
+        };
         let (events_tx, events_rx) = mpsc::channel(config.event_capacity);
         let (status_tx, status_rx) = watch::channel(Status::Connecting);
         let shared = Arc::new(Shared {
@@ -241,7 +252,7 @@ impl Client {
             events: events_tx,
             cancel: cancel.clone(),
         };
-        let task = tokio::spawn(engine.run());
+        let task = runtime.spawn(engine.run());
         let handle = Handle {
             shared,
             api,
@@ -572,6 +583,25 @@ mod tests {
         assert_eq!(d.reply_to, Some(MessageId(9)));
         let m = d.into_send(ClientMsgId::new("c")?);
         assert_eq!(m.attachment, Some(att.id));
+        Ok(())
+    }
+
+    #[test]
+    fn start_needs_a_runtime() -> Result<(), protocol::ids::IdError> {
+        let session = Session {
+            server: "http://127.0.0.1:9".into(),
+            token: "t".into(),
+            user: protocol::model::UserInfo {
+                id: protocol::UserId(1),
+                username: "alice".into(),
+            },
+            device: DeviceId::new("d1")?,
+            expires_at: 0,
+        };
+        assert!(matches!(
+            Client::start(&session, ClientState::default(), ClientConfig::default()),
+            Err(ClientError::NoRuntime)
+        ));
         Ok(())
     }
 

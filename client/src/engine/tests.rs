@@ -54,6 +54,9 @@ struct Behavior {
     replay_newest_only: bool,
     /// Deliver each live event twice.
     echo_twice: bool,
+    /// After `synced`, hold the socket without reading or answering anything (a frozen
+    /// process, not a dead one: no reset, no close).
+    freeze_after_synced: bool,
 }
 
 struct FakeNode {
@@ -327,6 +330,10 @@ async fn serve_node(stream: TcpStream, world: Shared, index: usize) {
                 reason: "draining".into(),
             }))
             .await;
+        return;
+    }
+    if behavior.freeze_after_synced {
+        tokio::time::sleep(Duration::from_secs(60)).await;
         return;
     }
     if let Some(code) = behavior.close_after_synced {
@@ -885,4 +892,59 @@ async fn send_and_wait_ack_and_clean_shutdown() {
     .await
     .expect("the node saw the close");
     assert_eq!(closes, [close::NORMAL]);
+}
+
+#[tokio::test]
+async fn frozen_node_is_detected_by_its_silence() {
+    let fake = Fake::start(vec![
+        Behavior {
+            freeze_after_synced: true,
+            ..Behavior::default()
+        },
+        Behavior::default(),
+    ])
+    .await;
+    let config = ClientConfig {
+        ping_interval: Duration::from_millis(100),
+        ..fast_config()
+    };
+    let (client, mut events) =
+        Client::start(&fake.session(GOOD_TOKEN), ClientState::default(), config).expect("start");
+    let seen = until(&mut events, "live on n2", |e| is_live_on(e, "n2")).await;
+    assert!(
+        seen.iter().any(|e| matches!(e,
+            ClientEvent::Status(Status::Reconnecting { reason: Disconnect::Timeout { node, .. }, .. })
+                if node.as_str() == "n1")),
+        "{seen:#?}"
+    );
+    // Sends queued meanwhile go out on the new node.
+    let ack = client
+        .send_and_wait_ack(crate::Draft::text(CONV, "after the freeze"), WAIT)
+        .await
+        .expect("acked");
+    assert_eq!(ack.seq, 1);
+}
+
+#[tokio::test]
+async fn shared_http_client_works() {
+    let fake = Fake::start(vec![Behavior::default()]).await;
+    let http = crate::api::http_client().expect("http client");
+    let config = |http: &reqwest::Client| ClientConfig {
+        http: Some(http.clone()),
+        ..fast_config()
+    };
+    let (a, _ea) = Client::start(
+        &fake.session(GOOD_TOKEN),
+        ClientState::default(),
+        config(&http),
+    )
+    .expect("start a");
+    let (b, _eb) = Client::start(
+        &fake.session(GOOD_TOKEN),
+        ClientState::default(),
+        config(&http),
+    )
+    .expect("start b");
+    a.wait_live(WAIT).await.expect("a live");
+    b.wait_live(WAIT).await.expect("b live");
 }
