@@ -27,7 +27,7 @@
 //! - [`auth`]: [`register`], [`login`] and the [`Session`] they produce.
 //! - [`device`]: the per-install device id, kept in a file.
 //! - [`client`]: the [`Client`] handle and its [`ClientConfig`]; commands, state, status.
-//! - [`engine`] (private): the task behind the handle — assign, connect, hello, replay,
+//! - `engine` (private): the task behind the handle — assign, connect, hello, replay,
 //!   live, fail over.
 //! - [`connection`]: the WebSocket to one node (transport only).
 //! - [`outbox`]: unacknowledged sends, in order, resent with the same client ids.
@@ -42,6 +42,8 @@
 //! - A send leaves the outbox only when stored or refused for good (see [`outbox`]).
 //! - The engine never spins: every retry waits on a backoff, except a single immediate one
 //!   after a node asks devices to move or drops this one for being slow (see [`failover`]).
+
+#![warn(missing_docs)]
 
 pub mod api;
 pub mod auth;
