@@ -301,6 +301,12 @@ impl Launcher {
             .collect();
         let mut env: Vec<(OsString, OsString)> =
             vec![(SECRET_ENV.into(), self.secret.clone().into())];
+        if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+            // With RUST_BACKTRACE=1 (common in test runs) a server's fatal `anyhow` error is
+            // followed by dozens of backtrace lines that push the error itself out of the log
+            // tail we quote. Panics keep their backtraces (RUST_BACKTRACE still applies).
+            env.push(("RUST_LIB_BACKTRACE".into(), "0".into()));
+        }
         env.extend(self.config.env.iter().map(|(k, v)| (k.into(), v.into())));
         ProcessSpec {
             name: name.to_owned(),
@@ -700,17 +706,16 @@ impl Drop for Cluster {
         // each `ServerProcess` drop SIGKILLs and reaps.
         self.slots.clear();
         self.controller.kill_now();
-        let panicking = std::thread::panicking();
-        if let Some(DataDir::Temp(temp)) = self.data_dir.take() {
-            if panicking {
-                // A failing test is easier to understand with its servers' logs.
-                let kept = temp.keep();
-                eprintln!(
-                    "lab: keeping the cluster's data dir and logs for the failed test: {}",
-                    kept.display()
-                );
-            }
-            // Otherwise `temp` is dropped here, removing the dir once nothing uses it.
+        // The temp dir (if any) is removed when `self.data_dir` drops, right after this; a
+        // failing test is easier to understand with its servers' logs, so then it stays.
+        if std::thread::panicking()
+            && let Some(DataDir::Temp(temp)) = self.data_dir.take()
+        {
+            let kept = temp.keep();
+            eprintln!(
+                "lab: keeping the cluster's data dir and logs for the failed test: {}",
+                kept.display()
+            );
         }
     }
 }

@@ -27,6 +27,10 @@ use crate::LabError;
 /// How many log lines an error quotes.
 pub const LOG_TAIL_LINES: usize = 40;
 
+/// How long a SIGTERM waits for the process to install its handler (see
+/// `wait_for_sigterm_handler`).
+const SIGTERM_HANDLER_WAIT: Duration = Duration::from_secs(1);
+
 /// How long `Drop` waits for a SIGKILLed child to be reaped. A killed process goes away in
 /// microseconds unless it is stuck in the kernel; we would rather leak a zombie than hang.
 const DROP_REAP_LIMIT: Duration = Duration::from_secs(5);
@@ -78,11 +82,11 @@ impl fmt::Display for Exit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} (pid {}) ended: {} after {:.1} s",
+            "{} (pid {}) ended: {} after {} ms",
             self.name,
             self.pid,
             describe_status(self.status),
-            self.took.as_secs_f64()
+            self.took.as_millis()
         )?;
         if self.forced {
             f.write_str(" (SIGTERM went unanswered; killed)")?;
@@ -131,20 +135,22 @@ impl ServerProcess {
             std::fs::create_dir_all(dir)
                 .map_err(|e| LabError::io(format!("creating log dir {}", dir.display()), e))?;
         }
-        let log = File::create(&spec.log_path).map_err(|e| {
+        // Both writers (the child's stderr, our stdout drain) append: with a plain write
+        // handle the child would write at its own offset, over the lines we appended.
+        let open_log = || {
+            OpenOptions::new()
+                .append(true)
+                .open(&spec.log_path)
+                .map_err(|e| {
+                    LabError::io(format!("opening log file {}", spec.log_path.display()), e)
+                })
+        };
+        // A log file of an earlier run with the same name starts over.
+        drop(File::create(&spec.log_path).map_err(|e| {
             LabError::io(format!("creating log file {}", spec.log_path.display()), e)
-        })?;
-        let stderr = log
-            .try_clone()
-            .map_err(|e| LabError::io("duplicating the log file handle", e))?;
-        // Appending keeps stdout lines and stderr lines from overwriting each other.
-        let stdout_log = OpenOptions::new()
-            .append(true)
-            .open(&spec.log_path)
-            .map_err(|e| {
-                LabError::io(format!("opening log file {}", spec.log_path.display()), e)
-            })?;
-        drop(log);
+        })?);
+        let stderr = open_log()?;
+        let stdout_log = open_log()?;
 
         let mut cmd = Command::new(&spec.program);
         cmd.args(&spec.args)
@@ -321,6 +327,7 @@ impl ServerProcess {
     pub async fn terminate(&mut self, limit: Duration) -> Result<Exit, LabError> {
         let started = Instant::now();
         if self.try_status().is_none() {
+            self.wait_for_sigterm_handler().await;
             self.signal(Signal::SIGTERM)?;
         }
         match tokio::time::timeout(limit, self.wait()).await {
@@ -364,6 +371,22 @@ impl ServerProcess {
             .map_err(|e| LabError::io(format!("waiting for {}", self.name), e))?;
         self.exit = Some(status);
         Ok(status)
+    }
+
+    /// Waits (briefly) until the process catches or ignores SIGTERM. A process that prints its
+    /// ready line before it installs its handler would otherwise be killed outright by a
+    /// SIGTERM sent right after that line (seen with `server node`: "graceful" stops ended by
+    /// signal 15 when a test stopped a node it had just started). Where this cannot be read
+    /// (not Linux), or past [`SIGTERM_HANDLER_WAIT`], the signal is sent anyway.
+    async fn wait_for_sigterm_handler(&self) {
+        let deadline = Instant::now() + SIGTERM_HANDLER_WAIT;
+        while handles_signal(self.pid, Signal::SIGTERM) == Some(false) {
+            if Instant::now() >= deadline {
+                tracing::warn!(name = %self.name, "no SIGTERM handler; sending it anyway");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     fn signal(&self, signal: Signal) -> Result<(), LabError> {
@@ -424,6 +447,26 @@ impl ServerProcess {
             }
         }
     }
+}
+
+/// Whether process `pid` catches or ignores `signal`, from `/proc/<pid>/status`; `None` when
+/// that cannot be read.
+fn handles_signal(pid: u32, signal: Signal) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    signal_in_masks(&status, signal)
+}
+
+/// Looks `signal` up in the `SigCgt` (caught) and `SigIgn` (ignored) masks of a
+/// `/proc/<pid>/status` text.
+fn signal_in_masks(status: &str, signal: Signal) -> Option<bool> {
+    let bit = 1u64 << (signal as i32 - 1);
+    let mask = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    };
+    Some((mask("SigCgt:")? | mask("SigIgn:")?) & bit != 0)
 }
 
 /// Reads the child's stdout to its end: the first ready line goes to `ready`, every line goes
@@ -513,6 +556,33 @@ mod tests {
                 .all(|l| l.starts_with("entry ") && l.len() == 12)
         );
         assert!(tail.ends_with("entry 019999"));
+    }
+
+    #[test]
+    fn signal_masks_are_read() {
+        let status = "Name:\tserver\nSigBlk:\t0000000000000000\n\
+                      SigIgn:\t0000000000001000\nSigCgt:\t0000000000004002\n";
+        // SIGTERM is 15: bit 14 (0x4000) of SigCgt.
+        assert_eq!(signal_in_masks(status, Signal::SIGTERM), Some(true));
+        // SIGPIPE is 13: bit 12 (0x1000) of SigIgn.
+        assert_eq!(signal_in_masks(status, Signal::SIGPIPE), Some(true));
+        assert_eq!(signal_in_masks(status, Signal::SIGHUP), Some(false));
+        assert_eq!(signal_in_masks("Name:\tx\n", Signal::SIGTERM), None);
+    }
+
+    #[tokio::test]
+    async fn sigterm_waits_for_a_late_handler() {
+        // The handler comes 200 ms after the ready line: a SIGTERM right away must still end
+        // in a clean exit.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let script = format!(
+            "{}; sleep 0.2; trap 'exit 0' TERM; while :; do sleep 0.05; done",
+            echo_ready()
+        );
+        let mut p = ServerProcess::spawn(sh("late", dir.path(), &script)).expect("spawn");
+        p.wait_ready(Duration::from_secs(10)).await.expect("ready");
+        let exit = p.stop(Duration::from_secs(10)).await.expect("stop");
+        assert!(exit.is_clean(), "{exit}");
     }
 
     #[tokio::test]

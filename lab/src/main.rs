@@ -1,0 +1,115 @@
+//! The `lab` binary: turns flags into a [`lab::ClusterConfig`] and hands over to
+//! [`lab::console`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use lab::{Backends, ClusterConfig, Routing};
+
+#[derive(Parser)]
+#[command(
+    name = "lab",
+    version,
+    about = "Spawn, kill and watch a local chat cluster"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a controller and N nodes, show them live, and take commands on stdin (kill N,
+    /// stop N, restart N, add, status, help, quit). The first line of stdout is the
+    /// controller's URL. Ctrl-C or SIGTERM stops the cluster gracefully.
+    Up(UpArgs),
+    /// Print a controller's nodes once.
+    Status {
+        /// The controller's HTTP base.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        controller: String,
+    },
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// Nodes to start.
+    #[arg(long, short = 'n', default_value_t = 3)]
+    nodes: usize,
+    /// Data dir shared by the processes (kept afterwards). Default: a temp dir, removed at exit.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Keep the temp data dir (and the logs in it) at exit.
+    #[arg(long)]
+    keep: bool,
+    /// Where the processes' logs go. Default: <data dir>/logs.
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
+    /// History store: sqlite://PATH or postgres://… (default: SQLite in the data dir).
+    #[arg(long)]
+    store: Option<String>,
+    /// Registry: embedded or redis://HOST:PORT.
+    #[arg(long, default_value = "embedded")]
+    registry: String,
+    /// Bus between nodes: embedded, redis://… or amqp://….
+    #[arg(long, default_value = "embedded")]
+    bus: String,
+    /// routed (only nodes holding a recipient) or fanout (every node).
+    #[arg(long, default_value = "routed")]
+    routing: Routing,
+    /// Node lease in milliseconds (server default: 5000).
+    #[arg(long)]
+    lease_ms: Option<u64>,
+    /// The server binary (default: $CHAT_SERVER_BIN, else beside this binary).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Plain output lines even on a terminal.
+    #[arg(long)]
+    plain: bool,
+}
+
+impl UpArgs {
+    fn config(self) -> ClusterConfig {
+        let mut config = ClusterConfig::new(self.nodes);
+        config.data_dir = self.data_dir;
+        config.keep_data_dir = self.keep;
+        config.log_dir = self.log_dir;
+        config.backends = Backends {
+            store: self.store,
+            registry: self.registry,
+            bus: self.bus,
+            routing: self.routing,
+        };
+        config.lease_ms = self.lease_ms;
+        config.server_bin = self.server_bin;
+        // Ctrl-C must reach the lab alone, so that it stops the nodes before the controller.
+        config.own_process_groups = true;
+        config
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().command {
+        Cmd::Up(args) => {
+            let plain = args.plain;
+            lab::console::up(args.config(), lab::console::UpOptions { plain }).await
+        }
+        Cmd::Status { controller } => lab::console::status_once(&controller).await.map(|()| true),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("lab: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
