@@ -166,13 +166,14 @@ impl Screen {
             ));
         }
         // Save the cursor (it sits in the event log, maybe mid-way through a typed command),
-        // rewrite every row of the area, and put the cursor back.
-        text.push_str("\x1b7");
+        // turn line wrapping off (a line wider than the terminal is cut instead of spilling
+        // into the next row), rewrite every row of the area, and restore both.
+        text.push_str("\x1b7\x1b[?7l");
         for row in 0..self.reserved {
             let line = lines.get(row).map(String::as_str).unwrap_or("");
             text.push_str(&format!("\x1b[{};1H\x1b[2K{line}", row + 1));
         }
-        text.push_str("\x1b8");
+        text.push_str("\x1b[?7h\x1b8");
         self.write(&text);
     }
 
@@ -207,10 +208,7 @@ fn status_lines(
     let mut lines = vec![url.to_owned(), setup.to_owned(), String::new()];
     lines.extend(table);
     lines.push(String::new());
-    lines.push(
-        "commands: kill N · stop N · restart N · add · status · help · quit   (Ctrl-C stops)"
-            .to_owned(),
-    );
+    lines.push("commands: kill N · stop N · restart N · add · status · help · quit".to_owned());
     lines.push("─".repeat(78));
     lines
 }
@@ -218,11 +216,11 @@ fn status_lines(
 fn setup_line(config: &ClusterConfig) -> String {
     let b = &config.backends;
     format!(
-        "chat lab · registry {} · bus {} · routing {} · store {} · lease {:.1} s",
+        "registry {} · bus {} · routing {} · store {} · lease {:.1} s",
         b.registry,
         b.bus,
         b.routing.as_str(),
-        b.store.as_deref().unwrap_or("sqlite (data dir)"),
+        b.store.as_deref().unwrap_or("sqlite"),
         config.lease().as_secs_f64()
     )
 }
@@ -318,6 +316,9 @@ pub async fn up(config: ClusterConfig, options: UpOptions) -> Result<bool, LabEr
         tty,
     };
     if tty {
+        // Draw the status area first: setting it up clears the screen.
+        let registry = cluster.nodes_status().await.map_err(|e| e.to_string());
+        session.show(&cluster.nodes(), &registry, true);
         session.event(&data_note);
         session.event("type help for the commands");
     }
@@ -706,8 +707,7 @@ mod tests {
         c.lease_ms = Some(2500);
         assert_eq!(
             setup_line(&c),
-            "chat lab · registry embedded · bus embedded · routing routed · \
-             store sqlite (data dir) · lease 2.5 s"
+            "registry embedded · bus embedded · routing routed · store sqlite · lease 2.5 s"
         );
     }
 }
