@@ -301,6 +301,11 @@ impl Launcher {
             .collect();
         let mut env: Vec<(OsString, OsString)> =
             vec![(SECRET_ENV.into(), self.secret.clone().into())];
+        if std::env::var_os("NO_COLOR").is_none() {
+            // Log files, not terminals: escape codes would only clutter them and the tails
+            // that errors quote.
+            env.push(("NO_COLOR".into(), "1".into()));
+        }
         if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
             // With RUST_BACKTRACE=1 (common in test runs) a server's fatal `anyhow` error is
             // followed by dozens of backtrace lines that push the error itself out of the log
@@ -376,6 +381,34 @@ impl Launcher {
     }
 }
 
+/// Starts the controller, waits until it is healthy, then starts the nodes in parallel. On
+/// failure, whatever had started is killed (dropped) before this returns.
+async fn launch(launcher: &mut Launcher) -> Result<(ServerProcess, Vec<Slot>), LabError> {
+    let (controller, url) = launcher.start_controller().await?;
+    launcher.controller = ControllerClient::new(url)?;
+    let limit = launcher.config.ready_timeout;
+    if let Err(e) = launcher.controller.wait_healthy(limit).await {
+        return Err(controller.not_ready(&format!("to be healthy ({e})"), limit));
+    }
+    let launcher = &*launcher;
+    let names = (0..launcher.config.nodes).map(slot_name);
+    let nodes = futures::future::try_join_all(names.map(|name| async move {
+        let node = launcher.start_node(node_id(&name, 0)?).await?;
+        Ok::<_, LabError>((name, node))
+    }))
+    .await?;
+    let slots = nodes
+        .into_iter()
+        .map(|(name, node)| Slot {
+            name,
+            restarts: 0,
+            node,
+            ended_by: None,
+        })
+        .collect();
+    Ok((controller, slots))
+}
+
 /// Where the data lives, and whether it is ours to delete.
 #[derive(Debug)]
 enum DataDir {
@@ -442,38 +475,26 @@ impl Cluster {
             config,
         };
 
-        let (controller, url) = launcher.start_controller().await?;
-        launcher.controller = ControllerClient::new(url)?;
-        let limit = launcher.config.ready_timeout;
-        if let Err(e) = launcher.controller.wait_healthy(limit).await {
-            return Err(controller.not_ready(&format!("to be healthy ({e})"), limit));
-        }
-
-        let ids = (1..=launcher.config.nodes).map(|i| slot_name(i - 1));
-        let nodes = futures::future::try_join_all(ids.map(|name| {
-            let launcher = &launcher;
-            async move {
-                let id = node_id(&name, 0)?;
-                let node = launcher.start_node(id).await?;
-                Ok::<_, LabError>((name, node))
+        match launch(&mut launcher).await {
+            Ok((controller, slots)) => Ok(Cluster {
+                slots,
+                controller,
+                launcher,
+                data_dir: Some(data_dir),
+            }),
+            Err(e) => {
+                // Every process is dead by now. The error quotes the end of one log; the
+                // whole of every log is what the developer will want next.
+                if let (DataDir::Temp(temp), Some(_)) = (data_dir, e.log_path()) {
+                    let kept = temp.keep();
+                    eprintln!(
+                        "lab: the cluster did not start; its data dir and logs are kept in {}",
+                        kept.display()
+                    );
+                }
+                Err(e)
             }
-        }))
-        .await?;
-        let slots = nodes
-            .into_iter()
-            .map(|(name, node)| Slot {
-                name,
-                restarts: 0,
-                node,
-                ended_by: None,
-            })
-            .collect();
-        Ok(Cluster {
-            slots,
-            controller,
-            launcher,
-            data_dir: Some(data_dir),
-        })
+        }
     }
 
     /// The controller's HTTP base URL.
@@ -845,9 +866,19 @@ mod tests {
         let mut c = ClusterConfig::new(1);
         c.server_bin = Some(fake);
         c.ready_timeout = Duration::from_millis(400);
-        let err = Cluster::start(c).await.err().map(|e| e.to_string());
-        let err = err.unwrap_or_default();
+        let err = match Cluster::start(c).await {
+            Ok(_) => panic!("a server that never answers was taken as healthy"),
+            Err(e) => e,
+        };
+        let log = err.log_path().map(Path::to_owned);
+        let err = err.to_string();
         assert!(err.starts_with("controller not ready after"), "{err}");
         assert!(err.contains("fake controller starting"), "{err}");
+        // The failed cluster's data dir was kept for reading; this test has read enough.
+        let data_dir = log.as_deref().and_then(Path::parent).and_then(Path::parent);
+        assert!(data_dir.is_some_and(|d| d.join("logs/controller.log").is_file()));
+        if let Some(d) = data_dir {
+            std::fs::remove_dir_all(d).expect("remove the kept data dir");
+        }
     }
 }

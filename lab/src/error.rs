@@ -154,6 +154,16 @@ pub enum LabError {
 }
 
 impl LabError {
+    /// The log file of the process this error is about, if it is about one.
+    pub fn log_path(&self) -> Option<&std::path::Path> {
+        match self {
+            LabError::NotReady { log, .. }
+            | LabError::ExitedEarly { log, .. }
+            | LabError::StopTimeout { log, .. } => Some(log),
+            _ => None,
+        }
+    }
+
     /// An [`LabError::Io`] with a description.
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
         LabError::Io {

@@ -183,14 +183,32 @@ fn a_panicking_test_leaves_no_process_and_keeps_its_logs() {
     std::fs::remove_dir_all(&data_dir).expect("clean up the kept data dir");
 }
 
+#[test]
+fn a_cluster_dropped_after_its_runtime_still_dies() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let cluster = rt.block_on(start(1));
+    let pids = all_pids(&cluster);
+    drop(rt);
+    drop(cluster);
+    for pid in pids {
+        assert!(!exists(pid), "pid {pid} survived");
+    }
+}
+
 #[tokio::test]
 async fn a_server_that_fails_to_start_is_reported_with_its_log() {
     let mut config = ClusterConfig::new(1);
     config.controller_args = vec!["--no-such-flag".into()];
     let err = match Cluster::start(config).await {
         Ok(_) => panic!("a controller with a bad flag started"),
-        Err(e) => e.to_string(),
+        Err(e) => e,
     };
+    // The data dir of a cluster that failed to start is kept, logs and all.
+    let log = err.log_path().expect("the error names the log").to_owned();
+    let data_dir = log.parent().and_then(|d| d.parent()).expect("data dir");
+    assert!(log.is_file());
+    std::fs::remove_dir_all(data_dir).expect("remove the kept data dir");
+    let err = err.to_string();
     assert!(
         err.starts_with("controller exited before it was ready (exit status: 2)"),
         "{err}"
