@@ -201,6 +201,8 @@ const LISTEN: &str = "127.0.0.1:0";
 pub enum ProcessState {
     /// Running, as far as the lab last looked.
     Running,
+    /// Frozen by the lab with SIGSTOP (see [`Cluster::pause_node`]).
+    Paused,
     /// Killed by the lab with SIGKILL.
     Killed,
     /// Stopped by the lab with SIGTERM; how it exited.
@@ -262,6 +264,7 @@ struct Slot {
 impl Slot {
     fn info(&self, index: usize) -> NodeInfo {
         let process = match (self.node.process.exit_status(), self.ended_by) {
+            (None, _) if self.node.process.is_paused() => ProcessState::Paused,
             (None, _) => ProcessState::Running,
             (Some(_), Some(EndedBy::Kill)) => ProcessState::Killed,
             (Some(status), Some(EndedBy::Stop)) => ProcessState::Stopped { status },
@@ -350,7 +353,7 @@ impl Launcher {
             }
             _ => id,
         };
-        let node = NodeProcess {
+        let mut node = NodeProcess {
             ws_url: ready.ws_url.clone().unwrap_or_default(),
             http_url: ready.http_url.clone(),
             id,
@@ -359,7 +362,6 @@ impl Launcher {
         // The ready line means "registered", but the lab's contract is "live in /v1/nodes":
         // check that the controller agrees, and notice a node that dies meanwhile.
         let started = Instant::now();
-        let mut node = node;
         tokio::select! {
             live = self.controller.wait_node_live(&node.id, limit) => match live {
                 Ok(_) => Ok(node),
@@ -606,6 +608,19 @@ impl Cluster {
         let exit = slot.node.process.kill().await?;
         slot.ended_by = Some(EndedBy::Kill);
         Ok(exit)
+    }
+
+    /// Freezes a node with SIGSTOP: its process and sockets stay, but it sends no heartbeat
+    /// and serves nobody, so the registry drops it when its lease runs out (a hung node, as
+    /// opposed to a crashed one). [`Cluster::resume_node`] lets it run again.
+    pub fn pause_node(&mut self, index: usize) -> Result<(), LabError> {
+        self.running_slot(index)?.node.process.pause()
+    }
+
+    /// Lets a paused node run again (SIGCONT). What it does then (re-register, or notice it
+    /// lost its lease and exit) is up to the server.
+    pub fn resume_node(&mut self, index: usize) -> Result<(), LabError> {
+        self.running_slot(index)?.node.process.resume()
     }
 
     /// Stops a node with SIGTERM (it drains and deregisters) and waits for it to exit, at most

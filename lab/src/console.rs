@@ -26,6 +26,10 @@ pub enum Command {
     Stop(String),
     /// Start a fresh process in a node's slot.
     Restart(String),
+    /// SIGSTOP a node: a hung node, which only its lease gives away.
+    Freeze(String),
+    /// SIGCONT a frozen node.
+    Thaw(String),
     /// Start one more node.
     Add,
     /// Print the status now.
@@ -41,6 +45,8 @@ pub const HELP: &[&str] = &[
     "kill N     SIGKILL node N (a crash: the registry drops it when its link or lease goes)",
     "stop N     SIGTERM node N (it drains: moves its devices, deregisters, exits 0)",
     "restart N  start a fresh process in slot N (it gets a new id, e.g. n2-r1)",
+    "freeze N   SIGSTOP node N (a hung node: no heartbeats; the registry drops it at its lease)",
+    "thaw N     SIGCONT a frozen node",
     "add        start one more node",
     "status     print the status now",
     "quit       stop the whole cluster gracefully (Ctrl-C does the same)",
@@ -70,6 +76,8 @@ impl Command {
             "kill" | "k" => needs_target(Command::Kill),
             "stop" | "s" => needs_target(Command::Stop),
             "restart" | "r" => needs_target(Command::Restart),
+            "freeze" | "f" => needs_target(Command::Freeze),
+            "thaw" | "t" => needs_target(Command::Thaw),
             "add" | "a" => no_target(Command::Add),
             "status" | "st" | "ls" => no_target(Command::Status),
             "help" | "h" | "?" => no_target(Command::Help),
@@ -306,7 +314,9 @@ pub async fn up(config: ClusterConfig, options: UpOptions) -> Result<bool, LabEr
     if !tty {
         println!("{setup}");
         println!("{data_note}");
-        println!("commands on stdin: kill N, stop N, restart N, add, status, help, quit");
+        println!(
+            "commands on stdin: kill N, stop N, restart N, freeze N, thaw N, add, status, help, quit"
+        );
     }
     let screen = Arc::new(Mutex::new(Screen::new(tty)));
     let session = Session {
@@ -564,6 +574,24 @@ impl Session {
                     human(started.elapsed())
                 ));
             }
+            Command::Freeze(target) => {
+                let index = resolve_target(&target, &cluster.nodes())?;
+                let node = cluster.node(index).map_err(err)?;
+                cluster.pause_node(index).map_err(err)?;
+                self.event(&format!(
+                    "{} frozen (SIGSTOP, pid {}): its connections stay open but it sends no \
+                     heartbeat; watch the registry drop it when its lease ({:.1} s) runs out",
+                    node.id,
+                    node.pid,
+                    cluster.config().lease().as_secs_f64()
+                ));
+            }
+            Command::Thaw(target) => {
+                let index = resolve_target(&target, &cluster.nodes())?;
+                let node = cluster.node(index).map_err(err)?;
+                cluster.resume_node(index).map_err(err)?;
+                self.event(&format!("{} thawed (SIGCONT, pid {})", node.id, node.pid));
+            }
             Command::Add => {
                 let started = Instant::now();
                 let new = cluster.add_node().await.map_err(err)?;
@@ -651,6 +679,14 @@ mod tests {
             Ok(Some(Command::Restart("1".into())))
         );
         assert_eq!(Command::parse("add"), Ok(Some(Command::Add)));
+        assert_eq!(
+            Command::parse("freeze 3"),
+            Ok(Some(Command::Freeze("3".into())))
+        );
+        assert_eq!(
+            Command::parse("thaw n3"),
+            Ok(Some(Command::Thaw("n3".into())))
+        );
         assert_eq!(Command::parse("q"), Ok(Some(Command::Quit)));
         assert_eq!(Command::parse("help"), Ok(Some(Command::Help)));
         assert!(Command::parse("kill").is_err_and(|e| e.contains("which node")));

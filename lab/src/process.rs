@@ -124,6 +124,8 @@ pub struct ServerProcess {
     ready_rx: Option<oneshot::Receiver<ReadyLine>>,
     /// Set once the child has been reaped, so it is never waited for or signalled again.
     exit: Option<ExitStatus>,
+    /// Stopped with SIGSTOP by [`ServerProcess::pause`].
+    paused: bool,
 }
 
 impl ServerProcess {
@@ -188,6 +190,7 @@ impl ServerProcess {
             ready: None,
             ready_rx: Some(rx),
             exit: None,
+            paused: false,
         })
     }
 
@@ -329,6 +332,10 @@ impl ServerProcess {
         if self.try_status().is_none() {
             self.wait_for_sigterm_handler().await;
             self.signal(Signal::SIGTERM)?;
+            if self.paused {
+                // A stopped process only handles the SIGTERM once it runs again.
+                self.resume()?;
+            }
         }
         match tokio::time::timeout(limit, self.wait()).await {
             Ok(status) => Ok(self.exit_report(status?, started, false)),
@@ -341,6 +348,30 @@ impl ServerProcess {
                 Ok(self.exit_report(status, started, true))
             }
         }
+    }
+
+    /// Freezes it with SIGSTOP: it keeps its sockets open but does nothing (no heartbeats, no
+    /// reads), like a hung process or a long GC pause. SIGKILL still ends it.
+    pub fn pause(&mut self) -> Result<(), LabError> {
+        if self.try_status().is_none() {
+            self.signal(Signal::SIGSTOP)?;
+            self.paused = true;
+        }
+        Ok(())
+    }
+
+    /// Lets a paused process run again with SIGCONT.
+    pub fn resume(&mut self) -> Result<(), LabError> {
+        if self.try_status().is_none() {
+            self.signal(Signal::SIGCONT)?;
+        }
+        self.paused = false;
+        Ok(())
+    }
+
+    /// Whether the lab paused it (and has not resumed it).
+    pub fn is_paused(&self) -> bool {
+        self.paused && self.exit.is_none()
     }
 
     /// Like [`ServerProcess::terminate`], but a forced kill is an error
@@ -379,6 +410,10 @@ impl ServerProcess {
     /// signal 15 when a test stopped a node it had just started). Where this cannot be read
     /// (not Linux), or past [`SIGTERM_HANDLER_WAIT`], the signal is sent anyway.
     async fn wait_for_sigterm_handler(&self) {
+        if self.paused {
+            // It cannot install anything while stopped.
+            return;
+        }
         let deadline = Instant::now() + SIGTERM_HANDLER_WAIT;
         while handles_signal(self.pid, Signal::SIGTERM) == Some(false) {
             if Instant::now() >= deadline {
@@ -678,6 +713,22 @@ mod tests {
             p.try_status().map(describe_status).as_deref(),
             Some("SIGKILL")
         );
+    }
+
+    #[tokio::test]
+    async fn a_paused_process_still_stops_gracefully() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let script = format!(
+            "trap 'exit 0' TERM; {}; while :; do sleep 0.05; done",
+            echo_ready()
+        );
+        let mut p = ServerProcess::spawn(sh("frozen", dir.path(), &script)).expect("spawn");
+        p.wait_ready(Duration::from_secs(10)).await.expect("ready");
+        p.pause().expect("pause");
+        assert!(p.is_paused());
+        let exit = p.stop(Duration::from_secs(10)).await.expect("stop");
+        assert!(exit.is_clean(), "{exit}");
+        assert!(!p.is_paused());
     }
 
     #[test]

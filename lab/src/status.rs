@@ -308,6 +308,7 @@ pub fn format_nodes(r: &NodesResponse) -> Vec<String> {
 pub fn process_cell(state: &ProcessState, pid: u32) -> String {
     match state {
         ProcessState::Running => format!("pid {pid}"),
+        ProcessState::Paused => format!("pid {pid} frozen"),
         ProcessState::Killed => "killed (SIGKILL)".to_owned(),
         ProcessState::Stopped { status } => {
             format!("stopped ({})", crate::process::describe_status(*status))

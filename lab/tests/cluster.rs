@@ -183,6 +183,37 @@ fn a_panicking_test_leaves_no_process_and_keeps_its_logs() {
     std::fs::remove_dir_all(&data_dir).expect("clean up the kept data dir");
 }
 
+#[tokio::test]
+async fn a_frozen_node_is_dropped_when_its_lease_runs_out() {
+    let mut config = ClusterConfig::new(2);
+    config.lease_ms = Some(1_500);
+    let mut cluster = ok("start", Cluster::start(config).await);
+    let frozen = ok("node 0", cluster.node(0));
+    let started = std::time::Instant::now();
+    ok("freeze n1", cluster.pause_node(0));
+    assert_eq!(ok("node 0", cluster.node(0)).process, ProcessState::Paused);
+    // Its link stays open, so only the lease can give it away: not before, not much after.
+    ok(
+        "n1 leaving /v1/nodes at its lease",
+        cluster
+            .wait_node_gone(&frozen.id, Duration::from_millis(1_500 + 3_000))
+            .await,
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1_000),
+        "a frozen node was dropped after {waited:?}, well before its 1.5 s lease"
+    );
+    ok(
+        "1 live",
+        cluster.wait_nodes_live(1, Duration::from_secs(2)).await,
+    );
+    // A frozen process still dies with the cluster.
+    let pids = all_pids(&cluster);
+    drop(cluster);
+    assert!(pids.iter().all(|&p| !exists(p)));
+}
+
 #[test]
 fn a_cluster_dropped_after_its_runtime_still_dies() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
