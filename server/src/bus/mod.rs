@@ -23,6 +23,9 @@ use protocol::NodeId;
 pub use protocol::link::Targets;
 use tokio::sync::mpsc;
 
+#[cfg(test)]
+pub mod suite;
+
 /// Which nodes get an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Routing {

@@ -90,6 +90,7 @@ pub struct AppState {
 /// A running controller.
 pub struct Controller {
     http_url: String,
+    hub: Option<Arc<LinkHub>>,
     cancel: CancellationToken,
     server: JoinHandle<()>,
     reaper: JoinHandle<()>,
@@ -158,8 +159,10 @@ impl Controller {
             }
         });
         tracing::info!(%http_url, registry = config.registry.name(), bus = config.bus.name(), routing = config.routing.as_str(), "controller serving");
+        let hub = state.hub.clone();
         Ok(Controller {
             http_url,
+            hub,
             cancel,
             server,
             reaper,
@@ -174,6 +177,9 @@ impl Controller {
     /// Stops serving and stops the background tasks.
     pub async fn shutdown(self) {
         self.cancel.cancel();
+        if let Some(hub) = &self.hub {
+            hub.close_all();
+        }
         // Open WebSocket links do not end by themselves; give the server a moment, then stop.
         if tokio::time::timeout(Duration::from_secs(3), self.server)
             .await

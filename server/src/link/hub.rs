@@ -15,10 +15,16 @@ use parking_lot::RwLock;
 use protocol::NodeId;
 use protocol::link::{LinkOp, LinkReply, LinkRequest, LinkServerFrame, Targets, decode_publish};
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, BusError, BusResult, Inbox};
 use crate::registry::memory::MemoryRegistry;
 use crate::registry::{DeadNode, Load, NodeInfo, Registry, RegistryError};
+
+/// Envelopes held for a target node that has no link yet (it is reconnecting after a
+/// controller restart), and for how long.
+const HELD_PER_NODE: usize = 10_000;
+const HELD_FOR_MS: i64 = 10_000;
 
 /// Envelopes queued for one node before the hub starts dropping them (the store and the
 /// receivers' gap filling make up for a drop; a node this far behind is in trouble anyway).
@@ -36,6 +42,13 @@ pub struct LinkHub {
     links: RwLock<HashMap<NodeId, NodeLink>>,
     next_conn: AtomicU64,
     dead: mpsc::UnboundedSender<DeadNode>,
+    /// Closes every link (controller shutdown).
+    closing: CancellationToken,
+    /// Envelopes for nodes not linked (yet): handed over when they register, dropped after
+    /// [`HELD_FOR_MS`]. After a controller restart, nodes come back one by one and replay
+    /// their unacknowledged publishes; without this, those aimed at a node that is a few
+    /// milliseconds slower would be lost on the fast path.
+    held: parking_lot::Mutex<HashMap<NodeId, (i64, Vec<Bytes>)>>,
 }
 
 impl LinkHub {
@@ -46,7 +59,14 @@ impl LinkHub {
             links: RwLock::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             dead,
+            closing: CancellationToken::new(),
+            held: parking_lot::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Closes every link now (the nodes will reconnect to whoever serves next).
+    pub fn close_all(&self) {
+        self.closing.cancel();
     }
 
     /// Number of nodes with an open link.
@@ -67,11 +87,22 @@ impl LinkHub {
             Targets::All => links.iter().for_each(|(id, l)| send(id, l)),
             Targets::Nodes(ids) => {
                 for id in ids {
-                    if let Some(l) = links.get(id) {
-                        send(id, l);
+                    match links.get(id) {
+                        Some(l) => send(id, l),
+                        None => self.hold(id, envelope),
                     }
                 }
             }
+        }
+    }
+
+    fn hold(&self, id: &NodeId, envelope: &Bytes) {
+        let now = crate::ids::now_ms();
+        let mut held = self.held.lock();
+        held.retain(|_, (since, _)| now - *since < HELD_FOR_MS);
+        let (_, list) = held.entry(id.clone()).or_insert((now, Vec::new()));
+        if list.len() < HELD_PER_NODE {
+            list.push(envelope.clone());
         }
     }
 
@@ -123,7 +154,14 @@ impl LinkHub {
         });
 
         let mut node: Option<NodeId> = None;
-        while let Some(Ok(msg)) = stream.next().await {
+        loop {
+            let msg = tokio::select! {
+                _ = self.closing.cancelled() => break,
+                m = stream.next() => match m {
+                    Some(Ok(m)) => m,
+                    _ => break,
+                },
+            };
             match msg {
                 Message::Text(t) => {
                     let req: LinkRequest = match serde_json::from_str(t.as_str()) {
@@ -220,6 +258,14 @@ impl LinkHub {
                             deliver: deliver.clone(),
                         },
                     );
+                    let held = self.held.lock().remove(&id);
+                    if let Some((since, list)) = held
+                        && crate::ids::now_ms() - since < HELD_FOR_MS
+                    {
+                        for env in list {
+                            let _ = deliver.try_send(env);
+                        }
+                    }
                     *node = Some(id);
                     LinkReply::Registered {
                         worker_id: lease.worker_id,

@@ -7,3 +7,179 @@ pub mod hub;
 
 pub use client::LinkClient;
 pub use hub::{HubBus, LinkHub};
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::extract::State;
+    use axum::extract::ws::WebSocketUpgrade;
+    use axum::routing::get;
+    use bytes::Bytes;
+    use protocol::link::Targets;
+    use protocol::{NodeId, UserId};
+    use tokio::net::TcpListener;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::auth::Secret;
+    use crate::bus::{Bus, SharedBus};
+    use crate::ids::now_ms;
+    use crate::registry::memory::MemoryRegistry;
+    use crate::registry::{NodeInfo, Registry};
+
+    struct TestHub {
+        url: String,
+        registry: Arc<MemoryRegistry>,
+        hub: Arc<LinkHub>,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    impl TestHub {
+        async fn start(listener: TcpListener) -> TestHub {
+            let url = format!("http://{}", listener.local_addr().expect("addr"));
+            let registry = Arc::new(MemoryRegistry::new(60_000));
+            let (dead, _) = tokio::sync::mpsc::unbounded_channel();
+            let hub = LinkHub::new(registry.clone(), dead);
+            let app = axum::Router::new()
+                .route(
+                    "/internal/link",
+                    get(
+                        |State(hub): State<Arc<LinkHub>>, ws: WebSocketUpgrade| async move {
+                            ws.on_upgrade(move |s| hub.serve(s))
+                        },
+                    ),
+                )
+                .with_state(hub.clone());
+            let server = tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            TestHub {
+                url,
+                registry,
+                hub,
+                server,
+            }
+        }
+
+        fn stop(self) {
+            self.hub.close_all();
+            self.server.abort();
+        }
+    }
+
+    fn secret() -> Secret {
+        Secret::new("link-test-secret-0123456789").expect("secret")
+    }
+
+    async fn registered(url: &str, name: &str) -> (NodeId, LinkClient) {
+        let id = NodeId::new(name).expect("id");
+        let client = LinkClient::start(url, secret(), CancellationToken::new());
+        client
+            .register(&NodeInfo {
+                id: id.clone(),
+                ws_url: format!("ws://{name}"),
+                http_url: format!("http://{name}"),
+                started_at: now_ms(),
+            })
+            .await
+            .expect("register");
+        (id, client)
+    }
+
+    crate::bus_suite!(|n: usize| async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let hub = TestHub::start(listener).await;
+        let mut out: Vec<(NodeId, SharedBus)> = Vec::new();
+        for i in 0..n {
+            let (id, client) = registered(&hub.url, &format!("bus{i}")).await;
+            out.push((id, Arc::new(client)));
+        }
+        // The hub lives as long as the test process; each test has its own.
+        std::mem::forget(hub);
+        out
+    });
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn registry_calls_go_through_the_link() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let hub = TestHub::start(listener).await;
+        let (a, ca) = registered(&hub.url, "na").await;
+        let (b, _cb) = registered(&hub.url, "nb").await;
+        assert!(ca.attach(&a, UserId(7), None).await.expect("attach"));
+        assert!(!ca.attach(&a, UserId(7), None).await.expect("attach"));
+        assert_eq!(
+            hub.registry.locate(&[UserId(7)]).await.expect("locate")[0],
+            vec![a.clone()]
+        );
+        assert_eq!(
+            ca.locate(&[UserId(7), UserId(8)]).await.expect("locate"),
+            vec![vec![a.clone()], vec![]]
+        );
+        let nodes = ca.nodes().await.expect("nodes");
+        assert_eq!(nodes.len(), 2);
+        assert!(nodes.iter().any(|n| n.id == b));
+        assert!(!ca.detach(&a, UserId(7)).await.expect("detach"));
+        assert!(ca.detach(&a, UserId(7)).await.expect("detach"));
+        assert!(ca.online(&[UserId(7)]).await.expect("online").is_empty());
+        hub.stop();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_controller_gets_registrations_devices_and_publishes_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let hub = TestHub::start(listener).await;
+        let url = hub.url.clone();
+        let (a, ca) = registered(&url, "ra").await;
+        let (b, cb) = registered(&url, "rb").await;
+        let mut inbox_b = cb.subscribe(&b).await.expect("subscribe");
+        ca.attach(&a, UserId(42), None).await.expect("attach");
+        ca.attach(&a, UserId(42), None).await.expect("attach");
+
+        hub.stop();
+        // Wait for both links to notice.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while ca.is_up() || cb.is_up() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "links never noticed the controller died"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Published while the controller is down: kept and sent after the reconnect.
+        ca.publish(
+            &Targets::Nodes(vec![b.clone()]),
+            Bytes::from_static(b"while-down"),
+        )
+        .await
+        .expect("buffered");
+
+        let listener = TcpListener::bind(addr).await.expect("rebind the same port");
+        let hub2 = TestHub::start(listener).await;
+        let got = tokio::time::timeout(Duration::from_secs(10), inbox_b.recv())
+            .await
+            .expect("the buffered publish arrives after the reconnect");
+        assert_eq!(got.as_deref(), Some(&b"while-down"[..]));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let nodes = hub2.registry.nodes().await.expect("nodes");
+            let located = hub2.registry.locate(&[UserId(42)]).await.expect("locate");
+            if nodes.len() == 2 && located[0] == vec![a.clone()] {
+                let ra = nodes.iter().find(|n| n.id == a).expect("ra");
+                assert_eq!(ra.connections, 2, "both devices replayed, once each");
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "state not replayed: {nodes:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Both devices leave: the user is offline on the new controller.
+        assert!(!ca.detach(&a, UserId(42)).await.expect("detach"));
+        assert!(ca.detach(&a, UserId(42)).await.expect("detach"));
+        hub2.stop();
+    }
+}

@@ -138,7 +138,7 @@ pub async fn run(
     });
     let plan = resync_plan(&hello, &conversations);
     let stop = CancellationToken::new();
-    let writer = tokio::spawn(write_loop(
+    let mut writer = tokio::spawn(write_loop(
         ctx.clone(),
         sink,
         slot.clone(),
@@ -148,8 +148,18 @@ pub async fn run(
         stop.clone(),
     ));
     read_loop(&ctx, &mut stream, &slot, &who, &stop).await;
-    stop.cancel();
-    let _ = writer.await;
+    // The reader asked for a close with a code (too big, flood): let the writer send it.
+    let finished = slot.queue.closing().is_some()
+        && tokio::time::timeout(Duration::from_secs(2), &mut writer)
+            .await
+            .is_ok();
+    if !finished {
+        stop.cancel();
+        let _ = writer.await;
+    }
+    if slot.queue.closing().is_some() {
+        linger(&mut stream).await;
+    }
     leave(&ctx, &slot, &contacts).await;
 }
 
@@ -185,6 +195,20 @@ fn announce(ctx: &Arc<NodeCtx>, recipients: &[UserId], frame: Bytes) {
     if ctx.publish.try_send(job).is_err() {
         metrics::counter!("chat_live_dropped_total").increment(1);
     }
+}
+
+/// After the node closed a socket, reads (and drops) what the device still sends until its
+/// close frame, for a moment: closing the TCP connection with unread data would reset it, and
+/// the device would lose the frames that say why it was closed.
+async fn linger(stream: &mut Stream) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(msg)) = stream.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 async fn read_hello(stream: &mut Stream) -> Result<Hello, (ErrorCode, String)> {
