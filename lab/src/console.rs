@@ -216,7 +216,9 @@ fn status_lines(
     let mut lines = vec![url.to_owned(), setup.to_owned(), String::new()];
     lines.extend(table);
     lines.push(String::new());
-    lines.push("commands: kill N · stop N · restart N · add · status · help · quit".to_owned());
+    lines.push(
+        "commands: kill N, stop N, restart N, freeze N, thaw N, add, status, help, quit".to_owned(),
+    );
     lines.push("─".repeat(78));
     lines
 }
@@ -455,7 +457,7 @@ impl Session {
         let running = cluster
             .nodes()
             .iter()
-            .filter(|n| n.process == ProcessState::Running)
+            .filter(|n| matches!(n.process, ProcessState::Running | ProcessState::Paused))
             .count();
         self.event(&format!(
             "{reason}: stopping the cluster (SIGTERM to {running} node{}, then the controller; \
