@@ -132,6 +132,9 @@ pub struct NodeBackends {
     pub bus: SharedBus,
     /// Leases the backend took again by itself (after a reconnect), when it does that.
     pub lease_changes: Option<watch::Receiver<Option<Lease>>>,
+    /// Whether nodes reap the registry themselves (a shared registry), rather than leave it to
+    /// the controller that hosts it.
+    pub node_reaps: bool,
 }
 
 /// Opens a node's registry and bus. Background tasks stop when `cancel` fires.
@@ -148,6 +151,7 @@ pub async fn for_node(
             let link = LinkClient::start(controller, secret.clone(), cancel);
             Ok(NodeBackends {
                 lease_changes: Some(link.lease()),
+                node_reaps: false,
                 registry: Arc::new(link.clone()),
                 bus: Arc::new(link),
             })

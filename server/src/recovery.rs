@@ -17,6 +17,7 @@ use crate::ids::now_ms;
 use crate::registry::DeadNode;
 use crate::route::Router;
 use crate::store::SharedStore;
+use tokio::sync::mpsc;
 
 /// How far before the last sign of life to look: covers events accepted between the node's
 /// last heartbeat and its death, and heartbeats that were late.
@@ -95,6 +96,42 @@ pub async fn recover(
         took_ms = now_ms() - started,
         "cleaned up after a dead node"
     );
+}
+
+/// Reaps the registry every `period` (and takes nodes reported dead by other means from
+/// `reported`), cleaning up after each dead node, until `cancel` fires. The controller runs it;
+/// with a shared registry (Redis) every node runs it too — each dead node is reaped by exactly
+/// one of them.
+pub async fn run_reaper(
+    store: SharedStore,
+    router: Router,
+    period: Duration,
+    mut reported: Option<mpsc::UnboundedReceiver<DeadNode>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let dead: Vec<DeadNode> = tokio::select! {
+            _ = cancel.cancelled() => return,
+            Some(d) = async {
+                match reported.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => vec![d],
+            _ = tokio::time::sleep(period) => match router.registry.reap(now_ms()).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reap failed");
+                    continue;
+                }
+            },
+        };
+        for d in dead {
+            metrics::counter!("chat_nodes_reaped_total").increment(1);
+            tracing::warn!(node = %d.node, offline = d.went_offline.len(), "node gone; recovering");
+            tokio::spawn(recover(d, store.clone(), router.clone(), cancel.clone()));
+        }
+    }
 }
 
 /// Presence frame recipients never include the user themself; this helper is shared by nodes.

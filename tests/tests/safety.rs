@@ -353,7 +353,7 @@ async fn bad_input_is_refused_and_the_node_keeps_serving() -> Result<()> {
     let mut other = Vec::new();
     let how = loop {
         match flood.next_incoming(PATIENCE).await? {
-            Incoming::Frame(ServerFrame::Error(e)) if e.code == ErrorCode::RateLimited => {
+            Incoming::Frame(f) if matches!(&*f, ServerFrame::Error(e) if e.code == ErrorCode::RateLimited) => {
                 limited += 1
             }
             Incoming::Frame(f) => other.push(f),

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{HashCost, Passwords, Secret, TokenKeys};
 use crate::backends::{BackendError, BusChoice, RegistryChoice};
 use crate::bus::{Routing, SharedBus};
-use crate::ids::{Snowflakes, now_ms};
+use crate::ids::Snowflakes;
 use crate::link::{HubBus, LinkHub};
 use crate::registry::memory::{CONTROLLER_WORKER_ID, MemoryRegistry};
 use crate::registry::{DeadNode, SharedRegistry};
@@ -148,7 +148,13 @@ impl Controller {
             token_ttl_secs: config.token_ttl_secs,
             cancel: cancel.clone(),
         });
-        let reaper = tokio::spawn(reap(state.clone(), dead_rx, config.lease_ms));
+        let reaper = tokio::spawn(crate::recovery::run_reaper(
+            state.store.clone(),
+            state.router.clone(),
+            Duration::from_millis((config.lease_ms / 4).clamp(50, 500)),
+            Some(dead_rx),
+            cancel.clone(),
+        ));
         let app = api::router(state.clone());
         let stop = cancel.clone();
         let server = tokio::spawn(async move {
@@ -189,34 +195,6 @@ impl Controller {
         }
         self.reaper.abort();
         tracing::info!("controller stopped");
-    }
-}
-
-/// Removes nodes whose lease lapsed or whose link dropped, and cleans up after each.
-async fn reap(state: Arc<AppState>, mut dead_rx: mpsc::UnboundedReceiver<DeadNode>, lease_ms: u64) {
-    let period = Duration::from_millis((lease_ms / 4).clamp(50, 500));
-    loop {
-        let dead: Vec<DeadNode> = tokio::select! {
-            _ = state.cancel.cancelled() => return,
-            Some(d) = dead_rx.recv() => vec![d],
-            _ = tokio::time::sleep(period) => match state.router.registry.reap(now_ms()).await {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reap failed");
-                    continue;
-                }
-            },
-        };
-        for d in dead {
-            metrics::counter!("chat_nodes_reaped_total").increment(1);
-            tracing::warn!(node = %d.node, offline = d.went_offline.len(), "node gone; recovering");
-            tokio::spawn(crate::recovery::recover(
-                d,
-                state.store.clone(),
-                state.router.clone(),
-                state.cancel.clone(),
-            ));
-        }
     }
 }
 

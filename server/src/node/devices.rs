@@ -52,6 +52,9 @@ pub enum Outbound {
     Live(Bytes),
     /// Fault injection: write this ack, flush, then kill the process.
     AckThenCrash(Bytes),
+    /// Compare the device's positions with the store and send whatever it lacks (after the
+    /// bus was down: pub/sub drops what is published while a subscriber is away).
+    Resync,
 }
 
 /// A device's bounded outgoing queue. It allocates nothing while empty, so idle devices cost
@@ -221,6 +224,20 @@ impl Devices {
                 n += 1;
             }
         });
+        n
+    }
+
+    /// Asks every session to catch up with the store.
+    pub fn resync_all(&self) -> usize {
+        let mut n = 0;
+        for shard in self.shards.iter() {
+            for list in shard.read().values() {
+                for slot in list {
+                    slot.queue.push(Outbound::Resync);
+                    n += 1;
+                }
+            }
+        }
         n
     }
 

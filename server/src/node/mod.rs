@@ -201,6 +201,7 @@ impl Node {
             registry,
             bus,
             lease_changes,
+            node_reaps,
         } = backends::for_node(
             &config.registry,
             &config.bus,
@@ -259,6 +260,15 @@ impl Node {
                 background.clone(),
             )),
         ];
+        if node_reaps {
+            tasks.push(tokio::spawn(crate::recovery::run_reaper(
+                ctx.store.clone(),
+                ctx.router.clone(),
+                Duration::from_millis((lease.lease_ms / 4).clamp(50, 500)),
+                None,
+                background.clone(),
+            )));
+        }
         if let Some(mut changes) = lease_changes {
             // The link registers again by itself after a reconnect, possibly with another
             // worker id: follow it so that message ids stay unique.

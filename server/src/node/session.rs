@@ -597,55 +597,22 @@ async fn write_loop(
     let mut cursors = Cursors::default();
     let result = async {
         sink.feed(text(welcome.to_json())).await?;
-        let mut replayed = 0u64;
-        for (conv, from, upto) in plan {
-            cursors.set(conv, from);
-            let mut after = from;
-            while after < upto {
-                let (events, _) = match ctx
-                    .store
-                    .events(conv, Page::After(after), REPLAY_PAGE)
-                    .await
-                {
-                    Ok(page) => page,
-                    Err(e) => {
-                        sink.feed(text(
-                            ServerFrame::error(store_error_code(&e), store_error_message(&e), None)
-                                .to_json(),
-                        ))
-                        .await?;
-                        sink.send(close_msg(
-                            close::INTERNAL,
-                            "store unavailable during resync",
-                        ))
-                        .await?;
-                        return Ok(());
-                    }
-                };
-                if events.is_empty() {
-                    break;
-                }
-                for ev in events {
-                    after = ev.seq;
-                    if ev.seq > upto {
-                        break;
-                    }
-                    ctx.tracer.hop(
-                        Hop::Replayed,
-                        ev.id,
-                        conv,
-                        ev.seq,
-                        Some(slot.user),
-                        Some(&slot.device),
-                        vec![],
-                    );
-                    cursors.set(conv, ev.seq);
-                    sink.feed(text(ServerFrame::Event(ev).to_json())).await?;
-                    replayed += 1;
-                }
-                sink.flush().await?;
+        let replayed = match replay(&ctx, &mut sink, &slot, &mut cursors, plan).await? {
+            Ok(n) => n,
+            Err(e) => {
+                sink.feed(text(
+                    ServerFrame::error(store_error_code(&e), store_error_message(&e), None)
+                        .to_json(),
+                ))
+                .await?;
+                sink.send(close_msg(
+                    close::INTERNAL,
+                    "store unavailable during resync",
+                ))
+                .await?;
+                return Ok(());
             }
-        }
+        };
         metrics::counter!("chat_replayed_events_total").increment(replayed);
         sink.send(text(ServerFrame::Synced { replayed }.to_json()))
             .await?;
@@ -657,6 +624,96 @@ async fn write_loop(
     }
     // However the writer ended, the reader must stop too.
     stop.cancel();
+}
+
+/// Writes, for each `(conv, after, upto)`, the events `after < seq <= upto` from the store, and
+/// moves the device's positions. The outer error is the socket's, the inner the store's.
+async fn replay(
+    ctx: &Arc<NodeCtx>,
+    sink: &mut Sink,
+    slot: &DeviceSlot,
+    cursors: &mut Cursors,
+    plan: Vec<(ConvId, Seq, Seq)>,
+) -> Result<Result<u64, crate::store::StoreError>, axum::Error> {
+    let mut replayed = 0u64;
+    for (conv, from, upto) in plan {
+        if cursors.get(conv).is_none_or(|c| c < from) {
+            cursors.set(conv, from);
+        }
+        let mut after = cursors.get(conv).unwrap_or(from);
+        while after < upto {
+            let events = match ctx
+                .store
+                .events(conv, Page::After(after), REPLAY_PAGE)
+                .await
+            {
+                Ok((events, _)) => events,
+                Err(e) => return Ok(Err(e)),
+            };
+            if events.is_empty() {
+                break;
+            }
+            for ev in events {
+                after = ev.seq;
+                if ev.seq > upto {
+                    break;
+                }
+                ctx.tracer.hop(
+                    Hop::Replayed,
+                    ev.id,
+                    conv,
+                    ev.seq,
+                    Some(slot.user),
+                    Some(&slot.device),
+                    vec![],
+                );
+                cursors.set(conv, ev.seq);
+                sink.feed(text(ServerFrame::Event(ev).to_json())).await?;
+                replayed += 1;
+            }
+            sink.flush().await?;
+        }
+    }
+    Ok(Ok(replayed))
+}
+
+/// After the bus was down: compares the device's positions with the store's heads and writes
+/// what it lacks, then whatever was buffered behind it.
+async fn catch_up(
+    ctx: &Arc<NodeCtx>,
+    sink: &mut Sink,
+    slot: &DeviceSlot,
+    cursors: &mut Cursors,
+) -> Result<(), axum::Error> {
+    let conversations = match ctx.store.conversations_of(slot.user).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "catch-up after a bus outage failed; the next gap or resync covers it");
+            return Ok(());
+        }
+    };
+    let plan: Vec<(ConvId, Seq, Seq)> = conversations
+        .iter()
+        .filter_map(|c| {
+            let from = cursors
+                .get(c.id)
+                .unwrap_or_else(|| c.last_seq.saturating_sub(u64::from(INITIAL_SYNC_EVENTS)));
+            (from < c.last_seq).then_some((c.id, from, c.last_seq))
+        })
+        .collect();
+    let convs: Vec<ConvId> = plan.iter().map(|p| p.0).collect();
+    if let Ok(n) = replay(ctx, sink, slot, cursors, plan).await? {
+        metrics::counter!("chat_caught_up_events_total").increment(n);
+    }
+    let mut out = Vec::new();
+    for conv in convs {
+        cursors.fill(conv, Vec::new(), &mut out);
+    }
+    for b in out {
+        let t = Utf8Bytes::try_from(b).map_err(axum::Error::new)?;
+        sink.feed(Message::Text(t)).await?;
+    }
+    sink.flush().await
 }
 
 async fn live_loop(
@@ -689,8 +746,10 @@ async fn live_loop(
         slot.queue.take_all(&mut items);
         let now = Instant::now();
         let mut crash_after = false;
+        let mut catch_up_now = false;
         for item in items.drain(..) {
             match item {
+                Outbound::Resync => catch_up_now = true,
                 Outbound::Live(b) => out.push(b),
                 Outbound::AckThenCrash(b) => {
                     out.push(b);
@@ -776,6 +835,9 @@ async fn live_loop(
             sink.flush().await?;
         }
         out.clear();
+        if catch_up_now {
+            catch_up(ctx, sink, slot, cursors).await?;
+        }
         if crash_after {
             tracing::error!("fault injection: aborting the process after an ack");
             std::process::abort();
