@@ -27,7 +27,10 @@ use protocol::{
     AttachmentId, ClientMsgId, ConvId, DeviceId, MessageId, Millis, NodeId, Seq, UserId,
 };
 
+mod common;
 pub mod sqlite;
+#[cfg(test)]
+pub mod suite;
 
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
@@ -337,7 +340,7 @@ pub type SharedStore = Arc<dyn Store>;
 /// Opens the store named by `url`: `sqlite://PATH` (created if missing) or `postgres://…`.
 pub async fn open(url: &str) -> StoreResult<SharedStore> {
     if let Some(path) = url.strip_prefix("sqlite://") {
-        return sqlite::SqliteStore::open(path).await;
+        return Ok(Arc::new(sqlite::SqliteStore::open(path).await?));
     }
     Err(StoreError::Invalid(format!(
         "unsupported store URL {url:?} (expected sqlite://PATH{})",

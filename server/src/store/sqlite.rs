@@ -1,13 +1,1277 @@
-//! The embedded store: one SQLite file shared by every process on the machine.
-//! (Being written: see the helper's task.)
-use super::{StoreError, StoreResult};
+//! The embedded store: one SQLite file that every process on the machine (the controller and
+//! its chat nodes) opens at the same time. The rules of appending live in [`super::common`];
+//! this module is the SQL and the way processes share the file.
+//!
+//! Sharing one file between processes:
+//! - WAL journal: readers never wait for the writer nor it for them. `synchronous = NORMAL`:
+//!   a commit is durable against a process crash at once and against power loss from the next
+//!   checkpoint on, which is what WAL mode is designed for.
+//! - Every write transaction starts with `BEGIN IMMEDIATE`, which takes the file's write lock
+//!   first, waiting up to [`BUSY_TIMEOUT`] for it. A deferred transaction that read first and
+//!   writes later can instead fail at once with `SQLITE_BUSY` when another process wrote in
+//!   between, without waiting.
+//! - Within a process, writes queue on a pool of one connection (FIFO, async) rather than on
+//!   SQLite's busy handler, which sleeps and polls; reads use a pool of their own.
+//! - sqlx takes no lock to run SQLite migrations, so they run inside a `BEGIN IMMEDIATE` too:
+//!   processes opening a new file at once apply them one after the other.
+//!
+//! Busy, locked and I/O errors become [`StoreError::Unavailable`] (retry later); constraint
+//! violations become the store's own words (see [`common::constraint_error`]).
 
-/// Placeholder until the SQLite store lands.
-pub struct SqliteStore;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use protocol::http::RoomListing;
+use protocol::model::{Attachment, ConversationSummary, Event};
+use protocol::{
+    AttachmentId, ClientMsgId, ConvId, DeviceId, MessageId, Millis, NodeId, Seq, UserId,
+};
+use sqlx::migrate::{Migrate, MigrateError, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Connection, Sqlite, Transaction};
+
+use super::common::{
+    self, AttachmentRow, ConvHead, ConversationRow, DeviceRow, EventColumns, EventRow, MemberCache,
+    MemberRow, MessageRef, NewConversation, RoomRow, SummaryRow, UserRow, WriteOps, event_select,
+};
+use super::{
+    Appended, AttachmentBlob, ConversationRecord, DeviceRecord, MemberRecord, NewEvent, Page,
+    Store, StoreError, StoreResult, UserRecord,
+};
+
+/// How long a connection waits for another process's lock before giving up (then the call is
+/// [`StoreError::Unavailable`]).
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a call waits for a connection of this process's pools.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connections for reads: WAL lets them all read while one writes.
+const READERS: u32 = 8;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The SQLite store. Cheap to clone: the pools and the member cache are shared.
+#[derive(Clone)]
+pub struct SqliteStore {
+    /// Reads only.
+    reader: SqlitePool,
+    /// One connection: this process's writes queue here, each in a `BEGIN IMMEDIATE`.
+    writer: SqlitePool,
+    members: Arc<MemberCache>,
+}
 
 impl SqliteStore {
-    /// Opens the file.
-    pub async fn open(_path: &str) -> StoreResult<super::SharedStore> {
-        Err(StoreError::Unavailable("sqlite store not built yet".into()))
+    /// Opens (creating it and its directory if missing) the database file at `path`, switches
+    /// it to WAL and brings its schema up to date. Any number of processes may do this at once.
+    pub async fn open(path: impl AsRef<Path>) -> StoreResult<SqliteStore> {
+        let path = path.as_ref();
+        if path.as_os_str().is_empty() {
+            return Err(StoreError::Invalid("empty SQLite path".into()));
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir).await.map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT);
+
+        // The journal mode is a property of the file: set once here, the pools' connections
+        // find it. Then the schema, before any pool serves.
+        let mut setup = SqliteConnection::connect_with(&options)
+            .await
+            .map_err(db_err)?;
+        enable_wal(&mut setup).await?;
+        migrate(&mut setup).await?;
+        setup.close().await.map_err(db_err)?;
+
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await
+            .map_err(db_err)?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(db_err)?;
+        Ok(SqliteStore {
+            reader,
+            writer,
+            members: Arc::new(MemberCache::default()),
+        })
+    }
+
+    /// A write transaction, holding the file's write lock.
+    async fn write_tx(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)
+    }
+
+    async fn append_batch(&self, batch: Vec<NewEvent>) -> StoreResult<Vec<StoreResult<Appended>>> {
+        let mut tx = self.write_tx().await?;
+        let outcome = common::append_batch(&mut *tx, &self.members, batch).await?;
+        tx.commit().await.map_err(db_err)?;
+        outcome.remember_members(&self.members);
+        Ok(outcome.results)
+    }
+}
+
+/// Switches the file to WAL. Unlike other locks, the one this needs is not waited for by the
+/// busy handler, so several processes creating the file at once retry here.
+async fn enable_wal(conn: &mut SqliteConnection) -> StoreResult<()> {
+    let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        let outcome = sqlx::query_scalar::<_, String>("PRAGMA journal_mode = WAL")
+            .fetch_one(&mut *conn)
+            .await;
+        let retry = match outcome {
+            Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
+            Ok(mode) => format!("journal mode stayed {mode}"),
+            Err(e) if is_busy(&e) => e.to_string(),
+            Err(e) => return Err(db_err(e)),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StoreError::Unavailable(format!(
+                "cannot switch SQLite to WAL: {retry}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Applies the migrations under the write lock (see the module docs).
+async fn migrate(conn: &mut SqliteConnection) -> StoreResult<()> {
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
+    // The steps of `Migrator::run`, spelled out: its generic `Acquire` bound makes the future
+    // unusable where it must be `Send` (sqlx issue "Acquire is not general enough").
+    tx.ensure_migrations_table().await.map_err(migrate_err)?;
+    if let Some(version) = tx.dirty_version().await.map_err(migrate_err)? {
+        return Err(StoreError::Internal(format!(
+            "SQLite migration {version} failed half-way earlier; repair the database"
+        )));
+    }
+    let applied: HashMap<i64, _> = tx
+        .list_applied_migrations()
+        .await
+        .map_err(migrate_err)?
+        .into_iter()
+        .map(|m| (m.version, m.checksum))
+        .collect();
+    let known: HashSet<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+    if let Some(newer) = applied.keys().find(|v| !known.contains(v)) {
+        return Err(StoreError::Internal(format!(
+            "the database has migration {newer}, unknown to this build: it was made by a newer one"
+        )));
+    }
+    for migration in MIGRATOR.iter() {
+        if migration.migration_type.is_down_migration() {
+            continue;
+        }
+        match applied.get(&migration.version) {
+            Some(checksum) if *checksum != migration.checksum => {
+                return Err(StoreError::Internal(format!(
+                    "SQLite migration {} was changed after it was applied",
+                    migration.version
+                )));
+            }
+            Some(_) => {}
+            // Nested in our transaction: sqlx makes its own a savepoint.
+            None => {
+                tx.apply(migration).await.map_err(migrate_err)?;
+            }
+        }
+    }
+    tx.commit().await.map_err(db_err)
+}
+
+fn migrate_err(e: MigrateError) -> StoreError {
+    match e {
+        MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) => db_err(e),
+        other => StoreError::Internal(format!("SQLite migrations: {other}")),
+    }
+}
+
+/// SQLite's primary result codes that mean "not now" rather than "never".
+const SQLITE_BUSY: i32 = 5;
+const SQLITE_LOCKED: i32 = 6;
+const SQLITE_IOERR: i32 = 10;
+const SQLITE_FULL: i32 = 13;
+const SQLITE_CANTOPEN: i32 = 14;
+const SQLITE_PROTOCOL: i32 = 15;
+
+/// The primary result code of a database error (sqlx reports the extended one).
+fn primary_code(e: &sqlx::Error) -> Option<i32> {
+    let sqlx::Error::Database(db) = e else {
+        return None;
+    };
+    db.code()?.parse::<i32>().ok().map(|code| code & 0xff)
+}
+
+fn is_busy(e: &sqlx::Error) -> bool {
+    matches!(primary_code(e), Some(SQLITE_BUSY | SQLITE_LOCKED))
+}
+
+/// The store's word for a failed statement.
+fn db_err(e: sqlx::Error) -> StoreError {
+    if let Some(mapped) = common::constraint_error(&e) {
+        return mapped;
+    }
+    if matches!(
+        primary_code(&e),
+        Some(
+            SQLITE_BUSY
+                | SQLITE_LOCKED
+                | SQLITE_IOERR
+                | SQLITE_FULL
+                | SQLITE_CANTOPEN
+                | SQLITE_PROTOCOL
+        )
+    ) {
+        return StoreError::Unavailable(e.to_string());
+    }
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+        other => StoreError::Internal(other.to_string()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The write path's statements
+
+impl WriteOps for SqliteConnection {
+    async fn event_by_client_id(
+        &mut self,
+        sender: UserId,
+        client_id: &ClientMsgId,
+    ) -> StoreResult<Option<Event>> {
+        sqlx::query_as::<_, EventRow>(concat!(
+            event_select!(),
+            " WHERE e.sender = $1 AND e.client_id = $2"
+        ))
+        .bind(sender.0)
+        .bind(client_id.as_str())
+        .fetch_optional(&mut *self)
+        .await
+        .map_err(db_err)?
+        .map(EventRow::into_event)
+        .transpose()
+    }
+
+    async fn conv_head(&mut self, conv: ConvId) -> StoreResult<Option<ConvHead>> {
+        let row: Option<(String, bool, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT kind, is_public, last_seq, last_msg_seq, last_activity, member_epoch \
+             FROM conversations WHERE id = $1",
+        )
+        .bind(conv.0)
+        .fetch_optional(&mut *self)
+        .await
+        .map_err(db_err)?;
+        let Some((kind, public, last_seq, last_msg_seq, last_activity, member_epoch)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(ConvHead {
+            kind: common::parse_conv_kind(&kind)?,
+            public,
+            last_seq: common::seq_from_db(last_seq)?,
+            last_msg_seq: common::seq_from_db(last_msg_seq)?,
+            last_activity,
+            member_epoch,
+        }))
+    }
+
+    async fn member_ids(&mut self, conv: ConvId) -> StoreResult<Vec<UserId>> {
+        let ids: Vec<i64> =
+            sqlx::query_scalar("SELECT user_id FROM members WHERE conv_id = $1 ORDER BY user_id")
+                .bind(conv.0)
+                .fetch_all(&mut *self)
+                .await
+                .map_err(db_err)?;
+        Ok(ids.into_iter().map(UserId).collect())
+    }
+
+    async fn user_exists(&mut self, user: UserId) -> StoreResult<bool> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM users WHERE id = $1")
+            .bind(user.0)
+            .fetch_optional(&mut *self)
+            .await
+            .map_err(db_err)?;
+        Ok(found.is_some())
+    }
+
+    async fn attachment_meta(&mut self, id: &AttachmentId) -> StoreResult<Option<Attachment>> {
+        let row: Option<(String, String, i64, i64)> =
+            sqlx::query_as("SELECT name, mime, size, conv_id FROM attachments WHERE id = $1")
+                .bind(id.as_str())
+                .fetch_optional(&mut *self)
+                .await
+                .map_err(db_err)?;
+        let Some((name, mime, size, conv)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(Attachment {
+            id: id.clone(),
+            name,
+            mime,
+            size: u64::try_from(size)
+                .map_err(|_| StoreError::Internal(format!("negative size of {id}")))?,
+            conv: ConvId(conv),
+        }))
+    }
+
+    async fn message_ref(&mut self, id: MessageId) -> StoreResult<Option<MessageRef>> {
+        let row: Option<(i64, String, i64, bool, Option<String>)> = sqlx::query_as(
+            "SELECT conv_id, body_type, sender, deleted, attachment_id FROM events WHERE id = $1",
+        )
+        .bind(id.0)
+        .fetch_optional(&mut *self)
+        .await
+        .map_err(db_err)?;
+        let Some((conv, body_type, sender, deleted, attachment)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(MessageRef {
+            conv: ConvId(conv),
+            is_message: body_type == common::body_type::MESSAGE,
+            sender: UserId(sender),
+            deleted,
+            attachment: attachment
+                .map(|a| {
+                    a.parse()
+                        .map_err(|_| StoreError::Internal(format!("malformed attachment id {a:?}")))
+                })
+                .transpose()?,
+        }))
+    }
+
+    async fn insert_event(&mut self, event: &Event, origin: &NodeId) -> StoreResult<bool> {
+        let c = EventColumns::of(&event.body);
+        let done = sqlx::query(
+            "INSERT INTO events (id, conv_id, seq, at, sender, device, client_id, origin, body_type, \
+             msg_kind, member_action, member_user, text, attachment_id, reply_to, target) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(event.id.0)
+        .bind(event.conv.0)
+        .bind(common::seq_to_db(event.seq))
+        .bind(event.at)
+        .bind(event.sender.0)
+        .bind(event.device.as_ref().map(DeviceId::as_str))
+        .bind(event.client_id.as_ref().map(ClientMsgId::as_str))
+        .bind(origin.as_str())
+        .bind(c.body_type)
+        .bind(c.msg_kind)
+        .bind(c.member_action)
+        .bind(c.member_user)
+        .bind(c.text)
+        .bind(c.attachment_id)
+        .bind(c.reply_to)
+        .bind(c.target)
+        .execute(&mut *self)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn edit_message(&mut self, id: MessageId, text: &str, at: Millis) -> StoreResult<()> {
+        sqlx::query("UPDATE events SET text = $2, edited_at = $3 WHERE id = $1")
+            .bind(id.0)
+            .bind(text)
+            .bind(at)
+            .execute(&mut *self)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn delete_message(
+        &mut self,
+        id: MessageId,
+        attachment: Option<&AttachmentId>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE events SET text = '', attachment_id = NULL, deleted = TRUE WHERE id = $1",
+        )
+        .bind(id.0)
+        .execute(&mut *self)
+        .await
+        .map_err(db_err)?;
+        sqlx::query("UPDATE events SET text = '' WHERE target = $1 AND body_type = 'edit'")
+            .bind(id.0)
+            .execute(&mut *self)
+            .await
+            .map_err(db_err)?;
+        if let Some(attachment) = attachment {
+            sqlx::query(
+                "DELETE FROM attachments WHERE id = $1 \
+                 AND NOT EXISTS (SELECT 1 FROM events WHERE attachment_id = $1)",
+            )
+            .bind(attachment.as_str())
+            .execute(&mut *self)
+            .await
+            .map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    async fn add_member(&mut self, conv: ConvId, user: UserId, seq: Seq) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO members (conv_id, user_id, joined_seq, read_seq) VALUES ($1, $2, $3, $3)",
+        )
+        .bind(conv.0)
+        .bind(user.0)
+        .bind(common::seq_to_db(seq))
+        .execute(&mut *self)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn remove_member(&mut self, conv: ConvId, user: UserId) -> StoreResult<()> {
+        sqlx::query("DELETE FROM members WHERE conv_id = $1 AND user_id = $2")
+            .bind(conv.0)
+            .bind(user.0)
+            .execute(&mut *self)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn save_head(&mut self, conv: ConvId, head: &ConvHead) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE conversations SET last_seq = $2, last_msg_seq = $3, last_activity = $4, member_epoch = $5 \
+             WHERE id = $1",
+        )
+        .bind(conv.0)
+        .bind(common::seq_to_db(head.last_seq))
+        .bind(common::seq_to_db(head.last_msg_seq))
+        .bind(head.last_activity)
+        .bind(head.member_epoch)
+        .execute(&mut *self)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn direct_between(&mut self, lo: UserId, hi: UserId) -> StoreResult<Option<ConvId>> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM conversations WHERE direct_lo = $1 AND direct_hi = $2",
+        )
+        .bind(lo.0)
+        .bind(hi.0)
+        .fetch_optional(&mut *self)
+        .await
+        .map_err(db_err)?;
+        Ok(id.map(ConvId))
+    }
+
+    async fn insert_conversation(
+        &mut self,
+        conv: &NewConversation<'_>,
+    ) -> StoreResult<Option<ConvId>> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO conversations (kind, name, is_public, created_by, created_at, last_seq, \
+             last_msg_seq, last_activity, member_epoch, direct_lo, direct_hi) \
+             VALUES ($1, $2, $3, $4, $5, 1, 0, $5, 1, $6, $7) \
+             ON CONFLICT (direct_lo, direct_hi) DO NOTHING RETURNING id",
+        )
+        .bind(common::conv_kind_str(conv.kind))
+        .bind(conv.name)
+        .bind(conv.public)
+        .bind(conv.created_by.0)
+        .bind(conv.created_at)
+        .bind(conv.direct.map(|(lo, _)| lo.0))
+        .bind(conv.direct.map(|(_, hi)| hi.0))
+        .fetch_optional(&mut *self)
+        .await
+        .map_err(db_err)?;
+        Ok(id.map(ConvId))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The contract
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        now: Millis,
+    ) -> StoreResult<UserRecord> {
+        let mut tx = self.write_tx().await?;
+        let row = sqlx::query_as::<_, UserRow>(
+            "INSERT INTO users (username, password_hash, created_at) VALUES ($1, $2, $3) \
+             RETURNING id, username, password_hash, created_at",
+        )
+        .bind(username)
+        .bind(password_hash)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| {
+            if common::is_unique_violation(&e) {
+                StoreError::Conflict(format!("username {username:?} is taken"))
+            } else {
+                db_err(e)
+            }
+        })?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(row.into())
+    }
+
+    async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>> {
+        let row = sqlx::query_as::<_, UserRow>(
+            "SELECT id, username, password_hash, created_at FROM users WHERE username = $1",
+        )
+        .bind(username)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db_err)?;
+        Ok(row.map(Into::into))
+    }
+
+    async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
+        let row = sqlx::query_as::<_, UserRow>(
+            "SELECT id, username, password_hash, created_at FROM users WHERE id = $1",
+        )
+        .bind(id.0)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db_err)?;
+        Ok(row.map(Into::into))
+    }
+
+    async fn login_device(
+        &self,
+        user: UserId,
+        device: &DeviceId,
+        name: &str,
+        now: Millis,
+    ) -> StoreResult<DeviceRecord> {
+        let mut tx = self.write_tx().await?;
+        // A revoked device logging in again is active again, but keeps its bumped generation:
+        // tokens issued before the revocation stay refused.
+        let row = sqlx::query_as::<_, DeviceRow>(
+            "INSERT INTO devices (user_id, device_id, name, created_at, last_login, revoked, generation) \
+             VALUES ($1, $2, $3, $4, $4, FALSE, 0) \
+             ON CONFLICT (user_id, device_id) DO UPDATE \
+             SET name = excluded.name, last_login = excluded.last_login, revoked = FALSE \
+             RETURNING user_id, device_id, name, created_at, last_login, revoked, generation",
+        )
+        .bind(user.0)
+        .bind(device.as_str())
+        .bind(name)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        row.into_record()
+    }
+
+    async fn device(&self, user: UserId, device: &DeviceId) -> StoreResult<Option<DeviceRecord>> {
+        sqlx::query_as::<_, DeviceRow>(
+            "SELECT user_id, device_id, name, created_at, last_login, revoked, generation \
+             FROM devices WHERE user_id = $1 AND device_id = $2",
+        )
+        .bind(user.0)
+        .bind(device.as_str())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db_err)?
+        .map(DeviceRow::into_record)
+        .transpose()
+    }
+
+    async fn devices(&self, user: UserId) -> StoreResult<Vec<DeviceRecord>> {
+        sqlx::query_as::<_, DeviceRow>(
+            "SELECT user_id, device_id, name, created_at, last_login, revoked, generation \
+             FROM devices WHERE user_id = $1 ORDER BY last_login DESC, device_id",
+        )
+        .bind(user.0)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .map(DeviceRow::into_record)
+        .collect()
+    }
+
+    async fn revoke_device(&self, user: UserId, device: &DeviceId) -> StoreResult<DeviceRecord> {
+        let mut tx = self.write_tx().await?;
+        let row = sqlx::query_as::<_, DeviceRow>(
+            "UPDATE devices SET revoked = TRUE, generation = generation + 1 \
+             WHERE user_id = $1 AND device_id = $2 \
+             RETURNING user_id, device_id, name, created_at, last_login, revoked, generation",
+        )
+        .bind(user.0)
+        .bind(device.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .ok_or(StoreError::NotFound)?;
+        tx.commit().await.map_err(db_err)?;
+        row.into_record()
+    }
+
+    async fn open_direct(
+        &self,
+        a: UserId,
+        b: UserId,
+        created_id: MessageId,
+        origin: &NodeId,
+        now: Millis,
+    ) -> StoreResult<(ConvId, Option<Appended>)> {
+        if a != b {
+            // Most opens find the conversation: answer those without queueing for the write lock.
+            let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+            let existing: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM conversations WHERE direct_lo = $1 AND direct_hi = $2",
+            )
+            .bind(lo.0)
+            .bind(hi.0)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(db_err)?;
+            if let Some(id) = existing {
+                return Ok((ConvId(id), None));
+            }
+        }
+        let mut tx = self.write_tx().await?;
+        let opened = common::open_direct(&mut *tx, a, b, created_id, origin, now).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(opened)
+    }
+
+    async fn create_room(
+        &self,
+        creator: UserId,
+        name: &str,
+        public: bool,
+        created_id: MessageId,
+        origin: &NodeId,
+        now: Millis,
+    ) -> StoreResult<(ConvId, Appended)> {
+        let mut tx = self.write_tx().await?;
+        let created =
+            common::create_room(&mut *tx, creator, name, public, created_id, origin, now).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(created)
+    }
+
+    async fn append(&self, batch: Vec<NewEvent>) -> Vec<StoreResult<Appended>> {
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        let n = batch.len();
+        match self.append_batch(batch).await {
+            Ok(results) => results,
+            Err(e) => (0..n).map(|_| Err(common::copy_error(&e))).collect(),
+        }
+    }
+
+    async fn conversation(&self, conv: ConvId) -> StoreResult<Option<ConversationRecord>> {
+        sqlx::query_as::<_, ConversationRow>(
+            "SELECT id, kind, name, is_public, last_seq, created_by, created_at FROM conversations WHERE id = $1",
+        )
+        .bind(conv.0)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db_err)?
+        .map(ConversationRow::into_record)
+        .transpose()
+    }
+
+    async fn is_member(&self, conv: ConvId, user: UserId) -> StoreResult<bool> {
+        Ok(self.joined_seq(conv, user).await?.is_some())
+    }
+
+    async fn joined_seq(&self, conv: ConvId, user: UserId) -> StoreResult<Option<Seq>> {
+        let seq: Option<i64> = sqlx::query_scalar(
+            "SELECT joined_seq FROM members WHERE conv_id = $1 AND user_id = $2",
+        )
+        .bind(conv.0)
+        .bind(user.0)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db_err)?;
+        seq.map(common::seq_from_db).transpose()
+    }
+
+    async fn members(&self, conv: ConvId) -> StoreResult<Vec<MemberRecord>> {
+        sqlx::query_as::<_, MemberRow>(
+            "SELECT m.user_id, u.username, m.joined_seq, m.read_seq \
+             FROM members m JOIN users u ON u.id = m.user_id \
+             WHERE m.conv_id = $1 ORDER BY u.username",
+        )
+        .bind(conv.0)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .map(MemberRow::into_record)
+        .collect()
+    }
+
+    async fn recipients(&self, conv: ConvId) -> StoreResult<Arc<[UserId]>> {
+        let epoch: Option<i64> =
+            sqlx::query_scalar("SELECT member_epoch FROM conversations WHERE id = $1")
+                .bind(conv.0)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(db_err)?;
+        let epoch = epoch.ok_or(StoreError::NotFound)?;
+        if let Some(members) = self.members.get(conv, epoch) {
+            return Ok(members);
+        }
+        // Epoch and list in one statement, so the list cached is the one of that epoch.
+        let rows: Vec<(i64, Option<i64>)> = sqlx::query_as(
+            "SELECT c.member_epoch, m.user_id FROM conversations c \
+             LEFT JOIN members m ON m.conv_id = c.id WHERE c.id = $1 ORDER BY m.user_id",
+        )
+        .bind(conv.0)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        let epoch = rows.first().map(|(e, _)| *e).ok_or(StoreError::NotFound)?;
+        let members: Arc<[UserId]> = rows.iter().filter_map(|(_, u)| u.map(UserId)).collect();
+        self.members.put(conv, epoch, members.clone());
+        Ok(members)
+    }
+
+    async fn contacts(&self, user: UserId) -> StoreResult<Vec<UserId>> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT DISTINCT o.user_id FROM members m JOIN members o ON o.conv_id = m.conv_id \
+             WHERE m.user_id = $1 AND o.user_id <> $1 ORDER BY o.user_id",
+        )
+        .bind(user.0)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        Ok(ids.into_iter().map(UserId).collect())
+    }
+
+    async fn conversations_of(&self, user: UserId) -> StoreResult<Vec<ConversationSummary>> {
+        // Two statements whatever the number of conversations, in one read transaction so that
+        // the summaries and their last messages are of the same moment.
+        let mut tx = self.reader.begin().await.map_err(db_err)?;
+        let rows = sqlx::query_as::<_, SummaryRow>(
+            "SELECT c.id, c.kind, c.name, c.is_public, c.last_seq, c.created_at, m.read_seq, \
+               (SELECT COUNT(*) FROM members x WHERE x.conv_id = c.id) AS member_count, \
+               (SELECT COUNT(*) FROM events e WHERE e.conv_id = c.id AND e.seq > m.read_seq \
+                  AND e.body_type = 'message' AND e.deleted = FALSE AND e.sender <> m.user_id) AS unread, \
+               p.user_id AS peer_id, u.username AS peer_name, p.read_seq AS peer_read_seq \
+             FROM members m \
+             JOIN conversations c ON c.id = m.conv_id \
+             LEFT JOIN members p ON c.kind = 'direct' AND p.conv_id = c.id AND p.user_id <> m.user_id \
+             LEFT JOIN users u ON u.id = p.user_id \
+             WHERE m.user_id = $1 \
+             ORDER BY c.last_activity DESC, c.id DESC",
+        )
+        .bind(user.0)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let last = sqlx::query_as::<_, EventRow>(concat!(
+            event_select!(),
+            " JOIN conversations c ON c.id = e.conv_id AND e.seq = c.last_msg_seq \
+             JOIN members m ON m.conv_id = c.id WHERE m.user_id = $1"
+        ))
+        .bind(user.0)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+
+        let mut last_by_conv = std::collections::HashMap::with_capacity(last.len());
+        for row in last {
+            let event = row.into_event()?;
+            last_by_conv.insert(event.conv, event);
+        }
+        rows.into_iter()
+            .map(|row| {
+                let last_message = last_by_conv.remove(&row.conv());
+                row.into_summary(last_message)
+            })
+            .collect()
+    }
+
+    async fn public_rooms(&self, query: &str, limit: u32) -> StoreResult<Vec<RoomListing>> {
+        // instr, not LIKE: the query is matched as typed, `%` and `_` included.
+        let rows = sqlx::query_as::<_, RoomRow>(
+            "SELECT c.id, c.name, (SELECT COUNT(*) FROM members x WHERE x.conv_id = c.id) AS member_count \
+             FROM conversations c \
+             WHERE c.kind = 'room' AND c.is_public = TRUE AND instr(lower(c.name), lower($1)) > 0 \
+             ORDER BY c.name, c.id LIMIT $2",
+        )
+        .bind(query)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn events(
+        &self,
+        conv: ConvId,
+        page: Page,
+        limit: u32,
+    ) -> StoreResult<(Vec<Event>, bool)> {
+        // One row more than asked says whether there are more.
+        let fetch = i64::from(limit) + 1;
+        let (query, newest_first) = match page {
+            Page::Latest => (
+                sqlx::query_as::<_, EventRow>(concat!(
+                    event_select!(),
+                    " WHERE e.conv_id = $1 ORDER BY e.seq DESC LIMIT $2"
+                ))
+                .bind(conv.0)
+                .bind(fetch),
+                true,
+            ),
+            Page::Before(seq) => (
+                sqlx::query_as::<_, EventRow>(concat!(
+                    event_select!(),
+                    " WHERE e.conv_id = $1 AND e.seq < $3 ORDER BY e.seq DESC LIMIT $2"
+                ))
+                .bind(conv.0)
+                .bind(fetch)
+                .bind(common::seq_to_db(seq)),
+                true,
+            ),
+            Page::After(seq) => (
+                sqlx::query_as::<_, EventRow>(concat!(
+                    event_select!(),
+                    " WHERE e.conv_id = $1 AND e.seq > $3 ORDER BY e.seq ASC LIMIT $2"
+                ))
+                .bind(conv.0)
+                .bind(fetch)
+                .bind(common::seq_to_db(seq)),
+                false,
+            ),
+        };
+        let rows = query.fetch_all(&self.reader).await.map_err(db_err)?;
+        let has_more = rows.len() > limit as usize;
+        let mut events = rows
+            .into_iter()
+            .take(limit as usize)
+            .map(EventRow::into_event)
+            .collect::<StoreResult<Vec<_>>>()?;
+        if newest_first {
+            events.reverse();
+        }
+        Ok((events, has_more))
+    }
+
+    async fn events_by_origin(
+        &self,
+        origin: &NodeId,
+        since: Millis,
+        limit: u32,
+    ) -> StoreResult<Vec<Appended>> {
+        let mut tx = self.reader.begin().await.map_err(db_err)?;
+        let rows = sqlx::query_as::<_, EventRow>(concat!(
+            event_select!(),
+            " WHERE e.origin = $1 AND e.at >= $2 ORDER BY e.at, e.conv_id, e.seq LIMIT $3"
+        ))
+        .bind(origin.as_str())
+        .bind(since)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let events = rows
+            .into_iter()
+            .map(EventRow::into_event)
+            .collect::<StoreResult<Vec<_>>>()?;
+
+        // One member query per conversation involved (a recovery path, not a hot one).
+        let mut members_of = std::collections::HashMap::<ConvId, Vec<(UserId, Seq)>>::new();
+        for event in &events {
+            if members_of.contains_key(&event.conv) {
+                continue;
+            }
+            let rows: Vec<(i64, i64)> =
+                sqlx::query_as("SELECT user_id, joined_seq FROM members WHERE conv_id = $1")
+                    .bind(event.conv.0)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+            let members = rows
+                .into_iter()
+                .map(|(u, j)| Ok((UserId(u), common::seq_from_db(j)?)))
+                .collect::<StoreResult<Vec<_>>>()?;
+            members_of.insert(event.conv, members);
+        }
+        tx.commit().await.map_err(db_err)?;
+
+        Ok(events
+            .into_iter()
+            .map(|event| {
+                let members = members_of.get(&event.conv).map_or(&[][..], Vec::as_slice);
+                Appended {
+                    recipients: common::replay_recipients(&event, members),
+                    event,
+                    duplicate: false,
+                }
+            })
+            .collect())
+    }
+
+    async fn mark_read(&self, conv: ConvId, user: UserId, seq: Seq) -> StoreResult<Option<Seq>> {
+        const MARKERS: &str = "SELECT m.read_seq, c.last_seq FROM members m JOIN conversations c ON c.id = m.conv_id \
+                               WHERE m.conv_id = $1 AND m.user_id = $2";
+        let wanted = common::seq_to_db(seq);
+        // Devices mark read often and mostly again: answer a marker that would not move without
+        // taking the write lock.
+        let now: Option<(i64, i64)> = sqlx::query_as(MARKERS)
+            .bind(conv.0)
+            .bind(user.0)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(db_err)?;
+        let (read, last) = now.ok_or(StoreError::NotMember)?;
+        if wanted.min(last) <= read {
+            return Ok(None);
+        }
+        let mut tx = self.write_tx().await?;
+        let now: Option<(i64, i64)> = sqlx::query_as(MARKERS)
+            .bind(conv.0)
+            .bind(user.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let (read, last) = now.ok_or(StoreError::NotMember)?;
+        let target = wanted.min(last);
+        if target <= read {
+            return Ok(None);
+        }
+        sqlx::query("UPDATE members SET read_seq = $3 WHERE conv_id = $1 AND user_id = $2")
+            .bind(conv.0)
+            .bind(user.0)
+            .bind(target)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        common::seq_from_db(target).map(Some)
+    }
+
+    async fn put_attachment(&self, blob: AttachmentBlob) -> StoreResult<()> {
+        if blob.meta.size != blob.data.len() as u64 {
+            return Err(StoreError::Invalid(format!(
+                "attachment says {} bytes but has {}",
+                blob.meta.size,
+                blob.data.len()
+            )));
+        }
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO attachments (id, conv_id, uploader, name, mime, size, created_at, data) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(blob.meta.id.as_str())
+        .bind(blob.meta.conv.0)
+        .bind(blob.uploader.0)
+        .bind(&blob.meta.name)
+        .bind(&blob.meta.mime)
+        .bind(i64::try_from(blob.meta.size).unwrap_or(i64::MAX))
+        .bind(blob.created_at)
+        .bind(&blob.data[..])
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            if common::is_unique_violation(&e) {
+                StoreError::Conflict(format!("attachment {} exists already", blob.meta.id))
+            } else {
+                db_err(e)
+            }
+        })?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn attachment(&self, id: &AttachmentId) -> StoreResult<Option<AttachmentBlob>> {
+        sqlx::query_as::<_, AttachmentRow>(
+            "SELECT id, conv_id, uploader, name, mime, size, created_at, data FROM attachments WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db_err)?
+        .map(AttachmentRow::into_blob)
+        .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Context;
+
+    use super::*;
+    use crate::store::SharedStore;
+    use crate::store::suite::TestDb;
+
+    /// A fresh file in a temporary directory, removed with it.
+    struct TempDb {
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+    }
+
+    #[async_trait]
+    impl TestDb for TempDb {
+        async fn open(&self) -> anyhow::Result<SharedStore> {
+            Ok(Arc::new(SqliteStore::open(&self.path).await?))
+        }
+    }
+
+    async fn temp_db() -> anyhow::Result<TempDb> {
+        let dir = tempfile::tempdir()?;
+        // A directory that does not exist yet: open creates it.
+        let path = dir.path().join("data").join("chat.db");
+        Ok(TempDb { _dir: dir, path })
+    }
+
+    crate::store::suite::store_suite!(temp_db());
+
+    /// Many handles (as many processes would) open a file that does not exist yet at once: all
+    /// succeed, the file is in WAL mode and the schema was applied once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn many_handles_create_one_file_at_once() -> anyhow::Result<()> {
+        let db = temp_db().await?;
+        let opens = (0..8).map(|_| SqliteStore::open(db.path.clone()));
+        let stores = futures::future::try_join_all(opens).await?;
+        for store in &stores {
+            let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(&store.reader)
+                .await?;
+            assert_eq!(mode, "wal");
+            let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+                .fetch_one(&store.reader)
+                .await?;
+            assert_eq!(fk, 1);
+        }
+        let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
+            .fetch_one(&stores[0].reader)
+            .await?;
+        assert_eq!(applied as usize, MIGRATOR.iter().count());
+        Ok(())
+    }
+
+    /// Where [`child_process_appends`] finds its database, when run by
+    /// [`processes_share_one_file`].
+    const CHILD_DB: &str = "CHAT_STORE_TEST_CHILD_DB";
+    /// When the children start appending (Unix ms), so that they all write at once.
+    const CHILD_START: &str = "CHAT_STORE_TEST_CHILD_START";
+    const CHILD_PROCESSES: usize = 4;
+    const CHILD_EVENTS: usize = 300;
+
+    fn unix_ms() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    }
+
+    /// Real processes, not handles in one process (SQLite shares locks between a process's
+    /// connections, so only separate processes test the file locks): four copies of this test
+    /// binary start at once on a file that does not exist yet, each creates it or finds it,
+    /// meets the others in one direct conversation and, all at the same moment, appends to it
+    /// in batches of 1 to 4.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn processes_share_one_file() -> anyhow::Result<()> {
+        let db = temp_db().await?;
+        let exe = std::env::current_exe()?;
+        let test = format!(
+            "{}::child_process_appends",
+            module_path!().split_once("::").map_or("", |m| m.1)
+        );
+        let start = unix_ms() + 2_000;
+        let mut children = Vec::new();
+        for _ in 0..CHILD_PROCESSES {
+            let child = tokio::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    &test,
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD_DB, &db.path)
+                .env(CHILD_START, start.to_string())
+                .kill_on_drop(true)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()?;
+            children.push(child);
+        }
+        for child in children {
+            let out =
+                tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await??;
+            anyhow::ensure!(
+                out.status.success(),
+                "child failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+
+        let store = SqliteStore::open(&db.path).await?;
+        let (hub, spoke) = child_users(&store).await?;
+        let (conv, created) = store
+            .open_direct(hub, spoke, MessageId(1), &NodeId::new("parent")?, 0)
+            .await?;
+        assert!(created.is_none(), "the children made it");
+        let (events, _) = store.events(conv, Page::After(0), 10_000).await?;
+        let total = 1 + CHILD_PROCESSES * CHILD_EVENTS;
+        let seqs: Vec<Seq> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=total as Seq).collect::<Vec<_>>(),
+            "one conversation, no gap, no repeat"
+        );
+        let client_ids: std::collections::HashSet<_> =
+            events.iter().filter_map(|e| e.client_id.clone()).collect();
+        assert_eq!(client_ids.len(), total - 1, "each process's events once");
+        Ok(())
+    }
+
+    /// The two users the child processes meet as (created by whichever child comes first).
+    async fn child_users(store: &SqliteStore) -> anyhow::Result<(UserId, UserId)> {
+        let mut ids = Vec::new();
+        for name in ["hub", "spoke"] {
+            match store.create_user(name, "x", 0).await {
+                Ok(user) => ids.push(user.id),
+                Err(StoreError::Conflict(_)) => {
+                    ids.push(
+                        store
+                            .user_by_name(name)
+                            .await?
+                            .context("a user that exists")?
+                            .id,
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok((ids[0], ids[1]))
+    }
+
+    /// One child of [`processes_share_one_file`]; does nothing when run otherwise.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "run in child processes by processes_share_one_file"]
+    async fn child_process_appends() -> anyhow::Result<()> {
+        let Some(path) = std::env::var_os(CHILD_DB) else {
+            return Ok(());
+        };
+        let store = SqliteStore::open(&path).await?;
+        let (hub, spoke) = child_users(&store).await?;
+        let me = std::process::id();
+        let origin = NodeId::new(format!("child-{me}"))?;
+        // Ids unique across processes: the pid in the high bits.
+        let id = |n: usize| MessageId((i64::from(me) << 24) | n as i64);
+        let (conv, _) = store.open_direct(hub, spoke, id(0), &origin, 0).await?;
+        let start: i64 = std::env::var(CHILD_START)?.parse()?;
+        tokio::time::sleep(Duration::from_millis(
+            u64::try_from(start - unix_ms()).unwrap_or(0),
+        ))
+        .await;
+        let mut sent = 0;
+        let mut last_seq = 0;
+        while sent < CHILD_EVENTS {
+            let size = (sent % 4 + 1).min(CHILD_EVENTS - sent);
+            let batch = (sent..sent + size)
+                .map(|n| {
+                    Ok(NewEvent {
+                        conv,
+                        id: id(n + 1),
+                        at: n as i64,
+                        sender: if n % 2 == 0 { hub } else { spoke },
+                        device: None,
+                        client_id: Some(ClientMsgId::new(format!("p{me}-{n}"))?),
+                        body: crate::store::NewBody::Message {
+                            kind: protocol::model::MessageKind::Text,
+                            text: format!("from {me}: {n}"),
+                            attachment: None,
+                            reply_to: None,
+                        },
+                        origin: origin.clone(),
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            for result in store.append(batch).await {
+                let appended = result?;
+                anyhow::ensure!(
+                    !appended.duplicate && appended.event.seq > last_seq,
+                    "seqs go up"
+                );
+                last_seq = appended.event.seq;
+            }
+            sent += size;
+        }
+        Ok(())
+    }
+
+    /// Errors that mean "not now" (pool exhausted, I/O) are unavailable; others are internal.
+    #[test]
+    fn busy_and_io_errors_are_unavailable() {
+        assert!(matches!(
+            db_err(sqlx::Error::PoolTimedOut),
+            StoreError::Unavailable(_)
+        ));
+        assert!(matches!(
+            db_err(sqlx::Error::Io(std::io::Error::other("disk gone"))),
+            StoreError::Unavailable(_)
+        ));
+        assert!(matches!(
+            db_err(sqlx::Error::RowNotFound),
+            StoreError::Internal(_)
+        ));
+    }
+
+    /// A write lock held elsewhere (another process) longer than the busy timeout makes a write
+    /// fail as unavailable; reads go on meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_write_lock_makes_writes_unavailable_not_reads() -> anyhow::Result<()> {
+        let db = temp_db().await?;
+        let store = SqliteStore::open(&db.path).await?;
+        let options = SqliteConnectOptions::new().filename(&db.path);
+        let mut other = SqliteConnection::connect_with(&options).await?;
+        let held = other.begin_with("BEGIN IMMEDIATE").await?;
+        // Our own short-fused connection, so the test does not wait for BUSY_TIMEOUT.
+        let mut impatient = SqliteConnection::connect_with(
+            &options.clone().busy_timeout(Duration::from_millis(50)),
+        )
+        .await?;
+        let err = match impatient.begin_with("BEGIN IMMEDIATE").await {
+            Ok(_) => anyhow::bail!("the write lock was granted twice"),
+            Err(e) => db_err(e),
+        };
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert_eq!(store.user_by_name("nobody-here").await?, None);
+        drop(held);
+        Ok(())
     }
 }
