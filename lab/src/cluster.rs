@@ -340,10 +340,16 @@ impl Launcher {
 
     /// Starts a node and returns once it is live in `/v1/nodes`.
     async fn start_node(&self, id: NodeId) -> Result<NodeProcess, LabError> {
+        self.start_node_with(id, &[]).await
+    }
+
+    /// Starts a node with extra arguments for it alone (after the cluster-wide ones).
+    async fn start_node_with(&self, id: NodeId, extra: &[String]) -> Result<NodeProcess, LabError> {
         let limit = self.config.ready_timeout;
-        let args = self
+        let mut args = self
             .config
             .node_command(&self.data_dir, self.controller.base(), &id);
+        args.extend(extra.iter().map(std::ffi::OsString::from));
         let mut process = ServerProcess::spawn(self.spec(id.as_str(), args))?;
         let ready = process.wait_ready(limit).await?.clone();
         let id = match ready.node {
@@ -661,9 +667,19 @@ impl Cluster {
 
     /// Starts a node in a new slot and waits until it is live.
     pub async fn add_node(&mut self) -> Result<NodeInfo, LabError> {
+        self.add_node_with_args(&[]).await
+    }
+
+    /// Starts a node in a new slot with extra arguments for it alone (a test's fault
+    /// injection, a different rate limit…) and waits until it is live. A restart of that slot
+    /// starts a plain node.
+    pub async fn add_node_with_args(&mut self, extra: &[String]) -> Result<NodeInfo, LabError> {
         let index = self.slots.len();
         let name = slot_name(index);
-        let node = self.launcher.start_node(node_id(&name, 0)?).await?;
+        let node = self
+            .launcher
+            .start_node_with(node_id(&name, 0)?, extra)
+            .await?;
         self.slots.push(Slot {
             name,
             restarts: 0,

@@ -163,6 +163,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let controller = Controller::start(listener, config).await?;
+    let stop = Stop::listen();
     ready(ReadyLine {
         role: "controller".into(),
         http_url: controller.http_url().to_owned(),
@@ -170,7 +171,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         ws_url: None,
         pid: std::process::id(),
     })?;
-    signal().await;
+    stop.wait().await;
     tracing::info!("stopping");
     controller.shutdown().await;
     Ok(())
@@ -203,6 +204,7 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let node = Node::start(listener, config).await?;
+    let stop = Stop::listen();
     ready(ReadyLine {
         role: "node".into(),
         http_url: node.http_url().to_owned(),
@@ -210,31 +212,46 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
         ws_url: Some(node.ws_url().to_owned()),
         pid: std::process::id(),
     })?;
-    signal().await;
+    stop.wait().await;
     tracing::info!("draining");
     node.shutdown().await;
     Ok(())
 }
 
-/// Waits for SIGTERM or Ctrl-C.
-async fn signal() {
+/// SIGTERM and Ctrl-C, listened for from the moment this is made: it must exist before the
+/// ready line is printed, or a supervisor's SIGTERM right after it would kill the process
+/// instead of draining it.
+struct Stop {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Stop {
+    fn listen() -> Stop {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Stop {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        Stop {}
     }
-    #[cfg(not(unix))]
-    {
+
+    /// Waits for SIGTERM or Ctrl-C.
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        if let (Some(term), Some(int)) = (self.term.as_mut(), self.int.as_mut()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }
