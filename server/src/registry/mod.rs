@@ -4,7 +4,8 @@
 //!
 //! [`Registry`] is the contract. [`memory::MemoryRegistry`] keeps it in one process (the
 //! controller, in the embedded setup); [`crate::link::LinkClient`] is a node's handle on the
-//! controller's memory registry over the link; `redis` keeps it in Redis for many machines.
+//! controller's memory registry over the link; [`redis::RedisRegistry`] (feature `redis`) keeps
+//! it in Redis for many machines.
 //! The behavioural suite in [`suite`] runs against each.
 //!
 //! Invariants:
@@ -24,6 +25,8 @@ use protocol::http::{AssignResponse, NodeState, NodeStatus};
 use protocol::{Millis, NodeId, UserId};
 
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(test)]
 pub mod suite;
 
