@@ -23,6 +23,10 @@ use protocol::NodeId;
 pub use protocol::link::Targets;
 use tokio::sync::mpsc;
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(test)]
 pub mod suite;
 

@@ -559,7 +559,11 @@ impl Registry for RedisRegistry {
             .arg(&self.prefix)
             .arg(node.as_str())
             .arg(load.connections)
-            .arg(load.unpublished_since.map(|t| t.to_string()).unwrap_or_default())
+            .arg(
+                load.unpublished_since
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
+            )
             .invoke_async(&mut c)
             .await
             .map_err(map_err)?;
@@ -800,8 +804,10 @@ pub(crate) mod test_support {
             // A thread of its own: blocking I/O must not run on a runtime worker.
             let done = std::thread::spawn(move || -> redis::RedisResult<()> {
                 let client = redis::Client::open(REDIS_URL)?;
-                let mut c = client.get_connection_with_timeout(std::time::Duration::from_secs(2))?;
-                let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query(&mut c)?;
+                let mut c =
+                    client.get_connection_with_timeout(std::time::Duration::from_secs(2))?;
+                let keys: Vec<String> =
+                    redis::cmd("KEYS").arg(format!("{prefix}*")).query(&mut c)?;
                 if !keys.is_empty() {
                     redis::cmd("DEL").arg(keys).exec(&mut c)?;
                 }
@@ -852,7 +858,8 @@ mod tests {
         let r = fresh(100).await;
         for i in 0..20 {
             r.register(&info(&format!("z{i}"))).await?;
-            r.attach(&info(&format!("z{i}")).id, UserId(i), None).await?;
+            r.attach(&info(&format!("z{i}")).id, UserId(i), None)
+                .await?;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
         let reapers: Vec<_> = (0..8)
@@ -921,7 +928,11 @@ mod tests {
         assert_eq!(r.nodes().await?[0].reserved, 2);
         tokio::time::sleep(Duration::from_millis(200)).await;
         r.heartbeat(&n.id, Load::default()).await?;
-        assert_eq!(r.nodes().await?[0].reserved, 0, "expired slots still counted");
+        assert_eq!(
+            r.nodes().await?[0].reserved,
+            0,
+            "expired slots still counted"
+        );
         r.attach(&n.id, UserId(1), Some(&a.reservation)).await?;
         let s = &r.nodes().await?[0];
         assert_eq!((s.connections, s.reserved), (1, 0));
