@@ -7,7 +7,7 @@
 //! The SQL the backends run is written with `$n` placeholders, which SQLite (through sqlx) and
 //! PostgreSQL both read, so statements can move between them unchanged where the dialects agree.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,6 +21,7 @@ use protocol::model::{
 use protocol::{
     AttachmentId, ClientMsgId, ConvId, DeviceId, MessageId, Millis, NodeId, Seq, UserId,
 };
+use sqlx::migrate::{Migrate, MigrateError, Migrator};
 
 use super::{
     Appended, AttachmentBlob, ConversationRecord, DeviceRecord, MemberRecord, NewBody, NewEvent,
@@ -84,6 +85,76 @@ fn size_from_db(v: i64) -> StoreResult<u64> {
 fn token<T: std::str::FromStr>(what: &str, s: String) -> StoreResult<T> {
     s.parse()
         .map_err(|_| StoreError::Internal(format!("malformed {what} {s:?} in the database")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Migrations
+
+/// The store's word for a failed migration step: the statement's error as the backend maps it,
+/// or an internal error.
+pub(crate) fn migrate_error(
+    e: MigrateError,
+    backend: &str,
+    db_err: fn(sqlx::Error) -> StoreError,
+) -> StoreError {
+    match e {
+        MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) => db_err(e),
+        other => StoreError::Internal(format!("{backend} migrations: {other}")),
+    }
+}
+
+/// Brings the schema up to `migrator`'s on `conn`, which the backend has made the only migrating
+/// connection first (SQLite: inside `BEGIN IMMEDIATE`; PostgreSQL: under sqlx's advisory lock).
+///
+/// These are the steps of `Migrator::run`, spelled out because its generic `Acquire` bound
+/// makes the future unusable where it must be `Send` (sqlx issue "Acquire is not general
+/// enough"), with three refusals added: a migration that failed half-way, one changed after it
+/// was applied, and one this build does not know (the database was migrated by a newer build).
+/// `backend` names the database in those messages; `db_err` maps the backend's errors.
+pub(crate) async fn apply_migrations<C: Migrate + Send + ?Sized>(
+    conn: &mut C,
+    migrator: &Migrator,
+    backend: &str,
+    db_err: fn(sqlx::Error) -> StoreError,
+) -> StoreResult<()> {
+    let migrate_err = |e| migrate_error(e, backend, db_err);
+    conn.ensure_migrations_table().await.map_err(migrate_err)?;
+    if let Some(version) = conn.dirty_version().await.map_err(migrate_err)? {
+        return Err(StoreError::Internal(format!(
+            "{backend} migration {version} failed half-way earlier; repair the database"
+        )));
+    }
+    let applied: HashMap<i64, _> = conn
+        .list_applied_migrations()
+        .await
+        .map_err(migrate_err)?
+        .into_iter()
+        .map(|m| (m.version, m.checksum))
+        .collect();
+    let known: HashSet<i64> = migrator.iter().map(|m| m.version).collect();
+    if let Some(newer) = applied.keys().find(|v| !known.contains(v)) {
+        return Err(StoreError::Internal(format!(
+            "the database has migration {newer}, unknown to this build: it was made by a newer one"
+        )));
+    }
+    for migration in migrator.iter() {
+        if migration.migration_type.is_down_migration() {
+            continue;
+        }
+        match applied.get(&migration.version) {
+            Some(checksum) if *checksum != migration.checksum => {
+                return Err(StoreError::Internal(format!(
+                    "{backend} migration {} was changed after it was applied",
+                    migration.version
+                )));
+            }
+            Some(_) => {}
+            None => {
+                conn.apply(migration).await.map_err(migrate_err)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -577,6 +648,16 @@ impl MemberCache {
 // ---------------------------------------------------------------------------------------------
 // Rules
 
+/// Refuses text with a NUL character. PostgreSQL cannot store one in a `TEXT` column, and the
+/// failed statement would abort the whole batch's transaction; refusing it here, before any
+/// write, keeps it one event's refusal, and the same on every backend.
+fn check_no_nul(text: &str) -> StoreResult<()> {
+    if text.contains('\0') {
+        return Err(StoreError::Invalid("text contains a NUL character".into()));
+    }
+    Ok(())
+}
+
 /// Checks a message's shape: text size, text or attachment present, kind matching attachment.
 pub(crate) fn check_message(
     kind: MessageKind,
@@ -589,6 +670,7 @@ pub(crate) fn check_message(
             text.len()
         )));
     }
+    check_no_nul(text)?;
     match (kind, has_attachment) {
         (MessageKind::Text, true) => Err(StoreError::Invalid(
             "a text message has no attachment".into(),
@@ -614,6 +696,7 @@ pub(crate) fn check_edit_text(text: &str, has_attachment: bool) -> StoreResult<(
             text.len()
         )));
     }
+    check_no_nul(text)?;
     if text.trim().is_empty() && !has_attachment {
         return Err(StoreError::Invalid(
             "an edit cannot empty a text message: delete it".into(),
@@ -627,6 +710,7 @@ pub(crate) fn check_room_name(name: &str) -> StoreResult<()> {
     if name.trim().is_empty() {
         return Err(StoreError::Invalid("a room needs a name".into()));
     }
+    check_no_nul(name)?;
     if name.chars().count() > NAME_MAX_CHARS {
         return Err(StoreError::Invalid(format!(
             "a room name has at most {NAME_MAX_CHARS} characters"
@@ -676,9 +760,13 @@ pub(crate) struct NewConversation<'a> {
 }
 
 /// The statements of a write transaction, as a backend runs them. All run inside one
-/// transaction that the backend opened (SQLite: `BEGIN IMMEDIATE`) and commits when the
-/// function given it returns `Ok`; any `Err` returned here means the transaction is to be
-/// rolled back.
+/// transaction that the backend opened (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: `READ
+/// COMMITTED`, ordered by row locks) and commits when the function given it returns `Ok`; any
+/// `Err` returned here means the transaction is to be rolled back.
+///
+/// No statement may fail for a reason a check of the rules could have found first: on
+/// PostgreSQL a failed statement aborts the whole transaction, so one bad event would take its
+/// batch down. Unique keys are met with `ON CONFLICT DO NOTHING` (reported as `false`/`None`).
 pub(crate) trait WriteOps: Send {
     /// The event `sender` sent with `client_id`, in its current state.
     fn event_by_client_id(
@@ -687,7 +775,8 @@ pub(crate) trait WriteOps: Send {
         client_id: &ClientMsgId,
     ) -> impl Future<Output = StoreResult<Option<Event>>> + Send;
     /// The conversation's head. A backend whose writers run concurrently (PostgreSQL) locks the
-    /// row here (`FOR UPDATE`); the batch asks for its conversations in id order.
+    /// row here until the commit (`FOR NO KEY UPDATE`); the batch asks for its conversations in
+    /// id order.
     fn conv_head(
         &mut self,
         conv: ConvId,
@@ -904,6 +993,10 @@ async fn append_one<T: WriteOps>(
     if let Some((sender, client_id)) = resend
         && let Some(first) = tx.event_by_client_id(sender, &client_id).await?
     {
+        // The first event may be of a conversation this batch has not locked yet: on
+        // PostgreSQL, locking it now is out of id order, and a rare deadlock with another batch
+        // is possible. The database breaks it by aborting one transaction, which the backend
+        // retries.
         load_state(tx, cache, states, first.conv).await?;
         let recipients = match states.get(&first.conv) {
             Some(Some(state)) => state.members.clone(),
@@ -1320,6 +1413,9 @@ mod tests {
         assert!(check_message(MessageKind::File, "caption", false).is_err());
         assert!(check_message(MessageKind::Text, &"x".repeat(MAX_TEXT_BYTES), false).is_ok());
         assert!(check_message(MessageKind::Text, &"x".repeat(MAX_TEXT_BYTES + 1), false).is_err());
+        assert!(check_message(MessageKind::Text, "nul \0 inside", false).is_err());
+        assert!(check_edit_text("nul \0", true).is_err());
+        assert!(check_room_name("room\0").is_err());
         assert!(check_edit_text("", true).is_ok());
         assert!(check_edit_text("", false).is_err());
         assert!(check_room_name("  ").is_err());

@@ -18,7 +18,6 @@
 //! Busy, locked and I/O errors become [`StoreError::Unavailable`] (retry later); constraint
 //! violations become the store's own words (see [`common::constraint_error`]).
 
-use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +28,7 @@ use protocol::model::{Attachment, ConversationSummary, Event};
 use protocol::{
     AttachmentId, ClientMsgId, ConvId, DeviceId, MessageId, Millis, NodeId, Seq, UserId,
 };
-use sqlx::migrate::{Migrate, MigrateError, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -157,53 +156,9 @@ async fn enable_wal(conn: &mut SqliteConnection) -> StoreResult<()> {
 /// Applies the migrations under the write lock (see the module docs).
 async fn migrate(conn: &mut SqliteConnection) -> StoreResult<()> {
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
-    // The steps of `Migrator::run`, spelled out: its generic `Acquire` bound makes the future
-    // unusable where it must be `Send` (sqlx issue "Acquire is not general enough").
-    tx.ensure_migrations_table().await.map_err(migrate_err)?;
-    if let Some(version) = tx.dirty_version().await.map_err(migrate_err)? {
-        return Err(StoreError::Internal(format!(
-            "SQLite migration {version} failed half-way earlier; repair the database"
-        )));
-    }
-    let applied: HashMap<i64, _> = tx
-        .list_applied_migrations()
-        .await
-        .map_err(migrate_err)?
-        .into_iter()
-        .map(|m| (m.version, m.checksum))
-        .collect();
-    let known: HashSet<i64> = MIGRATOR.iter().map(|m| m.version).collect();
-    if let Some(newer) = applied.keys().find(|v| !known.contains(v)) {
-        return Err(StoreError::Internal(format!(
-            "the database has migration {newer}, unknown to this build: it was made by a newer one"
-        )));
-    }
-    for migration in MIGRATOR.iter() {
-        if migration.migration_type.is_down_migration() {
-            continue;
-        }
-        match applied.get(&migration.version) {
-            Some(checksum) if *checksum != migration.checksum => {
-                return Err(StoreError::Internal(format!(
-                    "SQLite migration {} was changed after it was applied",
-                    migration.version
-                )));
-            }
-            Some(_) => {}
-            // Nested in our transaction: sqlx makes its own a savepoint.
-            None => {
-                tx.apply(migration).await.map_err(migrate_err)?;
-            }
-        }
-    }
+    // Nested in our transaction: sqlx makes its own a savepoint.
+    common::apply_migrations(&mut *tx, &MIGRATOR, "SQLite", db_err).await?;
     tx.commit().await.map_err(db_err)
-}
-
-fn migrate_err(e: MigrateError) -> StoreError {
-    match e {
-        MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) => db_err(e),
-        other => StoreError::Internal(format!("SQLite migrations: {other}")),
-    }
 }
 
 /// SQLite's primary result codes that mean "not now" rather than "never".
