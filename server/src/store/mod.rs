@@ -28,6 +28,8 @@ use protocol::{
 };
 
 mod common;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 pub mod suite;
@@ -337,13 +339,26 @@ pub trait Store: Send + Sync + 'static {
 /// The store shared by a process's tasks.
 pub type SharedStore = Arc<dyn Store>;
 
-/// Opens the store named by `url`: `sqlite://PATH` (created if missing) or `postgres://…`.
+/// Opens the store named by `url`: `sqlite://PATH` (created if missing) or
+/// `postgres://…` / `postgresql://…` (schema brought up to date).
 pub async fn open(url: &str) -> StoreResult<SharedStore> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         return Ok(Arc::new(sqlite::SqliteStore::open(path).await?));
     }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        #[cfg(feature = "postgres")]
+        return Ok(Arc::new(postgres::PostgresStore::connect(url).await?));
+        #[cfg(not(feature = "postgres"))]
+        return Err(StoreError::Invalid(
+            "this server was built without PostgreSQL support (feature `postgres`)".into(),
+        ));
+    }
+    // Only the scheme of a URL: the rest may carry a password.
+    let named = match url.split_once("://") {
+        Some((scheme, _)) => format!("scheme {scheme:?}"),
+        None => format!("{url:?}"),
+    };
     Err(StoreError::Invalid(format!(
-        "unsupported store URL {url:?} (expected sqlite://PATH{})",
-        "; PostgreSQL support is not built yet"
+        "unsupported store URL {named} (expected sqlite://PATH or postgres://…)"
     )))
 }
