@@ -1,11 +1,29 @@
 //! Choosing backends from URLs: `embedded` (the controller hosts registry and bus; nothing to
 //! install), `redis://…` for the registry and the bus, `amqp://…` for the bus. One place turns
 //! the choice into trait objects, for nodes and for the controller alike.
+//!
+//! The combinations that work:
+//!
+//! | registry | bus | for |
+//! |---|---|---|
+//! | `embedded` | `embedded` | one machine, nothing installed: the controller hosts both |
+//! | `redis://…` | `redis://…` | many machines: Redis holds the registry and carries envelopes |
+//! | `redis://…` | `amqp://…` | many machines: Redis holds the registry, RabbitMQ carries envelopes |
+//!
+//! The embedded bus runs through the controller, which routes by its own (embedded) registry,
+//! so it cannot be paired with Redis; a real bus needs a registry every node can read for
+//! routed delivery, so it cannot be paired with the embedded one.
+//!
+//! A URL may end in `?prefix=NAME` to keep a cluster's keys, channels, exchanges and queues
+//! apart from another's on the same server (default `chat:` in Redis, `chat.` in RabbitMQ).
 
 use std::str::FromStr;
 use std::sync::Arc;
+#[cfg(feature = "redis")]
+use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Secret;
@@ -59,9 +77,20 @@ pub enum BackendError {
     /// Embedded backends need the controller's address.
     #[error("the embedded registry and bus need --controller URL")]
     NoController,
-    /// The embedded bus needs the embedded registry (the controller routes envelopes by it).
-    #[error("the embedded bus needs the embedded registry")]
-    Mismatch,
+    /// A registry and a bus that do not work together.
+    #[error(
+        "registry {registry} with bus {bus} is not supported: {why}. Combinations that work: \
+         --registry embedded --bus embedded (one machine), or --registry redis://HOST:PORT \
+         with --bus redis://HOST:PORT or --bus amqp://USER:PASS@HOST:PORT"
+    )]
+    Mismatch {
+        /// The registry chosen.
+        registry: &'static str,
+        /// The bus chosen.
+        bus: &'static str,
+        /// Why not.
+        why: &'static str,
+    },
     /// Connecting failed.
     #[error("{0}")]
     Connect(String),
@@ -137,6 +166,101 @@ pub struct NodeBackends {
     pub node_reaps: bool,
 }
 
+/// Splits `?prefix=NAME` off a backend URL: the URL to give the client library, and the
+/// prefix (or `default`).
+pub fn split_prefix(url: &str, default: &str) -> (String, String) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), default.to_owned());
+    };
+    let mut prefix = default.to_owned();
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|kv| match kv.strip_prefix("prefix=") {
+            Some(p) => {
+                prefix = p.to_owned();
+                false
+            }
+            None => !kv.is_empty(),
+        })
+        .collect();
+    if rest.is_empty() {
+        (base.to_owned(), prefix)
+    } else {
+        (format!("{base}?{}", rest.join("&")), prefix)
+    }
+}
+
+fn mismatch(registry: &RegistryChoice, bus: &BusChoice) -> BackendError {
+    BackendError::Mismatch {
+        registry: registry.name(),
+        bus: bus.name(),
+        why: match registry {
+            RegistryChoice::Embedded => {
+                "a real bus needs a registry every node can read (Redis) to route envelopes"
+            }
+            RegistryChoice::Redis(_) => {
+                "the embedded bus runs through the controller, which routes by its own embedded \
+                 registry"
+            }
+        },
+    }
+}
+
+/// Opens the Redis registry. A controller passes the cluster's lease (nodes take it from
+/// Redis when they register); nodes pass `None`.
+#[cfg(feature = "redis")]
+async fn redis_registry(
+    url: &str,
+    cluster_lease_ms: Option<u64>,
+) -> Result<crate::registry::redis::RedisRegistry, BackendError> {
+    let (url, prefix) = split_prefix(url, crate::registry::redis::DEFAULT_PREFIX);
+    crate::registry::redis::RedisRegistry::connect(&url, &prefix, cluster_lease_ms)
+        .await
+        .map_err(|e| BackendError::Connect(e.to_string()))
+}
+
+/// Opens a real bus (Redis pub/sub or RabbitMQ). Real buses go with the Redis registry only,
+/// so without that feature nothing calls this.
+#[cfg_attr(not(feature = "redis"), allow(dead_code, unused_variables))]
+async fn real_bus(bus: &BusChoice, cancel: CancellationToken) -> Result<SharedBus, BackendError> {
+    match bus {
+        BusChoice::Embedded => Err(BackendError::Unsupported {
+            what: "bus",
+            url: "embedded".into(),
+            expected: "redis://HOST:PORT or amqp://USER:PASS@HOST:PORT",
+        }),
+        #[cfg(feature = "redis")]
+        BusChoice::Redis(url) => {
+            let (url, prefix) = split_prefix(url, crate::registry::redis::DEFAULT_PREFIX);
+            let bus = crate::bus::redis::RedisBus::connect(&url, &prefix, cancel)
+                .await
+                .map_err(|e| BackendError::Connect(e.to_string()))?;
+            Ok(Arc::new(bus))
+        }
+        #[cfg(not(feature = "redis"))]
+        BusChoice::Redis(url) => Err(BackendError::NotBuilt {
+            what: "bus",
+            url: url.clone(),
+            feature: "redis",
+        }),
+        #[cfg(feature = "amqp")]
+        BusChoice::Amqp(url) => {
+            let (url, prefix) = split_prefix(url, crate::bus::amqp::DEFAULT_PREFIX);
+            let config = crate::bus::amqp::AmqpConfig::new(&url, &prefix);
+            let bus = crate::bus::amqp::AmqpBus::connect(config, cancel)
+                .await
+                .map_err(|e| BackendError::Connect(e.to_string()))?;
+            Ok(Arc::new(bus))
+        }
+        #[cfg(not(feature = "amqp"))]
+        BusChoice::Amqp(url) => Err(BackendError::NotBuilt {
+            what: "bus",
+            url: url.clone(),
+            feature: "amqp",
+        }),
+    }
+}
+
 /// Opens a node's registry and bus. Background tasks stop when `cancel` fires.
 pub async fn for_node(
     registry: &RegistryChoice,
@@ -156,17 +280,206 @@ pub async fn for_node(
                 bus: Arc::new(link),
             })
         }
-        (RegistryChoice::Redis(url), _) | (_, BusChoice::Redis(url)) => {
+        (RegistryChoice::Embedded, _) | (_, BusChoice::Embedded) => Err(mismatch(registry, bus)),
+        #[cfg(feature = "redis")]
+        (RegistryChoice::Redis(url), _) => {
+            let registry = redis_registry(url, None).await?;
+            Ok(NodeBackends {
+                registry: Arc::new(registry),
+                bus: real_bus(bus, cancel).await?,
+                // The node's heartbeat registers again if Redis forgot it.
+                lease_changes: None,
+                // A shared registry has no single owner: every node reaps it too.
+                node_reaps: true,
+            })
+        }
+        #[cfg(not(feature = "redis"))]
+        (RegistryChoice::Redis(url), _) => Err(BackendError::NotBuilt {
+            what: "registry",
+            url: url.clone(),
+            feature: "redis",
+        }),
+    }
+}
+
+/// The registry and bus of a controller that does not host them (real backends).
+pub struct ControllerBackends {
+    /// The registry.
+    pub registry: SharedRegistry,
+    /// The bus (the controller only publishes: membership events and revocations).
+    pub bus: SharedBus,
+    /// Where the controller takes its Snowflake worker id.
+    pub workers: Option<WorkerClaims>,
+}
+
+/// Opens a controller's registry and bus when they are real backends; the embedded pair is
+/// built by the controller itself (it hosts them). `lease_ms` becomes the cluster's node
+/// lease. Background tasks stop when `cancel` fires.
+pub async fn for_controller(
+    registry: &RegistryChoice,
+    bus: &BusChoice,
+    lease_ms: u64,
+    cancel: CancellationToken,
+) -> Result<ControllerBackends, BackendError> {
+    match (registry, bus) {
+        (RegistryChoice::Embedded, BusChoice::Embedded) => Err(BackendError::Unsupported {
+            what: "registry",
+            url: "embedded".into(),
+            expected: "redis://HOST:PORT (the controller hosts the embedded pair itself)",
+        }),
+        (RegistryChoice::Embedded, _) | (_, BusChoice::Embedded) => Err(mismatch(registry, bus)),
+        #[cfg(feature = "redis")]
+        (RegistryChoice::Redis(url), _) => {
+            let registry = Arc::new(redis_registry(url, Some(lease_ms)).await?);
+            Ok(ControllerBackends {
+                registry: registry.clone(),
+                bus: real_bus(bus, cancel).await?,
+                workers: Some(WorkerClaims { registry, lease_ms }),
+            })
+        }
+        #[cfg(not(feature = "redis"))]
+        (RegistryChoice::Redis(url), _) => {
+            let _ = (lease_ms, cancel);
             Err(BackendError::NotBuilt {
-                what: "backend",
+                what: "registry",
                 url: url.clone(),
                 feature: "redis",
             })
         }
-        (_, BusChoice::Amqp(url)) => Err(BackendError::NotBuilt {
-            what: "bus",
-            url: url.clone(),
-            feature: "amqp",
-        }),
+    }
+}
+
+/// A controller's Snowflake worker id from a shared registry: several controllers may run,
+/// each needs an id no node and no other controller uses. The claim is a lease like a node's,
+/// kept by [`WorkerClaims::keep`].
+pub struct WorkerClaims {
+    #[cfg(feature = "redis")]
+    registry: Arc<crate::registry::redis::RedisRegistry>,
+    #[cfg(feature = "redis")]
+    lease_ms: u64,
+    /// Without a shared registry there is nothing to claim from: no value exists.
+    #[cfg(not(feature = "redis"))]
+    never: std::convert::Infallible,
+}
+
+#[cfg(not(feature = "redis"))]
+impl WorkerClaims {
+    /// Takes a worker id for `owner`.
+    pub async fn claim(&self, _owner: &str) -> Result<u16, BackendError> {
+        match self.never {}
+    }
+
+    /// Renews the claim until `cancel` fires.
+    pub fn keep(
+        self,
+        _owner: String,
+        _switch: impl Fn(u16) + Send + 'static,
+        _cancel: CancellationToken,
+    ) -> JoinHandle<()> {
+        match self.never {}
+    }
+}
+
+#[cfg(feature = "redis")]
+impl WorkerClaims {
+    /// Takes a worker id for `owner`.
+    pub async fn claim(&self, owner: &str) -> Result<u16, BackendError> {
+        self.registry
+            .claim_controller_worker(owner, self.lease_ms)
+            .await
+            .map_err(|e| BackendError::Connect(e.to_string()))
+    }
+
+    /// Renews the claim every quarter lease; calls `switch` if the claim had lapsed and another
+    /// id was given; gives the id back when `cancel` fires.
+    pub fn keep(
+        self,
+        owner: String,
+        switch: impl Fn(u16) + Send + 'static,
+        cancel: CancellationToken,
+    ) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let period = Duration::from_millis((self.lease_ms / 4).clamp(50, 1000));
+            let mut current: Option<u16> = None;
+            loop {
+                match self
+                    .registry
+                    .claim_controller_worker(&owner, self.lease_ms)
+                    .await
+                {
+                    Ok(id) => {
+                        if current.is_some_and(|c| c != id) {
+                            tracing::warn!(worker = id, "worker id claim had lapsed; switching");
+                            switch(id);
+                        }
+                        current = Some(id);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not renew the worker id"),
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(period) => {}
+                }
+            }
+            if let Err(e) = self.registry.release_controller_worker(&owner).await {
+                tracing::warn!(error = %e, "could not give the worker id back; it lapses");
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_is_split_off_the_url() {
+        assert_eq!(
+            split_prefix("redis://h:6379", "chat:"),
+            ("redis://h:6379".to_owned(), "chat:".to_owned())
+        );
+        assert_eq!(
+            split_prefix("redis://h:6379/?prefix=lab1:", "chat:"),
+            ("redis://h:6379/".to_owned(), "lab1:".to_owned())
+        );
+        assert_eq!(
+            split_prefix(
+                "amqp://u:p@h/%2f?heartbeat=5&prefix=x.&frame_max=8192",
+                "chat."
+            ),
+            (
+                "amqp://u:p@h/%2f?heartbeat=5&frame_max=8192".to_owned(),
+                "x.".to_owned()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn unsupported_combinations_say_what_works() {
+        let secret = Secret::new("backends-test-secret-0123456789").expect("secret");
+        let cases = [
+            ("embedded", "redis://127.0.0.1:1"),
+            ("embedded", "amqp://127.0.0.1:1"),
+            ("redis://127.0.0.1:1", "embedded"),
+        ];
+        for (r, b) in cases {
+            let registry: RegistryChoice = r.parse().expect("registry");
+            let bus: BusChoice = b.parse().expect("bus");
+            let err = for_node(&registry, &bus, None, &secret, CancellationToken::new())
+                .await
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains("Combinations that work") && err.contains("--registry redis://"),
+                "{r} + {b}: {err}"
+            );
+            let err = for_controller(&registry, &bus, 5_000, CancellationToken::new())
+                .await
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("Combinations that work"), "{r} + {b}: {err}");
+        }
     }
 }

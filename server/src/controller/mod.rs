@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{HashCost, Passwords, Secret, TokenKeys};
-use crate::backends::{BackendError, BusChoice, RegistryChoice};
+use crate::backends::{BusChoice, RegistryChoice, WorkerClaims};
 use crate::bus::{Routing, SharedBus};
 use crate::ids::Snowflakes;
 use crate::link::{HubBus, LinkHub};
@@ -94,6 +94,8 @@ pub struct Controller {
     cancel: CancellationToken,
     server: JoinHandle<()>,
     reaper: JoinHandle<()>,
+    /// Renews the controller's worker id in a shared registry (and gives it back at the end).
+    worker_keeper: Option<JoinHandle<()>>,
 }
 
 impl Controller {
@@ -107,23 +109,31 @@ impl Controller {
         let cancel = CancellationToken::new();
         let store = crate::store::open(&config.store).await?;
         let (dead_tx, dead_rx) = mpsc::unbounded_channel::<DeadNode>();
-        let (registry, bus, hub): (SharedRegistry, SharedBus, Option<Arc<LinkHub>>) =
-            match (&config.registry, &config.bus) {
-                (RegistryChoice::Embedded, BusChoice::Embedded) => {
-                    let memory = Arc::new(MemoryRegistry::new(config.lease_ms));
-                    let hub = LinkHub::new(memory.clone(), dead_tx.clone());
-                    (memory, Arc::new(HubBus(hub.clone())), Some(hub))
-                }
-                (RegistryChoice::Embedded, _) => return Err(BackendError::Mismatch.into()),
-                (RegistryChoice::Redis(url), _) => {
-                    return Err(BackendError::NotBuilt {
-                        what: "registry",
-                        url: url.clone(),
-                        feature: "redis",
-                    }
-                    .into());
-                }
-            };
+        let (registry, bus, hub, workers): (
+            SharedRegistry,
+            SharedBus,
+            Option<Arc<LinkHub>>,
+            Option<WorkerClaims>,
+        ) = match (&config.registry, &config.bus) {
+            (RegistryChoice::Embedded, BusChoice::Embedded) => {
+                let memory = Arc::new(MemoryRegistry::new(config.lease_ms));
+                let hub = LinkHub::new(memory.clone(), dead_tx.clone());
+                (memory, Arc::new(HubBus(hub.clone())), Some(hub), None)
+            }
+            // Real backends: the controller only reads the registry, publishes, and reaps.
+            (registry, bus) => {
+                let b =
+                    crate::backends::for_controller(registry, bus, config.lease_ms, cancel.clone())
+                        .await?;
+                (b.registry, b.bus, None, b.workers)
+            }
+        };
+        // With a shared registry several controllers may run: each takes a worker id of its
+        // own there, as nodes do.
+        let worker_id = match &workers {
+            Some(w) => w.claim(config.id.as_str()).await?,
+            None => CONTROLLER_WORKER_ID,
+        };
         crate::metrics::install();
         let state = Arc::new(AppState {
             id: config.id.clone(),
@@ -141,12 +151,20 @@ impl Controller {
             },
             keys: TokenKeys::new(&config.secret),
             passwords: Passwords::new(config.hash_cost),
-            ids: Snowflakes::new(CONTROLLER_WORKER_ID),
+            ids: Snowflakes::new(worker_id),
             hub,
             secret: config.secret.clone(),
             max_attachment_bytes: config.max_attachment_bytes,
             token_ttl_secs: config.token_ttl_secs,
             cancel: cancel.clone(),
+        });
+        let worker_keeper = workers.map(|w| {
+            let state = state.clone();
+            w.keep(
+                config.id.as_str().to_owned(),
+                move |id| state.ids.set_worker(id),
+                cancel.clone(),
+            )
         });
         let reaper = tokio::spawn(crate::recovery::run_reaper(
             state.store.clone(),
@@ -172,6 +190,7 @@ impl Controller {
             cancel,
             server,
             reaper,
+            worker_keeper,
         })
     }
 
@@ -194,6 +213,10 @@ impl Controller {
             tracing::warn!("controller connections still open at shutdown");
         }
         self.reaper.abort();
+        if let Some(keeper) = self.worker_keeper {
+            // It gives the worker id back as soon as it sees the cancel.
+            let _ = tokio::time::timeout(Duration::from_secs(2), keeper).await;
+        }
         tracing::info!("controller stopped");
     }
 }
