@@ -69,7 +69,7 @@ const ACK_BATCH: u64 = 128;
 const ACK_DELAY: Duration = Duration::from_millis(5);
 /// Reconnect backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(3);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How long `subscribe` waits for the consumer before handing the inbox over anyway.
 const FIRST_SUBSCRIPTION: Duration = Duration::from_secs(5);
 
@@ -528,8 +528,7 @@ async fn run_session(shared: &Shared, session: Session, cancel: &CancellationTok
             }
         }
     };
-    shared.connected.store(false, Ordering::Release);
-    shared.consuming.store(false, Ordering::Release);
+    // No new publish may start on this connection; `own_connection` marks the bus down.
     *shared.publisher.lock() = None;
     if matches!(ended, Ended::Stop) {
         // A clean goodbye: hand back what was taken, then close.

@@ -43,7 +43,7 @@ const PING_EVERY: Duration = Duration::from_secs(3);
 const ANSWER_WITHIN: Duration = Duration::from_secs(2);
 /// Reconnect backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(3);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How long `subscribe` waits for the first subscription before handing the inbox over anyway.
 const FIRST_SUBSCRIPTION: Duration = Duration::from_secs(5);
 

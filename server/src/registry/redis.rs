@@ -41,10 +41,12 @@
 //! All keys are reached by scripts from the prefix, so this is for a single Redis (or a
 //! primary with replicas), not Redis Cluster.
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use protocol::http::{AssignResponse, NodeState, NodeStatus};
 use protocol::{Millis, NodeId, UserId};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -100,7 +102,12 @@ local function expire_reservations(now, limit)
     end
   end
 end
-local function claim_worker()
+-- The preferred id (the one the caller had before Redis forgot it) if free, else the lowest.
+local function claim_worker(preferred)
+  if preferred and preferred ~= '' and redis.call('GETBIT', P .. 'workers', preferred) == 0 then
+    redis.call('SETBIT', P .. 'workers', preferred, 1)
+    return tonumber(preferred)
+  end
   local w = redis.call('BITPOS', P .. 'workers', 0)
   if w < 0 or w > tonumber(ARGV[2]) then
     return nil
@@ -146,7 +153,8 @@ local function remove(node)
 end
 "#;
 
-/// `ARGV`: prefix, max worker, node, ws, http, started, default lease → `{worker, lease}`.
+/// `ARGV`: prefix, max worker, node, ws, http, started, default lease, preferred worker or ''
+/// → `{worker, lease}`.
 const REGISTER: &str = r#"
 local node = ARGV[3]
 local nk = P .. 'n:' .. node
@@ -159,7 +167,7 @@ if worker then
   redis.call('ZADD', P .. 'alive', now + lease, node)
   return {tonumber(worker), lease}
 end
-local w = claim_worker()
+local w = claim_worker(ARGV[8])
 if not w then
   return redis.error_reply('ERR no free worker id')
 end
@@ -318,21 +326,25 @@ end
 return out
 "#;
 
-/// `ARGV`: prefix, max worker, owner, lease ms → the controller's worker id (the one it had, or
-/// a new one if its claim lapsed).
+/// `ARGV`: prefix, max worker, owner, lease ms, preferred worker or '' → the controller's
+/// worker id (the one it had, or
+/// a new one if its claim lapsed). The lease is also the cluster's node lease.
 const CLAIM_CONTROLLER: &str = r#"
 local owner = ARGV[3]
 local w = redis.call('HGET', P .. 'ctlw', owner)
 if w then
   w = tonumber(w)
 else
-  w = claim_worker()
+  w = claim_worker(ARGV[5])
   if not w then
     return redis.error_reply('ERR no free worker id')
   end
   redis.call('HSET', P .. 'ctlw', owner, w)
 end
 redis.call('ZADD', P .. 'ctl', now_ms() + tonumber(ARGV[4]), owner)
+-- The controller's lease is the cluster's: said again with every renewal, so that a Redis
+-- that lost its data (restarted without persistence) learns it back.
+redis.call('HSET', P .. 'cfg', 'lease_ms', ARGV[4])
 return w
 "#;
 
@@ -447,6 +459,10 @@ pub struct RedisRegistry {
     prefix: String,
     /// How long an answered slot is counted before it is given back unused.
     reservation_ms: u64,
+    /// The worker id each node or controller registered through this handle last had: asked
+    /// for again if Redis forgot it (a restart without persistence), so that processes keep
+    /// their ids instead of swapping them while some have not noticed yet.
+    last_workers: Arc<Mutex<HashMap<String, u16>>>,
     #[cfg(test)]
     _cleanup: Option<std::sync::Arc<test_support::DeleteOnDrop>>,
 }
@@ -467,6 +483,7 @@ impl RedisRegistry {
             conn,
             prefix: prefix.to_owned(),
             reservation_ms: DEFAULT_RESERVATION_MS,
+            last_workers: Arc::default(),
             #[cfg(test)]
             _cleanup: None,
         };
@@ -490,8 +507,9 @@ impl RedisRegistry {
 
     /// Takes (or renews) a Snowflake worker id for a controller, unique among the nodes and
     /// controllers holding one. The claim lasts `lease_ms`; call again well within it to keep
-    /// the same id. If the claim lapsed (the controller was silent too long), a possibly
-    /// different id is returned: switch to it.
+    /// the same id. If the claim lapsed (the controller was silent too long, or Redis lost its
+    /// data), a possibly different id is returned: switch to it. `lease_ms` is written as the
+    /// cluster's node lease again each time.
     pub async fn claim_controller_worker(&self, owner: &str, lease_ms: u64) -> RegistryResult<u16> {
         let mut c = self.conn.clone();
         let w: i64 = SCRIPTS
@@ -501,10 +519,24 @@ impl RedisRegistry {
             .arg(MAX_WORKER)
             .arg(owner)
             .arg(lease_ms)
+            .arg(self.preferred_worker(&format!("controller:{owner}")))
             .invoke_async(&mut c)
             .await
             .map_err(map_err)?;
-        u16::try_from(w).map_err(|_| RegistryError::Internal(format!("bad worker id {w}")))
+        let w =
+            u16::try_from(w).map_err(|_| RegistryError::Internal(format!("bad worker id {w}")))?;
+        self.last_workers
+            .lock()
+            .insert(format!("controller:{owner}"), w);
+        Ok(w)
+    }
+
+    fn preferred_worker(&self, who: &str) -> String {
+        self.last_workers
+            .lock()
+            .get(who)
+            .map(u16::to_string)
+            .unwrap_or_default()
     }
 
     /// Gives a controller's worker id back.
@@ -540,12 +572,17 @@ impl Registry for RedisRegistry {
             .arg(&node.http_url)
             .arg(node.started_at)
             .arg(DEFAULT_LEASE_MS)
+            .arg(self.preferred_worker(&format!("node:{}", node.id)))
             .invoke_async(&mut c)
             .await
             .map_err(map_err)?;
+        let worker_id = u16::try_from(worker)
+            .map_err(|_| RegistryError::Internal(format!("bad worker id {worker}")))?;
+        self.last_workers
+            .lock()
+            .insert(format!("node:{}", node.id), worker_id);
         Ok(Lease {
-            worker_id: u16::try_from(worker)
-                .map_err(|_| RegistryError::Internal(format!("bad worker id {worker}")))?,
+            worker_id,
             lease_ms: u64::try_from(lease_ms)
                 .map_err(|_| RegistryError::Internal(format!("bad lease {lease_ms}")))?,
         })
@@ -901,6 +938,31 @@ mod tests {
         r.release_controller_worker("ctl-a").await?;
         let n2 = r.register(&info("c2")).await?.worker_id;
         assert_eq!(n2, a, "the released id is the lowest free one");
+        Ok(())
+    }
+
+    /// After Redis forgot everything, each process gets its old worker id back, whatever the
+    /// order in which they register again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn worker_ids_survive_a_redis_that_forgot_them() -> RegistryResult<()> {
+        let r = fresh(60_000).await;
+        let a = r.register(&info("fa")).await?.worker_id;
+        let b = r.register(&info("fb")).await?.worker_id;
+        let c = r.claim_controller_worker("ctl", 60_000).await?;
+        let mut conn = r.conn.clone();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", r.prefix))
+            .query_async(&mut conn)
+            .await
+            .map_err(map_err)?;
+        redis::cmd("DEL")
+            .arg(keys)
+            .exec_async(&mut conn)
+            .await
+            .map_err(map_err)?;
+        assert_eq!(r.claim_controller_worker("ctl", 60_000).await?, c);
+        assert_eq!(r.register(&info("fb")).await?.worker_id, b);
+        assert_eq!(r.register(&info("fa")).await?.worker_id, a);
         Ok(())
     }
 
