@@ -1,0 +1,524 @@
+//! One window is one device: its own device id, session, connection (a client core [`Client`]),
+//! cache and saved state, all under `profiles/<window label>/`. This is what makes "Open another
+//! device" real: a second window is a second device of the cluster, possibly on another node.
+//!
+//! The device's *pump* task reads the client core's events, applies them to the cache, raises
+//! a notification when a message arrives while the window is not focused, and forwards every
+//! event to the window's channel. It saves the client's state (cursors and outbox) after
+//! changes, so a restart resumes without losing or repeating anything.
+//!
+//! Invariant: events reach the cache before the state that counts them is saved, so after a
+//! crash the cache holds everything up to the saved cursors.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use client::{Api, Client, ClientConfig, ClientEvent, ClientState, Session, Status, StopReason};
+use parking_lot::Mutex;
+use protocol::model::{ConvKind, EventBody, MemberAction, PresenceState, UserInfo};
+use protocol::{ConvId, DeviceId, UserId};
+use serde::{Deserialize, Serialize};
+use tauri::ipc::Channel;
+use tauri::{AppHandle, Manager};
+use tokio::sync::mpsc;
+
+use crate::backend::{Backend, ServerState};
+use crate::cache::Cache;
+use crate::error::{Error, Result};
+use crate::events::{AppEvent, SessionView, Snapshot, UiEvent};
+use crate::store;
+
+/// How often the pump saves the client's state when events changed it.
+const SAVE_EVERY: Duration = Duration::from_millis(750);
+
+/// `session.json`: the session and the name given to this device.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct StoredSession {
+    session: Session,
+    device_name: String,
+}
+
+/// One window's device. Shared as `Arc<Device>` between commands and its pump.
+pub struct Device {
+    /// The window's label.
+    pub label: String,
+    dir: PathBuf,
+    /// This device's id, stable for the profile.
+    pub id: DeviceId,
+    /// Its history cache.
+    pub cache: Cache,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    session: Option<StoredSession>,
+    client: Option<Client>,
+    /// The window's event stream; replaced when the window reloads and connects again.
+    sink: Option<Channel<UiEvent>>,
+    /// Presence from the last welcome, for a window that connects later.
+    presence: Vec<PresenceState>,
+    /// A start is in progress (waiting for the server).
+    starting: bool,
+}
+
+impl Device {
+    /// Opens the device of window `label` in `dir`, creating its id on first use.
+    pub fn open(label: &str, dir: PathBuf) -> Result<Device> {
+        std::fs::create_dir_all(&dir)?;
+        let id = client::load_or_create_device_id(&dir.join("device_id"))
+            .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+        let cache = Cache::open(&dir.join("cache.sqlite"))?;
+        let session = match store::read_json::<StoredSession>(&dir.join("session.json")) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, label, "unreadable session.json; signing out");
+                None
+            }
+        };
+        Ok(Device {
+            label: label.to_owned(),
+            dir,
+            id,
+            cache,
+            inner: Mutex::new(Inner {
+                session,
+                ..Inner::default()
+            }),
+        })
+    }
+
+    /// Who is signed in here.
+    pub fn session_view(&self) -> Option<SessionView> {
+        self.inner.lock().session.as_ref().map(|s| SessionView {
+            user: s.session.user.clone(),
+            device: s.session.device.clone(),
+            device_name: s.device_name.clone(),
+        })
+    }
+
+    /// The signed-in user's name, if any.
+    pub fn username(&self) -> Option<String> {
+        self.inner
+            .lock()
+            .session
+            .as_ref()
+            .map(|s| s.session.user.username.clone())
+    }
+
+    /// Records a fresh session. Signing in as somebody else forgets the previous user's
+    /// cache and saved state.
+    pub fn sign_in(&self, session: Session, device_name: String) -> Result<SessionView> {
+        let previous = self
+            .inner
+            .lock()
+            .session
+            .as_ref()
+            .map(|s| s.session.user.id);
+        if previous.is_some_and(|id| id != session.user.id) {
+            self.cache.clear()?;
+            store::remove_file(&self.dir.join("state.json"))?;
+        }
+        self.cache.put_users(std::slice::from_ref(&session.user))?;
+        let stored = StoredSession {
+            session,
+            device_name,
+        };
+        store::write_json(&self.dir.join("session.json"), &stored, true)?;
+        let view = SessionView {
+            user: stored.session.user.clone(),
+            device: stored.session.device.clone(),
+            device_name: stored.device_name.clone(),
+        };
+        self.inner.lock().session = Some(stored);
+        Ok(view)
+    }
+
+    /// Signs out: stops the connection and forgets the session, the saved state and the cache.
+    pub async fn sign_out(&self) -> Result<()> {
+        let client = {
+            let mut inner = self.inner.lock();
+            inner.session = None;
+            inner.client.take()
+        };
+        if let Some(client) = client {
+            client.shutdown().await;
+        }
+        store::remove_file(&self.dir.join("session.json"))?;
+        store::remove_file(&self.dir.join("state.json"))?;
+        self.cache.clear()?;
+        Ok(())
+    }
+
+    /// Attaches the window's event stream and returns what the window should show now. Starts
+    /// the connection if it is not running (once the server is ready).
+    pub fn connect(
+        self: &Arc<Self>,
+        app: &AppHandle,
+        backend: &Arc<Backend>,
+        http: &reqwest::Client,
+        sink: Channel<UiEvent>,
+    ) -> Result<Snapshot> {
+        let (session, client, start) = {
+            let mut inner = self.inner.lock();
+            let session = inner.session.clone().ok_or(Error::NotSignedIn)?;
+            inner.sink = Some(sink);
+            let start = inner.client.is_none() && !inner.starting;
+            if start {
+                inner.starting = true;
+            }
+            (session, inner.client.clone(), start)
+        };
+        if start {
+            let device = self.clone();
+            let (app, backend, http) = (app.clone(), backend.clone(), http.clone());
+            tauri::async_runtime::spawn(async move {
+                let result = device.start(&app, &backend, &http).await;
+                device.inner.lock().starting = false;
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, label = %device.label, "could not start the connection");
+                }
+            });
+        }
+        let (status, pending) = match &client {
+            Some(c) => (c.status(), c.state().outbox),
+            None => (Status::Connecting, self.saved_state().outbox),
+        };
+        let presence = self.inner.lock().presence.clone();
+        Ok(Snapshot {
+            session: SessionView {
+                user: session.session.user.clone(),
+                device: session.session.device.clone(),
+                device_name: session.device_name.clone(),
+            },
+            status,
+            conversations: self.cache.conversations()?,
+            users: self.cache.users()?,
+            presence,
+            pending,
+        })
+    }
+
+    /// Waits for the server, then starts the client core and its pump.
+    async fn start(
+        self: &Arc<Self>,
+        app: &AppHandle,
+        backend: &Arc<Backend>,
+        http: &reqwest::Client,
+    ) -> Result<()> {
+        // Tell the window about the server while it starts (the local cluster takes seconds).
+        let mut watch = backend.watch();
+        let url = loop {
+            let state = watch.borrow_and_update().clone();
+            self.emit(UiEvent::App(AppEvent::Server {
+                state: state.clone(),
+            }));
+            match state {
+                ServerState::Ready { url, .. } => break url,
+                ServerState::Failed { message, .. } => return Err(Error::NoServer(message)),
+                ServerState::Unset => return Err(Error::NoServer("no server chosen".into())),
+                ServerState::Starting { .. } => {}
+            }
+            if watch.changed().await.is_err() {
+                return Err(Error::NoServer("the app is shutting down".into()));
+            }
+        };
+        let mut session = {
+            let inner = self.inner.lock();
+            match &inner.session {
+                Some(s) => s.session.clone(),
+                None => return Err(Error::NotSignedIn),
+            }
+        };
+        // A local cluster gets new ports on every launch; the token stays valid.
+        session.server = url;
+        let config = ClientConfig {
+            http: Some(http.clone()),
+            ..ClientConfig::default()
+        };
+        let (client, events) = Client::start(&session, self.saved_state(), config)?;
+        let signed_out = {
+            let mut inner = self.inner.lock();
+            if inner.session.is_none() {
+                true
+            } else {
+                inner.client = Some(client.clone());
+                false
+            }
+        };
+        if signed_out {
+            // Signed out while we waited for the server.
+            client.shutdown().await;
+            return Err(Error::NotSignedIn);
+        }
+        tauri::async_runtime::spawn(pump(self.clone(), app.clone(), client, events));
+        Ok(())
+    }
+
+    /// The running client, or why there is none.
+    pub fn client(&self) -> Result<Client> {
+        let inner = self.inner.lock();
+        match (&inner.client, &inner.session) {
+            (Some(c), _) => Ok(c.clone()),
+            (None, Some(_)) => Err(Error::NoServer(
+                "still connecting to the server; try again in a moment".into(),
+            )),
+            (None, None) => Err(Error::NotSignedIn),
+        }
+    }
+
+    /// The controller API with this device's token (works before the engine is live).
+    pub async fn api(&self, backend: &Backend, http: &reqwest::Client) -> Result<Api> {
+        let session = {
+            let inner = self.inner.lock();
+            if let Some(c) = &inner.client {
+                return Ok(c.api().clone());
+            }
+            inner.session.clone().ok_or(Error::NotSignedIn)?.session
+        };
+        let url = backend.url().await?;
+        Ok(Api::with_http(&url, http.clone())?.with_token(session.token))
+    }
+
+    /// Sends one event to the window, if it is listening.
+    pub fn emit(&self, event: UiEvent) {
+        let sink = self.inner.lock().sink.clone();
+        if let Some(sink) = sink
+            && let Err(e) = sink.send(event)
+        {
+            tracing::debug!(error = %e, label = %self.label, "window is not listening");
+        }
+    }
+
+    /// The state saved on disk (fresh if none or unreadable).
+    fn saved_state(&self) -> ClientState {
+        store::read_json(&self.dir.join("state.json"))
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "unreadable state.json; starting fresh");
+                None
+            })
+            .unwrap_or_default()
+    }
+
+    /// Saves the running client's state (cursors and outbox).
+    pub fn save_state(&self) {
+        let client = self.inner.lock().client.clone();
+        if let Some(client) = client {
+            self.write_state(&client.state());
+        }
+    }
+
+    fn write_state(&self, state: &ClientState) {
+        if let Err(e) = store::write_json(&self.dir.join("state.json"), state, true) {
+            tracing::warn!(error = %e, label = %self.label, "could not save the client state");
+        }
+    }
+
+    /// Stops the connection (the window closed, or the app quits) and saves the final state.
+    pub async fn shutdown(&self) {
+        let client = {
+            let mut inner = self.inner.lock();
+            inner.sink = None;
+            inner.client.take()
+        };
+        if let Some(client) = client {
+            let state = client.shutdown().await;
+            self.write_state(&state);
+        }
+    }
+
+    fn me(&self) -> Option<UserId> {
+        self.inner
+            .lock()
+            .session
+            .as_ref()
+            .map(|s| s.session.user.id)
+    }
+
+    fn on_stopped(&self, reason: &StopReason) {
+        if matches!(reason, StopReason::Shutdown) {
+            return;
+        }
+        {
+            let mut inner = self.inner.lock();
+            inner.session = None;
+            inner.client = None;
+        }
+        let _ = store::remove_file(&self.dir.join("session.json"));
+        self.emit(UiEvent::App(AppEvent::SignedOut {
+            reason: reason.to_string(),
+        }));
+    }
+}
+
+/// Reads the client core's events until the engine stops: cache, notify, forward, save.
+async fn pump(
+    device: Arc<Device>,
+    app: AppHandle,
+    client: Client,
+    mut events: mpsc::Receiver<ClientEvent>,
+) {
+    let Some(me) = device.me() else { return };
+    let mut live = false;
+    let mut dirty = false;
+    let mut tick = tokio::time::interval(SAVE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            _ = tick.tick() => {
+                if dirty {
+                    device.write_state(&client.state());
+                    dirty = false;
+                }
+                continue;
+            }
+        };
+        let Some(event) = event else { break };
+        match &event {
+            ClientEvent::Status(status) => {
+                live = status.is_live();
+                if let Status::Stopped { reason } = status {
+                    device.emit(UiEvent::Client(event.clone()));
+                    device.on_stopped(reason);
+                    continue;
+                }
+            }
+            ClientEvent::Welcome(welcome) => {
+                if let Err(e) = device.cache.replace_conversations(&welcome.conversations) {
+                    tracing::warn!(error = %e, "cache: welcome");
+                }
+                let mut users = vec![welcome.user.clone()];
+                users.extend(welcome.conversations.iter().filter_map(|c| c.peer.clone()));
+                let _ = device.cache.put_users(&users);
+                device.inner.lock().presence = welcome.presence.clone();
+                let rooms: Vec<ConvId> = welcome
+                    .conversations
+                    .iter()
+                    .filter(|c| c.kind == ConvKind::Room)
+                    .map(|c| c.id)
+                    .collect();
+                tauri::async_runtime::spawn(learn_members(
+                    device.clone(),
+                    client.api().clone(),
+                    rooms,
+                ));
+            }
+            ClientEvent::Event(e) => {
+                if let Err(err) = device.cache.apply_event(e, me) {
+                    tracing::warn!(error = %err, "cache: event");
+                }
+                dirty = true;
+                if let EventBody::Member { action, user } = &e.body {
+                    on_member(&device, &client, e.conv, *action, *user, me);
+                }
+                if live && e.sender != me && matches!(e.body, EventBody::Message(_)) {
+                    notify_if_unfocused(&device, &app, e);
+                }
+            }
+            ClientEvent::Read { conv, user, seq } if *user == me => {
+                let _ = device.cache.set_read(*conv, *seq);
+                dirty = true;
+            }
+            ClientEvent::Acked(_) | ClientEvent::SendFailed { .. } => dirty = true,
+            _ => {}
+        }
+        device.emit(UiEvent::Client(event));
+    }
+    device.write_state(&client.state());
+}
+
+/// A membership change: a conversation I was just added to needs its summary; one I left goes.
+fn on_member(
+    device: &Arc<Device>,
+    client: &Client,
+    conv: ConvId,
+    action: MemberAction,
+    user: UserId,
+    me: UserId,
+) {
+    if action == MemberAction::Left && user == me {
+        let _ = device.cache.remove_conversation(conv);
+        device.emit(UiEvent::App(AppEvent::Removed { conv }));
+        return;
+    }
+    let known = device.cache.conversation(conv).ok().flatten().is_some();
+    let device = device.clone();
+    let api = client.api().clone();
+    tauri::async_runtime::spawn(async move {
+        if !known {
+            match api.conversation(conv).await {
+                Ok(summary) => {
+                    let _ = device.cache.put_conversation(&summary);
+                    if let Some(peer) = &summary.peer {
+                        let _ = device.cache.put_users(std::slice::from_ref(peer));
+                    }
+                    device.emit(UiEvent::App(AppEvent::Conversation {
+                        summary: Box::new(summary),
+                    }));
+                }
+                Err(e) => tracing::debug!(error = %e, "new conversation not readable yet"),
+            }
+        }
+        if user != me {
+            learn_members(device, api, vec![conv]).await;
+        }
+    });
+}
+
+/// Fetches the members of rooms, to name the senders of their messages.
+async fn learn_members(device: Arc<Device>, api: Api, rooms: Vec<ConvId>) {
+    let mut users: Vec<UserInfo> = Vec::new();
+    for conv in rooms {
+        if let Ok(members) = api.members(conv).await {
+            users.extend(members.into_iter().map(|m| m.user));
+        }
+    }
+    if !users.is_empty() {
+        let _ = device.cache.put_users(&users);
+        device.emit(UiEvent::App(AppEvent::Users { users }));
+    }
+}
+
+/// A native notification for a message from someone else, when its window is not focused.
+fn notify_if_unfocused(device: &Device, app: &AppHandle, e: &protocol::model::Event) {
+    let focused = app
+        .get_webview_window(&device.label)
+        .and_then(|w| w.is_focused().ok())
+        .unwrap_or(false);
+    if focused {
+        return;
+    }
+    let EventBody::Message(m) = &e.body else {
+        return;
+    };
+    if m.deleted {
+        return;
+    }
+    let sender = device
+        .cache
+        .users()
+        .ok()
+        .and_then(|users| users.into_iter().find(|u| u.id == e.sender))
+        .map_or_else(|| "Someone".to_owned(), |u| u.username);
+    let summary = device.cache.conversation(e.conv).ok().flatten();
+    let (title, body_prefix) = match &summary {
+        Some(s) if s.kind == ConvKind::Room => (format!("#{}", s.name), format!("{sender}: ")),
+        _ => (sender, String::new()),
+    };
+    let text = match (&m.attachment, m.text.is_empty()) {
+        (Some(a), true) => format!("📎 {}", a.name),
+        (Some(a), false) => format!("📎 {} · {}", a.name, m.text),
+        (None, _) => m.text.clone(),
+    };
+    let body: String = format!("{body_prefix}{text}").chars().take(200).collect();
+    let app = app.clone();
+    // D-Bus can be slow or absent (no notification daemon): never block the pump on it.
+    tauri::async_runtime::spawn_blocking(move || {
+        use tauri_plugin_notification::NotificationExt;
+        if let Err(e) = app.notification().builder().title(title).body(body).show() {
+            tracing::debug!(error = %e, "notification not shown");
+        }
+    });
+}
