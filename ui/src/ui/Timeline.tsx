@@ -1,0 +1,233 @@
+// The message list: day separators, sender groups, bubbles with replies, attachments (images
+// inline, files to save), edit/delete marks and message states; loads older history when
+// scrolled to the top, and keeps the bottom in view when new messages arrive there.
+
+import type { RefObject } from "preact";
+import { useLayoutEffect, useRef, useState } from "preact/hooks";
+import * as api from "../ipc/commands";
+import type { ConversationSummary } from "../ipc/types";
+import type { ChatState, Item, Timeline as TimelineState } from "../model/chat";
+import { clock, fileSize, hue } from "../model/format";
+import { mark, quote, rows, userName } from "../model/view";
+import type { Actions } from "./ChatScreen";
+import { AlertIcon, ClockIcon, CheckIcon, DoubleCheckIcon, DownloadIcon, EditIcon, FileIcon, ReplyIcon, TrashIcon } from "./icons";
+
+interface Props {
+  conv: ConversationSummary;
+  state: ChatState;
+  timeline: TimelineState;
+  atBottom: RefObject<boolean>;
+  onBottom: () => void;
+  onTop: () => void;
+  onReply: (it: Item) => void;
+  onEdit: (it: Item) => void;
+  onDelete: (it: Item) => void;
+  onRetry: (it: Item) => void;
+  onDiscard: (it: Item) => void;
+  actions: Actions;
+}
+
+export function Timeline(p: Props) {
+  const scroller = useRef<HTMLDivElement>(null);
+  const before = useRef<{ height: number; top: number; first: string | undefined } | null>(null);
+  const now = Date.now();
+  const list = rows(p.state, p.timeline.items, now);
+  const firstKey = p.timeline.items[0]?.key;
+
+  // Keep the view steady: stick to the bottom if it was there; when older messages were added
+  // above, keep what was on screen where it was.
+  useLayoutEffect(() => {
+    const el = scroller.current;
+    if (!el) return;
+    const prev = before.current;
+    if (prev && prev.first !== firstKey && prev.first !== undefined) {
+      el.scrollTop = prev.top + (el.scrollHeight - prev.height);
+    } else if (p.atBottom.current) {
+      el.scrollTop = el.scrollHeight;
+    }
+    before.current = { height: el.scrollHeight, top: el.scrollTop, first: firstKey };
+  });
+
+  const onScroll = () => {
+    const el = scroller.current;
+    if (!el) return;
+    const bottom = el.scrollHeight - el.scrollTop - el.clientHeight < 48;
+    p.atBottom.current = bottom;
+    before.current = { height: el.scrollHeight, top: el.scrollTop, first: firstKey };
+    if (bottom) p.onBottom();
+    if (el.scrollTop < 160) p.onTop();
+  };
+
+  return (
+    <div class="timeline" ref={scroller} onScroll={onScroll} data-testid="timeline">
+      <div class="timeline-top">
+        {p.timeline.loadingOlder ? (
+          <span class="muted small">Loading older messages…</span>
+        ) : !p.timeline.hasMore && p.timeline.loaded ? (
+          <span class="muted small">This is the beginning of the conversation.</span>
+        ) : p.timeline.loaded ? (
+          <button class="link small" onClick={p.onTop}>
+            Load older messages
+          </button>
+        ) : (
+          <span class="muted small">Loading…</span>
+        )}
+      </div>
+      {list.map((row) => {
+        switch (row.type) {
+          case "day":
+            return (
+              <div key={row.key} class="day">
+                <span>{row.label}</span>
+              </div>
+            );
+          case "system":
+            return (
+              <div key={row.key} class="system" data-testid="system-line">
+                {row.text}
+              </div>
+            );
+          case "message":
+            return <Bubble key={row.key} row={row} {...p} />;
+        }
+      })}
+    </div>
+  );
+}
+
+function Bubble({ row, conv, state, onReply, onEdit, onDelete, onRetry, onDiscard, actions }: Props & { row: Extract<ReturnType<typeof rows>[number], { type: "message" }> }) {
+  const it = row.item;
+  const showName = conv.kind === "room" && !row.mine && row.first;
+  const q = it.replyTo ? quote(state, conv.id, it.replyTo) : null;
+  const m = row.mine ? mark(state, conv.id, it) : null;
+  const canAct = it.state === "sent" && it.id !== null && !it.deleted;
+  const name = userName(state, it.sender);
+  return (
+    <div
+      class={`msg ${row.mine ? "mine" : "theirs"}${row.first ? " first" : ""}${row.last ? " last" : ""} ${it.state}`}
+      data-testid="message"
+      data-key={it.key}
+      data-seq={it.seq ?? ""}
+      data-state={it.state}
+      data-mark={m ?? ""}
+      data-sender={name}
+    >
+      <div class="bubble">
+        {showName && (
+          <div class="sender" style={{ "--h": hue(name) }}>
+            {name}
+          </div>
+        )}
+        {q && (
+          <div class="quote">
+            <strong>{q.who}</strong>
+            <span>{q.text}</span>
+          </div>
+        )}
+        {it.deleted ? (
+          <p class="text deleted">This message was deleted.</p>
+        ) : (
+          <>
+            {it.attachment && <AttachmentView attachment={it.attachment} actions={actions} />}
+            {it.uploadName && !it.attachment && (
+              <div class="file uploading">
+                <FileIcon />
+                <span>
+                  {it.uploadName}
+                  <span class="muted small">{it.state === "failed" ? " · not sent" : " · uploading…"}</span>
+                </span>
+              </div>
+            )}
+            {it.text && (
+              <p class="text" data-testid="message-text">
+                {it.text}
+              </p>
+            )}
+          </>
+        )}
+        <div class="meta">
+          {it.editedAt && !it.deleted && <span class="edited">edited</span>}
+          <span class="time">{clock(it.at)}</span>
+          {m === "pending" && (
+            <span class="mark" title="Waiting to send" data-testid="mark-pending">
+              <ClockIcon size={13} />
+            </span>
+          )}
+          {m === "sent" && (
+            <span class="mark" title="Sent">
+              <CheckIcon size={13} />
+            </span>
+          )}
+          {m === "read" && (
+            <span class="mark read" title="Read">
+              <DoubleCheckIcon size={14} />
+            </span>
+          )}
+        </div>
+      </div>
+      {it.state === "failed" && (
+        <div class="failed-line" role="alert">
+          <AlertIcon size={14} />
+          <span>Not sent{it.error ? `: ${it.error}` : ""}</span>
+          <button class="link" onClick={() => onRetry(it)} data-testid="retry">
+            Retry
+          </button>
+          <button class="link" onClick={() => onDiscard(it)}>
+            Discard
+          </button>
+        </div>
+      )}
+      {canAct && (
+        <div class="actions" role="toolbar" aria-label="Message actions">
+          <button class="icon small" title="Reply" aria-label="Reply" onClick={() => onReply(it)} data-testid="reply">
+            <ReplyIcon size={16} />
+          </button>
+          {row.mine && !it.attachment && (
+            <button class="icon small" title="Edit" aria-label="Edit" onClick={() => onEdit(it)} data-testid="edit">
+              <EditIcon size={16} />
+            </button>
+          )}
+          {row.mine && (
+            <button class="icon small" title="Delete" aria-label="Delete" onClick={() => onDelete(it)} data-testid="delete">
+              <TrashIcon size={16} />
+            </button>
+          )}
+        </div>
+      )}
+    </div>
+  );
+}
+
+function AttachmentView({ attachment, actions }: { attachment: NonNullable<Item["attachment"]>; actions: Actions }) {
+  const [broken, setBroken] = useState(false);
+  const save = () =>
+    api.saveAttachment(attachment.id, attachment.name).then(
+      (path) => actions.toast(`Saved to ${path}`),
+      (e) => actions.fail(e),
+    );
+  if (attachment.mime.startsWith("image/") && !broken) {
+    return (
+      <figure class="image">
+        <img src={api.attachmentUrl(attachment.id)} alt={attachment.name} loading="lazy" onError={() => setBroken(true)} onDblClick={() => void save()} data-testid="image" />
+        <figcaption>
+          <span>{attachment.name}</span>
+          <button class="icon small" title="Save to Downloads" aria-label="Save to Downloads" onClick={() => void save()}>
+            <DownloadIcon size={15} />
+          </button>
+        </figcaption>
+      </figure>
+    );
+  }
+  return (
+    <div class="file" data-testid="file">
+      <FileIcon />
+      <span class="file-name">
+        {attachment.name}
+        <span class="muted small"> · {fileSize(attachment.size)}</span>
+      </span>
+      <button class="icon small" title="Save to Downloads" aria-label="Save to Downloads" onClick={() => void save()} data-testid="save-file">
+        <DownloadIcon size={16} />
+      </button>
+    </div>
+  );
+}
