@@ -10,6 +10,7 @@
 //! - [`find`]: where the `server` binary is.
 //! - [`status`]: asking the controller (`/healthz`, `/v1/nodes`), polling it until a condition
 //!   holds, and formatting what it says.
+//! - [`bench`]: `lab bench`, the load generator and its figures.
 //! - [`console`]: the interactive `lab up` session and `lab status` (the binary is a thin
 //!   wrapper around it).
 //!
@@ -28,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod cluster;
 pub mod console;
 mod error;

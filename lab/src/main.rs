@@ -24,6 +24,10 @@ enum Cmd {
     /// stop N, restart N, add, status, help, quit). The first line of stdout is the
     /// controller's URL. Ctrl-C or SIGTERM stops the cluster gracefully.
     Up(UpArgs),
+    /// Benchmark a fresh local cluster: memory per idle connection, then cross-node direct
+    /// messages at fixed open-loop rates (latency percentiles, loss, server CPU per message).
+    /// Build with `--release` for meaningful figures.
+    Bench(BenchArgs),
     /// Print a controller's nodes once.
     Status {
         /// The controller's HTTP base.
@@ -89,6 +93,50 @@ impl UpArgs {
     }
 }
 
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    cluster: UpArgs,
+    /// Virtual users, each with one socket, paired across nodes.
+    #[arg(long, default_value_t = 600)]
+    users: usize,
+    /// Offered rates (messages/s for the whole cluster), one phase each.
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1000,2000,4000,6000,8000,10000")]
+    rates: Vec<u32>,
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Idle connections opened first, to measure memory per connection (0 to skip).
+    #[arg(long, default_value_t = 3000)]
+    idle: usize,
+    /// Command names of outside servers to count in the CPU figure (e.g.
+    /// redis-server,beam.smp,postgres when the cluster uses them).
+    #[arg(long, value_delimiter = ',')]
+    external: Vec<String>,
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
+    let mut config = args.cluster.config();
+    config.own_process_groups = false;
+    config.controller_args = vec!["--password-hash".into(), "fast".into()];
+    let cluster = lab::Cluster::start(config).await?;
+    println!(
+        "cluster: {} · {} nodes",
+        cluster.controller_url(),
+        cluster.nodes().len()
+    );
+    let bench = lab::bench::BenchConfig {
+        users: args.users,
+        rates: args.rates,
+        phase: std::time::Duration::from_secs(args.seconds),
+        idle: args.idle,
+        external: args.external,
+    };
+    let result = lab::bench::run(&cluster, &bench).await;
+    cluster.shutdown().await?;
+    result.map(|_| true)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -100,9 +148,15 @@ async fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Cmd::Up(args) => {
             let plain = args.plain;
-            lab::console::up(args.config(), lab::console::UpOptions { plain }).await
+            lab::console::up(args.config(), lab::console::UpOptions { plain })
+                .await
+                .map_err(anyhow::Error::from)
         }
-        Cmd::Status { controller } => lab::console::status_once(&controller).await.map(|()| true),
+        Cmd::Bench(args) => bench(args).await,
+        Cmd::Status { controller } => lab::console::status_once(&controller)
+            .await
+            .map(|()| true)
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

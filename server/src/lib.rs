@@ -28,3 +28,16 @@ pub mod registry;
 pub mod route;
 pub mod store;
 pub mod trace;
+
+/// A listener whose accepted sockets send small frames at once (no Nagle delay): chat frames
+/// are small and latency matters more than packet count.
+pub fn nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    })
+}

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use protocol::bus::BusKind;
 use protocol::model::PresenceState;
 use protocol::ws::ServerFrame;
-use protocol::{Millis, UserId};
+use protocol::{Millis, NodeId, UserId};
 use tokio_util::sync::CancellationToken;
 
 use crate::ids::now_ms;
@@ -26,7 +26,7 @@ pub const MARGIN_MS: Millis = 5_000;
 /// Events published again per store page.
 const PAGE: u32 = 1_000;
 
-/// Republishes what `dead` may not have published, and corrects presence. Retries the store
+/// Corrects presence, then republishes what `dead` may not have published. Retries the store
 /// and the bus until `cancel` fires.
 pub async fn recover(
     dead: DeadNode,
@@ -34,61 +34,70 @@ pub async fn recover(
     router: Router,
     cancel: CancellationToken,
 ) {
-    let since = dead
-        .unpublished_since
-        .map_or(dead.last_heartbeat, |u| u.min(dead.last_heartbeat))
-        - MARGIN_MS;
     let started = now_ms();
-    let mut cursor = since;
-    let mut republished = 0u64;
-    'pages: loop {
-        let page = match retry(&cancel, || store.events_by_origin(&dead.node, cursor, PAGE)).await {
-            Some(p) => p,
-            None => return,
-        };
-        let full = page.len() as u32 == PAGE;
-        for appended in &page {
-            cursor = cursor.max(appended.event.at);
-            let ev = &appended.event;
-            let frame = Bytes::from(ServerFrame::Event(ev.clone()).to_json());
-            let kind = BusKind::Event {
-                conv: ev.conv,
-                seq: ev.seq,
-                id: ev.id,
-            };
-            let recipients = appended.recipients.to_vec();
-            let ok = retry(&cancel, || {
-                router.publish(&recipients, kind.clone(), frame.clone())
-            })
-            .await;
-            if ok.is_none() {
-                break 'pages;
-            }
-            republished += 1;
-        }
-        if !full {
-            break;
-        }
-        // Events sharing the last page's final timestamp would be read again; that is harmless
-        // (receivers drop repeats) and guarantees none is skipped.
-    }
-    metrics::counter!("chat_recovered_events_total").increment(republished);
+    // Presence first: it is what people see, and it costs one publish per user.
     for user in &dead.went_offline {
         let Some(contacts) = retry(&cancel, || store.contacts(*user)).await else {
             return;
         };
-        let frame = Bytes::from(
-            ServerFrame::Presence(PresenceState {
-                user: *user,
-                online: false,
-            })
-            .to_json(),
-        );
+        let frame = presence_frame(*user, false);
         let _ = retry(&cancel, || {
             router.publish(&contacts, BusKind::Live, frame.clone())
         })
         .await;
     }
+    let since = dead
+        .unpublished_since
+        .map_or(dead.last_heartbeat, |u| u.min(dead.last_heartbeat))
+        - MARGIN_MS;
+    let mut cursor = since;
+    let mut republished = 0u64;
+    loop {
+        let Some(page) = retry(&cancel, || store.events_by_origin(&dead.node, cursor, PAGE)).await
+        else {
+            return;
+        };
+        let full = page.len() as u32 == PAGE;
+        // One registry call for the page, then every publish of the page at once.
+        let lists: Vec<&[UserId]> = page.iter().map(|a| &a.recipients[..]).collect();
+        let Some(targets) = retry(&cancel, || router.targets(&lists)).await else {
+            return;
+        };
+        let publishes = page.iter().zip(targets).filter_map(|(appended, targets)| {
+            let targets = targets?;
+            let ev = &appended.event;
+            let kind = BusKind::Event {
+                conv: ev.conv,
+                seq: ev.seq,
+                id: ev.id,
+            };
+            let env = router.envelope(
+                appended.recipients.to_vec(),
+                kind,
+                Bytes::from(ServerFrame::Event(ev.clone()).to_json()),
+            );
+            let router = &router;
+            let cancel = &cancel;
+            Some(async move {
+                retry(cancel, || router.bus.publish(&targets, env.clone()))
+                    .await
+                    .is_some()
+            })
+        });
+        republished += futures::future::join_all(publishes)
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count() as u64;
+        let last = page.iter().map(|a| a.event.at).max().unwrap_or(cursor);
+        if !full {
+            break;
+        }
+        // The next page starts at the last time seen (events sharing it are read again, which
+        // receivers drop); a full page all within one millisecond must still move on.
+        cursor = if last > cursor { last } else { cursor + 1 };
+    }
+    metrics::counter!("chat_recovered_events_total").increment(republished);
     tracing::info!(
         node = %dead.node,
         republished,
@@ -109,6 +118,15 @@ pub async fn run_reaper(
     mut reported: Option<mpsc::UnboundedReceiver<DeadNode>>,
     cancel: CancellationToken,
 ) {
+    // Recovery publishes under an origin of its own: a node that reaps a peer is itself one of
+    // the targets (its devices need what the dead node did not publish), and nodes skip
+    // envelopes whose origin is themselves.
+    let recovery = Router {
+        me: NodeId::new(format!("{}.recovery", router.me))
+            .or_else(|_| NodeId::new("recovery"))
+            .unwrap_or_else(|_| router.me.clone()),
+        ..router.clone()
+    };
     loop {
         let dead: Vec<DeadNode> = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -129,7 +147,7 @@ pub async fn run_reaper(
         for d in dead {
             metrics::counter!("chat_nodes_reaped_total").increment(1);
             tracing::warn!(node = %d.node, offline = d.went_offline.len(), "node gone; recovering");
-            tokio::spawn(recover(d, store.clone(), router.clone(), cancel.clone()));
+            tokio::spawn(recover(d, store.clone(), recovery.clone(), cancel.clone()));
         }
     }
 }

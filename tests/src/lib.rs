@@ -24,17 +24,183 @@ pub const PASSWORD: &str = "correct horse battery";
 /// How long a test waits for something that must happen.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
-/// A cluster config for tests: `nodes` nodes, fast password hashing (tests log in hundreds of
-/// devices), and everything else as a user would run it.
-pub fn config(nodes: usize) -> ClusterConfig {
+/// The backends the process-level tests run on, from `CHAT_TEST_STACK`:
+/// - `embedded` (default): registry and bus in the controller, SQLite history;
+/// - `redis`: Redis registry, Redis pub/sub bus, PostgreSQL history;
+/// - `rabbitmq`: Redis registry, RabbitMQ bus, PostgreSQL history.
+///
+/// `scripts/test` runs the tests once per stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stack {
+    /// Nothing to install.
+    Embedded,
+    /// Redis for registry and bus, PostgreSQL for history.
+    Redis,
+    /// Redis for the registry, RabbitMQ for the bus, PostgreSQL for history.
+    RabbitMq,
+}
+
+impl Stack {
+    /// The stack named by `CHAT_TEST_STACK`.
+    pub fn current() -> Result<Stack> {
+        match std::env::var("CHAT_TEST_STACK").as_deref() {
+            Err(_) | Ok("") | Ok("embedded") => Ok(Stack::Embedded),
+            Ok("redis") => Ok(Stack::Redis),
+            Ok("rabbitmq") => Ok(Stack::RabbitMq),
+            Ok(other) => bail!("CHAT_TEST_STACK={other:?}: expected embedded, redis or rabbitmq"),
+        }
+    }
+}
+
+/// What a test cluster leaves in shared services, removed when the cluster is dropped: its
+/// Redis keys and its PostgreSQL schema (RabbitMQ queues expire by themselves).
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    redis_prefix: Option<String>,
+    pg_schema: Option<String>,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        use std::process::{Command, Stdio};
+        if let Some(prefix) = &self.redis_prefix {
+            let script = format!(
+                "redis-cli -h 127.0.0.1 --scan --pattern '{prefix}*' | xargs -r redis-cli -h 127.0.0.1 del"
+            );
+            let _ = Command::new("sh")
+                .args(["-c", &script])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        if let Some(schema) = &self.pg_schema {
+            let _ = Command::new("psql")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "test",
+                    "-qc",
+                    &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// A test cluster: the lab's [`Cluster`] plus what to clean up in shared services after it.
+pub struct TestCluster {
+    cluster: Option<Cluster>,
+    _leftovers: Leftovers,
+}
+
+impl std::ops::Deref for TestCluster {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        self.cluster
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("the cluster lives until shutdown"))
+    }
+}
+
+impl std::ops::DerefMut for TestCluster {
+    fn deref_mut(&mut self) -> &mut Cluster {
+        self.cluster
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("the cluster lives until shutdown"))
+    }
+}
+
+impl TestCluster {
+    /// Stops every process gracefully (an unclean exit fails the test).
+    pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(c) = self.cluster.take() {
+            c.shutdown().await?;
+        }
+        Ok(())
+    }
+}
+
+fn tag() -> String {
+    format!("e2e{}{:06x}", std::process::id(), rand_u32() & 0xff_ffff)
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish() as u32
+}
+
+/// A cluster config for tests on the current [`Stack`]: `nodes` nodes, fast password hashing
+/// (tests log in hundreds of devices), its own namespace in every shared service, and
+/// everything else as a user would run it.
+pub async fn config(nodes: usize) -> Result<(ClusterConfig, Leftovers)> {
     let mut c = ClusterConfig::new(nodes);
     c.controller_args = vec!["--password-hash".into(), "fast".into()];
-    c
+    let mut leftovers = Leftovers::default();
+    let stack = Stack::current()?;
+    if stack != Stack::Embedded {
+        let tag = tag();
+        let schema = tag.clone();
+        let status = std::process::Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "test",
+                "-qc",
+                &format!("CREATE SCHEMA {schema}"),
+            ])
+            .status()
+            .context("running psql (is PostgreSQL installed? scripts/services.sh installs it)")?;
+        if !status.success() {
+            bail!(
+                "could not create a schema in PostgreSQL at 127.0.0.1:5432/test; start it with `pg_ctlcluster $(ls /etc/postgresql) main start`"
+            );
+        }
+        leftovers.pg_schema = Some(schema.clone());
+        let redis_prefix = format!("{tag}:");
+        leftovers.redis_prefix = Some(redis_prefix.clone());
+        c.backends.store = Some(format!(
+            "postgres://postgres@127.0.0.1:5432/test?options[search_path]={schema}"
+        ));
+        c.backends.registry = format!("redis://127.0.0.1:6379/?prefix={redis_prefix}");
+        c.backends.bus = match stack {
+            Stack::Redis => format!("redis://127.0.0.1:6379/?prefix={redis_prefix}"),
+            _ => format!("amqp://guest:guest@127.0.0.1:5672/%2f?prefix={tag}."),
+        };
+    }
+    Ok((c, leftovers))
+}
+
+/// Starts a cluster with a [`config`] changed by `adjust`.
+pub async fn cluster_with(
+    nodes: usize,
+    adjust: impl FnOnce(&mut ClusterConfig),
+) -> Result<TestCluster> {
+    let (mut c, leftovers) = config(nodes).await?;
+    adjust(&mut c);
+    Ok(TestCluster {
+        cluster: Some(Cluster::start(c).await?),
+        _leftovers: leftovers,
+    })
 }
 
 /// Starts a cluster with [`config`].
-pub async fn cluster(nodes: usize) -> Result<Cluster> {
-    Ok(Cluster::start(config(nodes)).await?)
+pub async fn cluster(nodes: usize) -> Result<TestCluster> {
+    cluster_with(nodes, |_| {}).await
 }
 
 /// Registers `username` (with [`PASSWORD`]).
@@ -306,7 +472,7 @@ impl Raw {
                 .map_err(|_| (0, "bad token".to_owned()))?;
             req.headers_mut().insert("authorization", v);
         }
-        match tokio_tungstenite::connect_async(req).await {
+        match tokio_tungstenite::connect_async_with_config(req, None, true).await {
             Ok((ws, _)) => Ok(Raw { ws }),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 let status = resp.status().as_u16();

@@ -11,8 +11,8 @@ use protocol::http::CreateRoomRequest;
 use protocol::ws::ServerFrame;
 use protocol::{MessageId, NodeId};
 use tests::{
-    Device, PATIENCE, Raw, assert_contiguous, assert_no_duplicates, config, eventually, login,
-    register,
+    Device, PATIENCE, Raw, assert_contiguous, assert_no_duplicates, cluster, cluster_with,
+    eventually, login, register,
 };
 
 /// SIGKILL a node while every member of a room is sending: its devices reconnect elsewhere
@@ -21,10 +21,8 @@ use tests::{
 /// within the lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_killed_during_traffic() -> Result<()> {
-    let mut cfg = config(3);
-    cfg.lease_ms = Some(2_000);
-    let lease = cfg.lease();
-    let mut cluster = lab::Cluster::start(cfg).await?;
+    let lease = Duration::from_millis(2_000);
+    let mut cluster = cluster_with(3, |c| c.lease_ms = Some(2_000)).await?;
     let names: Vec<String> = (0..6).map(|i| format!("member{i}")).collect();
     for n in &names {
         register(&cluster, n).await?;
@@ -199,7 +197,7 @@ async fn node_killed_during_traffic() -> Result<()> {
 /// elsewhere still gets it within a few seconds, once, and so do the sender's other devices.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn death_between_ack_and_publish_loses_nothing() -> Result<()> {
-    let mut cluster = lab::Cluster::start(config(2)).await?;
+    let mut cluster = cluster(2).await?;
     register(&cluster, "alice").await?;
     register(&cluster, "bob").await?;
     // Everyone well-behaved connects before the faulty node exists, so none lands on it.

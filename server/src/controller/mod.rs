@@ -169,14 +169,14 @@ impl Controller {
         let reaper = tokio::spawn(crate::recovery::run_reaper(
             state.store.clone(),
             state.router.clone(),
-            Duration::from_millis((config.lease_ms / 4).clamp(50, 500)),
+            Duration::from_millis((config.lease_ms / 10).clamp(50, 500)),
             Some(dead_rx),
             cancel.clone(),
         ));
         let app = api::router(state.clone());
         let stop = cancel.clone();
         let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, app)
+            let serve = axum::serve(crate::nodelay(listener), app)
                 .with_graceful_shutdown(async move { stop.cancelled().await });
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "controller HTTP server failed");

@@ -264,7 +264,7 @@ impl Node {
             tasks.push(tokio::spawn(crate::recovery::run_reaper(
                 ctx.store.clone(),
                 ctx.router.clone(),
-                Duration::from_millis((lease.lease_ms / 4).clamp(50, 500)),
+                Duration::from_millis((lease.lease_ms / 10).clamp(50, 500)),
                 None,
                 background.clone(),
             )));
@@ -291,7 +291,7 @@ impl Node {
             .with_state(ctx.clone());
         let stop_accepting = accept.clone();
         let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, app)
+            let serve = axum::serve(crate::nodelay(listener), app)
                 .with_graceful_shutdown(async move { stop_accepting.cancelled().await });
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "node HTTP server failed");

@@ -124,6 +124,10 @@ pub async fn run(
         announce(&ctx, &contacts, presence_frame(who.user, true));
     }
 
+    // Plan the resync, then let the welcome take the summaries: nothing of the hello or the
+    // summaries stays allocated for the life of an idle session.
+    let plan = resync_plan(&hello, &conversations);
+    drop(hello);
     let welcome = ServerFrame::Welcome(Welcome {
         v: PROTOCOL_VERSION,
         node: ctx.id.clone(),
@@ -132,11 +136,12 @@ pub async fn run(
             username: who.username.clone(),
         },
         device: who.device.clone(),
-        conversations: conversations.clone(),
+        conversations,
         presence,
         server_time: now_ms(),
-    });
-    let plan = resync_plan(&hello, &conversations);
+    })
+    .to_json();
+
     let stop = CancellationToken::new();
     let mut writer = tokio::spawn(write_loop(
         ctx.clone(),
@@ -589,14 +594,14 @@ async fn write_loop(
     ctx: Arc<NodeCtx>,
     mut sink: Sink,
     slot: Arc<DeviceSlot>,
-    welcome: ServerFrame,
+    welcome: String,
     plan: Vec<(ConvId, Seq, Seq)>,
     expires_at: i64,
     stop: CancellationToken,
 ) {
     let mut cursors = Cursors::default();
     let result = async {
-        sink.feed(text(welcome.to_json())).await?;
+        sink.feed(text(welcome)).await?;
         let replayed = match replay(&ctx, &mut sink, &slot, &mut cursors, plan).await? {
             Ok(n) => n,
             Err(e) => {

@@ -848,6 +848,23 @@ pub(crate) trait WriteOps: Send {
         &mut self,
         conv: &NewConversation<'_>,
     ) -> impl Future<Output = StoreResult<Option<ConvId>>> + Send;
+
+    /// Called by [`append_batch`] once the batch's conversations are locked, before its first
+    /// event. A backend whose statements each cost a round trip (PostgreSQL) may look up here,
+    /// at once, which of the batch's ids and `(sender, client_id)` pairs are taken, then answer
+    /// [`WriteOps::insert_event`] from that and defer the inserts to one statement. It must
+    /// then write them before any statement that reads or changes events, and in
+    /// [`WriteOps::end_batch`]. By default, nothing.
+    fn begin_batch(&mut self, batch: &[NewEvent]) -> impl Future<Output = StoreResult<()>> + Send {
+        let _ = batch;
+        async { Ok(()) }
+    }
+
+    /// Called by [`append_batch`] after the batch's last event, before the heads are written
+    /// back: writes whatever was deferred. By default, nothing.
+    fn end_batch(&mut self) -> impl Future<Output = StoreResult<()>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// Why one event of a batch was not appended.
@@ -950,6 +967,8 @@ pub(crate) async fn append_batch<T: WriteOps>(
     for conv in convs {
         load_state(tx, cache, &mut states, conv).await?;
     }
+    // After the locks: a key taken by a writer that committed while we waited is seen.
+    tx.begin_batch(&batch).await?;
 
     let mut results = Vec::with_capacity(batch.len());
     for ev in batch {
@@ -959,6 +978,7 @@ pub(crate) async fn append_batch<T: WriteOps>(
             Err(Fail::Db(e)) => return Err(e),
         }
     }
+    tx.end_batch().await?;
 
     let mut changed = Vec::new();
     for (conv, state) in states {

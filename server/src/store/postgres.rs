@@ -14,6 +14,11 @@
 //!   check could have refused: the shared rules check before they write, and unique keys are met
 //!   with `ON CONFLICT DO NOTHING` (a resent `client_id` is then answered with the first event).
 //!   One bad event is refused alone; its batch commits.
+//! - Each statement is a round trip to the server, so a batch of several events looks up at
+//!   once which of its ids and client ids are taken, then inserts all its events with one
+//!   statement (`UNNEST` of column arrays): a batch costs a handful of round trips whatever its
+//!   size. Should a writer of another conversation take one of those keys in between, the
+//!   insert comes up short and the batch is tried again.
 //! - A deadlock (possible only when a resend names an event of another conversation, locked out
 //!   of order) or a serialization failure aborts the batch's transaction; it is retried a few
 //!   times before the batch is [`StoreError::Unavailable`].
@@ -31,7 +36,7 @@
 //! [`StoreError::Unavailable`] (retry later), constraint violations the store's own words (see
 //! [`common::constraint_error`]), values the database cannot hold [`StoreError::Invalid`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,6 +83,10 @@ pub struct PostgresConfig {
     pub lock_timeout: Duration,
     /// How long the server keeps a transaction that sends nothing before it ends the session,
     /// releasing its locks: a frozen or partitioned process cannot block a conversation longer.
+    /// Shorter than `lock_timeout`, so that the writers queued behind such a process get the
+    /// lock rather than give up; as long as a node's registry lease, so that a frozen node
+    /// loses both together. Our transactions never wait between statements for anything but
+    /// their own process.
     pub idle_in_transaction_timeout: Duration,
     /// How long one statement may run.
     pub statement_timeout: Duration,
@@ -89,7 +98,7 @@ impl Default for PostgresConfig {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(10),
             lock_timeout: Duration::from_secs(10),
-            idle_in_transaction_timeout: Duration::from_secs(15),
+            idle_in_transaction_timeout: Duration::from_millis(crate::registry::DEFAULT_LEASE_MS),
             statement_timeout: Duration::from_secs(30),
         }
     }
@@ -166,10 +175,7 @@ impl PostgresStore {
         batch: Vec<NewEvent>,
     ) -> Result<Vec<StoreResult<Appended>>, Failed> {
         let mut tx = self.pool.begin().await.map_err(Failed::from)?;
-        let mut writer = Writer {
-            conn: &mut tx,
-            retry: false,
-        };
+        let mut writer = Writer::new(&mut tx);
         let outcome = common::append_batch(&mut writer, &self.members, batch).await;
         let retry = writer.retry;
         // On error the transaction rolls back when `tx` is dropped.
@@ -274,26 +280,193 @@ fn db_err(e: sqlx::Error) -> StoreError {
 // ---------------------------------------------------------------------------------------------
 // The write path's statements
 
-/// A write transaction as the shared write path drives it. Remembers whether a statement
-/// failed in a way worth trying the whole transaction again for.
+/// A write transaction as the shared write path drives it.
 struct Writer<'c> {
     conn: &'c mut PgConnection,
+    /// Whether a statement failed in a way worth trying the whole transaction again for.
     retry: bool,
+    /// For a batch of several events: their inserts, waiting to go in one statement.
+    deferred: Option<Deferred>,
 }
 
-impl Writer<'_> {
+/// The inserts of a batch, deferred: each statement is a round trip to the server, and one
+/// statement for the whole batch makes a batch of 256 cost a handful of round trips instead of
+/// 260. `insert_event` answers from the keys found taken when the batch began (and those of
+/// the waiting events); the wait ends before any statement that reads or changes events.
+#[derive(Default)]
+struct Deferred {
+    /// Event ids taken, in the database or by a waiting event.
+    ids: HashSet<i64>,
+    /// `(sender, client_id)` pairs taken, likewise.
+    client_ids: HashSet<(i64, String)>,
+    /// The waiting events.
+    rows: EventRows,
+}
+
+/// Events column by column, as `UNNEST` takes them.
+#[derive(Default)]
+struct EventRows {
+    id: Vec<i64>,
+    conv_id: Vec<i64>,
+    seq: Vec<i64>,
+    at: Vec<i64>,
+    sender: Vec<i64>,
+    device: Vec<Option<String>>,
+    client_id: Vec<Option<String>>,
+    origin: Vec<String>,
+    body_type: Vec<String>,
+    msg_kind: Vec<Option<String>>,
+    member_action: Vec<Option<String>>,
+    member_user: Vec<Option<i64>>,
+    text: Vec<String>,
+    attachment_id: Vec<Option<String>>,
+    reply_to: Vec<Option<i64>>,
+    target: Vec<Option<i64>>,
+}
+
+impl EventRows {
+    fn push(&mut self, event: &Event, origin: &NodeId) {
+        let c = EventColumns::of(&event.body);
+        self.id.push(event.id.0);
+        self.conv_id.push(event.conv.0);
+        self.seq.push(common::seq_to_db(event.seq));
+        self.at.push(event.at);
+        self.sender.push(event.sender.0);
+        self.device
+            .push(event.device.as_ref().map(|d| d.as_str().to_owned()));
+        self.client_id
+            .push(event.client_id.as_ref().map(|c| c.as_str().to_owned()));
+        self.origin.push(origin.as_str().to_owned());
+        self.body_type.push(c.body_type.to_owned());
+        self.msg_kind.push(c.msg_kind.map(str::to_owned));
+        self.member_action.push(c.member_action.map(str::to_owned));
+        self.member_user.push(c.member_user);
+        self.text.push(c.text.to_owned());
+        self.attachment_id.push(c.attachment_id.map(str::to_owned));
+        self.reply_to.push(c.reply_to);
+        self.target.push(c.target);
+    }
+}
+
+impl<'c> Writer<'c> {
+    fn new(conn: &'c mut PgConnection) -> Self {
+        Writer {
+            conn,
+            retry: false,
+            deferred: None,
+        }
+    }
+
     fn err(&mut self, e: sqlx::Error) -> StoreError {
         self.retry |= is_retryable(&e);
         db_err(e)
     }
+
+    /// Inserts the waiting events, if any, in one statement.
+    async fn flush(&mut self) -> StoreResult<()> {
+        let Some(deferred) = self.deferred.as_mut() else {
+            return Ok(());
+        };
+        if deferred.rows.id.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::take(&mut deferred.rows);
+        let expected = rows.id.len() as u64;
+        let done = sqlx::query(
+            "INSERT INTO events (id, conv_id, seq, at, sender, device, client_id, origin, body_type, \
+             msg_kind, member_action, member_user, text, attachment_id, reply_to, target) \
+             SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], \
+               $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
+               $12::int8[], $13::text[], $14::text[], $15::int8[], $16::int8[]) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(rows.id)
+        .bind(rows.conv_id)
+        .bind(rows.seq)
+        .bind(rows.at)
+        .bind(rows.sender)
+        .bind(rows.device)
+        .bind(rows.client_id)
+        .bind(rows.origin)
+        .bind(rows.body_type)
+        .bind(rows.msg_kind)
+        .bind(rows.member_action)
+        .bind(rows.member_user)
+        .bind(rows.text)
+        .bind(rows.attachment_id)
+        .bind(rows.reply_to)
+        .bind(rows.target)
+        .execute(&mut *self.conn)
+        .await
+        .map_err(|e| self.err(e))?;
+        if done.rows_affected() != expected {
+            // A writer of another conversation took one of the keys after the batch looked
+            // (the same client id resent through two nodes at once). The numbering of the
+            // events after it is wrong now; the batch again will see the key taken.
+            self.retry = true;
+            return Err(StoreError::Unavailable(
+                "another writer took a key of this batch meanwhile".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `id` may be among the waiting events.
+    fn waits(&self, id: MessageId) -> bool {
+        self.deferred
+            .as_ref()
+            .is_some_and(|d| d.ids.contains(&id.0))
+    }
 }
 
 impl WriteOps for Writer<'_> {
+    async fn begin_batch(&mut self, batch: &[NewEvent]) -> StoreResult<()> {
+        // One event is one insert anyway: no look-up first.
+        if batch.len() < 2 {
+            return Ok(());
+        }
+        let ids: Vec<i64> = batch.iter().map(|e| e.id.0).collect();
+        let (senders, client_ids): (Vec<i64>, Vec<&str>) = batch
+            .iter()
+            .filter_map(|e| e.client_id.as_ref().map(|c| (e.sender.0, c.as_str())))
+            .unzip();
+        let taken: Vec<(i64, i64, Option<String>)> = sqlx::query_as(
+            "SELECT id, sender, client_id FROM events WHERE id = ANY($1) \
+             UNION ALL \
+             SELECT e.id, e.sender, e.client_id FROM events e \
+             JOIN UNNEST($2::int8[], $3::text[]) AS k (sender, client_id) \
+               ON e.sender = k.sender AND e.client_id = k.client_id \
+             WHERE e.client_id IS NOT NULL",
+        )
+        .bind(&ids)
+        .bind(&senders)
+        .bind(&client_ids)
+        .fetch_all(&mut *self.conn)
+        .await
+        .map_err(|e| self.err(e))?;
+        let mut deferred = Deferred::default();
+        for (id, sender, client_id) in taken {
+            deferred.ids.insert(id);
+            if let Some(client_id) = client_id {
+                deferred.client_ids.insert((sender, client_id));
+            }
+        }
+        self.deferred = Some(deferred);
+        Ok(())
+    }
+
+    async fn end_batch(&mut self) -> StoreResult<()> {
+        self.flush().await?;
+        self.deferred = None;
+        Ok(())
+    }
+
     async fn event_by_client_id(
         &mut self,
         sender: UserId,
         client_id: &ClientMsgId,
     ) -> StoreResult<Option<Event>> {
+        self.flush().await?;
         sqlx::query_as::<_, EventRow>(concat!(
             event_select!(),
             " WHERE e.sender = $1 AND e.client_id = $2"
@@ -370,6 +543,10 @@ impl WriteOps for Writer<'_> {
     }
 
     async fn message_ref(&mut self, id: MessageId) -> StoreResult<Option<MessageRef>> {
+        // Mostly an older message: the waiting events matter only if it is one of them.
+        if self.waits(id) {
+            self.flush().await?;
+        }
         let row: Option<(i64, String, i64, bool, Option<String>)> = sqlx::query_as(
             "SELECT conv_id, body_type, sender, deleted, attachment_id FROM events WHERE id = $1",
         )
@@ -395,6 +572,25 @@ impl WriteOps for Writer<'_> {
     }
 
     async fn insert_event(&mut self, event: &Event, origin: &NodeId) -> StoreResult<bool> {
+        if let Some(deferred) = &mut self.deferred {
+            let pair = event
+                .client_id
+                .as_ref()
+                .map(|c| (event.sender.0, c.as_str().to_owned()));
+            if deferred.ids.contains(&event.id.0)
+                || pair
+                    .as_ref()
+                    .is_some_and(|p| deferred.client_ids.contains(p))
+            {
+                return Ok(false);
+            }
+            deferred.ids.insert(event.id.0);
+            if let Some(pair) = pair {
+                deferred.client_ids.insert(pair);
+            }
+            deferred.rows.push(event, origin);
+            return Ok(true);
+        }
         let c = EventColumns::of(&event.body);
         // Without a conflict target, DO NOTHING covers every unique index (the id, the partial
         // one of `(sender, client_id)`, `(conv_id, seq)`), and waits for a concurrent
@@ -428,6 +624,8 @@ impl WriteOps for Writer<'_> {
     }
 
     async fn edit_message(&mut self, id: MessageId, text: &str, at: Millis) -> StoreResult<()> {
+        // The message may be waiting.
+        self.flush().await?;
         sqlx::query("UPDATE events SET text = $2, edited_at = $3 WHERE id = $1")
             .bind(id.0)
             .bind(text)
@@ -443,6 +641,8 @@ impl WriteOps for Writer<'_> {
         id: MessageId,
         attachment: Option<&AttachmentId>,
     ) -> StoreResult<()> {
+        // The message, edits of it and events that show its attachment may be waiting.
+        self.flush().await?;
         sqlx::query(
             "UPDATE events SET text = '', attachment_id = NULL, deleted = TRUE WHERE id = $1",
         )
@@ -702,10 +902,7 @@ impl Store for PostgresStore {
             }
         }
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let mut writer = Writer {
-            conn: &mut tx,
-            retry: false,
-        };
+        let mut writer = Writer::new(&mut tx);
         let opened = common::open_direct(&mut writer, a, b, created_id, origin, now).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(opened)
@@ -721,10 +918,7 @@ impl Store for PostgresStore {
         now: Millis,
     ) -> StoreResult<(ConvId, Appended)> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let mut writer = Writer {
-            conn: &mut tx,
-            retry: false,
-        };
+        let mut writer = Writer::new(&mut tx);
         let created =
             common::create_room(&mut writer, creator, name, public, created_id, origin, now)
                 .await?;
@@ -1563,6 +1757,159 @@ mod tests {
         Ok(())
     }
 
+    /// In one batch (inserts deferred to one statement), later events see the earlier ones: a
+    /// reply, an edit and a delete of a message of the same batch, a resend of it, its id used
+    /// again, an attachment dropped with its message.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn later_events_of_a_batch_see_the_earlier_ones() -> anyhow::Result<()> {
+        let db = TestSchema::create().await?;
+        let store = db.store().await?;
+        let [a, b] = users(&store).await?;
+        let conv = direct(&store, a, b).await?;
+        let data = Bytes::from_static(b"GIF89a");
+        let file = Attachment {
+            id: AttachmentId::new(format!("f{:08x}", rand::random::<u32>()))?,
+            name: "a.gif".into(),
+            mime: "image/gif".into(),
+            size: data.len() as u64,
+            conv,
+        };
+        store
+            .put_attachment(AttachmentBlob {
+                meta: file.clone(),
+                uploader: a,
+                created_at: 0,
+                data,
+            })
+            .await?;
+
+        let mut first = text(conv, a, "helo")?;
+        first.client_id = Some(ClientMsgId::new("c-first")?);
+        let mut reply = text(conv, b, "hi")?;
+        if let NewBody::Message { reply_to, .. } = &mut reply.body {
+            *reply_to = Some(first.id);
+        }
+        let mut edit = text(conv, a, "")?;
+        edit.body = NewBody::Edit {
+            target: first.id,
+            text: "hello".into(),
+        };
+        let mut image = text(conv, a, "")?;
+        image.body = NewBody::Message {
+            kind: MessageKind::Image,
+            text: String::new(),
+            attachment: Some(file.id.clone()),
+            reply_to: None,
+        };
+        let mut delete = text(conv, a, "")?;
+        delete.body = NewBody::Delete { target: image.id };
+        let mut resend = first.clone();
+        resend.id = next_id();
+        let mut same_id = text(conv, b, "same id")?;
+        same_id.id = first.id;
+        let last = text(conv, b, "last")?;
+
+        let results = store
+            .append(vec![
+                first.clone(),
+                reply,
+                edit,
+                image,
+                delete,
+                resend,
+                same_id,
+                last,
+            ])
+            .await;
+        let seq = |i: usize| results[i].as_ref().map(|r| r.event.seq).ok();
+        assert_eq!(
+            (0..5).map(seq).collect::<Vec<_>>(),
+            [Some(2), Some(3), Some(4), Some(5), Some(6)],
+            "{results:?}"
+        );
+        let again = results[5].as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+        assert!(again.duplicate && again.event.id == first.id);
+        assert!(
+            matches!(results[6], Err(StoreError::Conflict(_))),
+            "{:?}",
+            results[6]
+        );
+        assert_eq!(seq(7), Some(7));
+
+        let (events, _) = store.events(conv, Page::After(0), 100).await?;
+        assert_eq!(
+            events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (1..=7).collect::<Vec<_>>()
+        );
+        let shown = |i: usize| match &events[i].body {
+            protocol::model::EventBody::Message(m) => Ok(m.clone()),
+            other => Err(anyhow::anyhow!("not a message: {other:?}")),
+        };
+        assert_eq!(shown(1)?.text, "hello", "edited in the same batch");
+        assert_eq!(shown(2)?.reply_to, Some(first.id));
+        assert!(shown(4)?.deleted && shown(4)?.attachment.is_none());
+        assert_eq!(store.attachment(&file.id).await?, None, "dropped with it");
+        Ok(())
+    }
+
+    /// A key that another writer takes after the batch looked (the same client id racing in
+    /// through another conversation) makes the batch try again, and then its event is a
+    /// resend of the other writer's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_taken_meanwhile_makes_the_batch_try_again() -> anyhow::Result<()> {
+        let db = TestSchema::create().await?;
+        let store = db.store().await?;
+        let [a, b, c] = users(&store).await?;
+        let conv = direct(&store, a, b).await?;
+        let elsewhere = direct(&store, a, c).await?;
+
+        // Another writer inserts a's "race" into the other conversation and has not committed.
+        let mut admin = db.admin().await?;
+        let mut writer = db.admin().await?;
+        let mut other = writer.begin().await?;
+        let theirs = next_id();
+        sqlx::query(
+            "INSERT INTO events (id, conv_id, seq, at, sender, client_id, origin, body_type, \
+             msg_kind, text) VALUES ($1, $2, 2, 0, $3, 'race', 'other', 'message', 'text', 'theirs')",
+        )
+        .bind(theirs.0)
+        .bind(elsewhere.0)
+        .bind(a.0)
+        .execute(&mut *other)
+        .await?;
+        sqlx::query("UPDATE conversations SET last_seq = 2 WHERE id = $1")
+            .bind(elsewhere.0)
+            .execute(&mut *other)
+            .await?;
+
+        let mut racing = text(conv, a, "mine")?;
+        racing.client_id = Some(ClientMsgId::new("race")?);
+        let batch = vec![text(conv, b, "before")?, racing, text(conv, b, "after")?];
+        let appending = tokio::spawn({
+            let store = store.clone();
+            async move { store.append(batch).await }
+        });
+        // Our insert waits for theirs to decide; then theirs commits.
+        until_waiting_for_lock(&mut admin, &db.app).await?;
+        other.commit().await?;
+
+        let results = appending.await?;
+        let seqs_got: Vec<Option<Seq>> = results
+            .iter()
+            .map(|r| r.as_ref().map(|x| x.event.seq).ok())
+            .collect();
+        assert_eq!(seqs_got, [Some(2), Some(2), Some(3)], "{results:?}");
+        let resend = results[1].as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+        assert!(resend.duplicate);
+        assert_eq!(
+            (resend.event.id, resend.event.conv),
+            (theirs, elsewhere),
+            "the first event, wherever it is"
+        );
+        assert_eq!(seqs(&store, conv).await?, [1, 2, 3]);
+        Ok(())
+    }
+
     /// Many handles connect to a fresh schema at once: the migrations run once, in that schema.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn many_handles_migrate_one_schema_at_once() -> anyhow::Result<()> {
@@ -1591,6 +1938,33 @@ mod tests {
                 "users"
             ]
         );
+        Ok(())
+    }
+
+    /// Every connection of the pool carries the configured timeouts, in this test's schema.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sessions_carry_their_timeouts() -> anyhow::Result<()> {
+        let db = TestSchema::create().await?;
+        let store = db
+            .store_with(PostgresConfig {
+                lock_timeout: Duration::from_millis(1500),
+                idle_in_transaction_timeout: Duration::from_millis(700),
+                statement_timeout: Duration::from_secs(20),
+                ..PostgresConfig::default()
+            })
+            .await?;
+        let (lock, idle, statement, schema): (String, String, String, String) = sqlx::query_as(
+            "SELECT current_setting('lock_timeout'), \
+               current_setting('idle_in_transaction_session_timeout'), \
+               current_setting('statement_timeout'), current_schema()::text",
+        )
+        .fetch_one(&store.pool)
+        .await?;
+        assert_eq!(
+            (lock.as_str(), idle.as_str(), statement.as_str()),
+            ("1500ms", "700ms", "20s")
+        );
+        assert_eq!(schema, db.schema);
         Ok(())
     }
 
