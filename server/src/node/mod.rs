@@ -620,6 +620,13 @@ async fn heartbeat(ctx: Arc<NodeCtx>, info: NodeInfo, lease_ms: u64, cancel: Can
                                 .set_state(&ctx.id, NodeState::Draining)
                                 .await;
                         }
+                        // While the registry did not know this node, nobody routed events to
+                        // it: every local device compares itself with the store.
+                        let n = ctx.devices.resync_all();
+                        tracing::info!(
+                            devices = n,
+                            "registered again; devices catch up with the store"
+                        );
                     }
                     Err(e) => tracing::warn!(error = %e, "register again failed"),
                 }
