@@ -27,6 +27,12 @@
 //!   conversation's lock loses it, instead of stalling that conversation for every node) and a
 //!   `statement_timeout`.
 //!
+//! An append is acknowledged once its commit is durable as the server is configured
+//! (`synchronous_commit`, on by default: the WAL is flushed to disk), which bounds a single
+//! writer's batches of one event by the disk's flush time; group commit is what amortizes it.
+//! The URL may relax it (`?options=-c%20synchronous_commit%3Doff`), at the price of losing the
+//! last fraction of a second of acknowledged events if the database server crashes.
+//!
 //! One pool per process serves reads and writes; sqlx prepares each statement once per
 //! connection and caches it. Connections are checked before they are handed out, so after the
 //! server restarts, only calls that were in flight fail (as [`StoreError::Unavailable`]) and the
@@ -104,8 +110,9 @@ impl Default for PostgresConfig {
     }
 }
 
-/// Idle connections above need are closed after this long.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// A connection unused this long is closed: a burst of reads does not keep its connections
+/// from the other processes sharing the server's budget.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The PostgreSQL store. Cheap to clone: the pool and the member cache are shared.
 #[derive(Clone)]
