@@ -508,8 +508,8 @@ fn notify_if_unfocused(device: &Device, app: &AppHandle, e: &protocol::model::Ev
         _ => (sender, String::new()),
     };
     let text = match (&m.attachment, m.text.is_empty()) {
-        (Some(a), true) => format!("📎 {}", a.name),
-        (Some(a), false) => format!("📎 {} · {}", a.name, m.text),
+        (Some(a), true) => format!("Sent {}", a.name),
+        (Some(a), false) => format!("{} · {}", a.name, m.text),
         (None, _) => m.text.clone(),
     };
     let body: String = format!("{body_prefix}{text}").chars().take(200).collect();

@@ -14,14 +14,18 @@
 // Each step saves a screenshot under artifacts/desktop/.
 
 import { readFileSync } from "node:fs";
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { Harness } from "./harness";
 import { Keys, type Session, waitFor } from "./webdriver";
 
 const PASSWORD = "correct horse battery";
-const h = new Harness();
+const h = new Harness("sync");
 let s: Session;
 const windows: Record<"alice" | "bob" | "alice2", string> = { alice: "", bob: "", alice2: "" };
+
+afterEach(async (ctx) => {
+  if (ctx.task.result?.state === "fail") await h.screenshot(`FAILED-${ctx.task.name.replace(/\W+/g, "-")}`).catch(() => undefined);
+});
 
 afterAll(async () => {
   await h.stop();
@@ -103,6 +107,7 @@ async function openConversation(title: string): Promise<void> {
 
 async function send(text: string): Promise<void> {
   const box = await s.waitFor('[data-testid="composer"]');
+  await s.empty(box);
   await s.sendKeys(box, text);
   await s.sendKeys(box, Keys.Enter);
 }

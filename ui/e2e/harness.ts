@@ -43,26 +43,39 @@ export interface ClusterFile {
 
 export class Harness {
   readonly dataDir: string;
+  readonly home: string;
   private driver: ChildProcess | null = null;
   private port = 0;
   session: Session | null = null;
   private shot = 0;
 
-  constructor() {
+  /** `name` prefixes screenshots and names the log, so several scenarios share the folder. */
+  constructor(readonly name: string) {
     const home = mkdtempSync(join(tmpdir(), "chat-desktop-e2e-"));
     this.dataDir = join(home, "data");
     mkdirSync(ARTIFACTS, { recursive: true });
-    process.env.CHAT_E2E_HOME = home;
+    this.home = home;
   }
 
-  /** Starts tauri-driver and a session on the app; resolves once the main window answers. */
+  /** Starts tauri-driver (once) and a session on the app, i.e. launches the app; resolves
+   * once the main window answers. Launching again after the app quit reuses the data folder,
+   * as a second run of the app would. */
   async start(): Promise<Session> {
     const app = appBinary();
     if (!existsSync(app)) throw new Error(`app binary not found at ${app}: build it first (scripts/desktop-e2e.sh does)`);
+    if (!this.driver) await this.startDriver();
+    this.session = await Session.create(`http://127.0.0.1:${this.port}`, {
+      browserName: "wry",
+      "tauri:options": { application: app },
+    });
+    return this.session;
+  }
+
+  private async startDriver(): Promise<void> {
     this.port = await freePort();
     const nativePort = await freePort();
-    const home = process.env.CHAT_E2E_HOME!;
-    const log = createWriteStream(join(ARTIFACTS, "app.log"));
+    const home = this.home;
+    const log = createWriteStream(join(ARTIFACTS, `${this.name}.log`));
     this.driver = spawn("tauri-driver", ["--port", String(this.port), "--native-port", String(nativePort)], {
       env: {
         ...process.env,
@@ -82,11 +95,19 @@ export class Harness {
     this.driver.stderr?.pipe(log);
     const base = `http://127.0.0.1:${this.port}`;
     await waitFor("tauri-driver to listen", async () => (await fetch(`${base}/status`)).ok, 15_000);
-    this.session = await Session.create(base, {
-      browserName: "wry",
-      "tauri:options": { application: app },
-    });
-    return this.session;
+  }
+
+  /** Quits the app the way a desktop session does (SIGTERM; the app stops its cluster), and
+   * waits until it is gone. */
+  async quitApp(): Promise<void> {
+    const cluster = this.cluster();
+    if (!cluster) throw new Error("no cluster.json: is the app running a local cluster?");
+    process.kill(cluster.app_pid, "SIGTERM");
+    await waitFor("the app to quit", async () => !existsSync(`/proc/${cluster.app_pid}`) || readFileSync(`/proc/${cluster.app_pid}/stat`, "utf8").includes(") Z"), 20_000);
+    if (this.session) {
+      await this.session.delete().catch(() => undefined);
+      this.session = null;
+    }
   }
 
   /** Saves a screenshot of the current window as `NN-name.png`; returns its path. */
@@ -98,7 +119,7 @@ export class Harness {
       .executeAsync("const done = arguments[arguments.length - 1]; requestAnimationFrame(() => requestAnimationFrame(() => done(true)));")
       .catch(() => undefined);
     this.shot += 1;
-    const path = join(ARTIFACTS, `${String(this.shot).padStart(2, "0")}-${name}.png`);
+    const path = join(ARTIFACTS, `${this.name}-${String(this.shot).padStart(2, "0")}-${name}.png`);
     writeFileSync(path, await this.session.screenshot());
     return path;
   }
@@ -118,7 +139,7 @@ export class Harness {
     }
     await this.session.switchTo(current);
     this.shot += 1;
-    const path = join(ARTIFACTS, `${String(this.shot).padStart(2, "0")}-${name}.png`);
+    const path = join(ARTIFACTS, `${this.name}-${String(this.shot).padStart(2, "0")}-${name}.png`);
     writeFileSync(path, encode(sideBySide(images)));
     return path;
   }

@@ -70,7 +70,8 @@ export class Session {
   findAll = (css: string) => this.cmd<ElementRef[]>("POST", "/elements", { using: "css selector", value: css });
   click = (el: ElementRef) => this.cmd<null>("POST", `/element/${el[ELEMENT]}/click`, {});
   clear = (el: ElementRef) => this.cmd<null>("POST", `/element/${el[ELEMENT]}/clear`, {});
-  text = (el: ElementRef) => this.cmd<string>("GET", `/element/${el[ELEMENT]}/text`);
+  /** The element's rendered text, read in the page (see `waitFor` on "displayed"). */
+  text = (el: ElementRef) => this.execute<string>("return arguments[0].innerText;", [el]);
   attr = (el: ElementRef, name: string) => this.cmd<string | null>("GET", `/element/${el[ELEMENT]}/attribute/${name}`);
   displayed = (el: ElementRef) => this.cmd<boolean>("GET", `/element/${el[ELEMENT]}/displayed`);
   sendKeys = (el: ElementRef, text: string) => this.cmd<null>("POST", `/element/${el[ELEMENT]}/value`, { text });
@@ -87,13 +88,16 @@ export class Session {
 
   // Conveniences ----------------------------------------------------------------------------
 
-  /** Waits for an element to exist and be displayed. */
+  /** Waits for an element to exist and be rendered (it has a box and is not `visibility:
+   * hidden`). Checked in the page in one round trip: WebKitWebDriver's own "displayed" answer
+   * is unreliable for windows that are behind others. */
   waitFor(css: string, timeoutMs = 20_000): Promise<ElementRef> {
-    return waitFor(`element ${css}`, async () => {
-      const found = await this.findAll(css);
-      for (const el of found) if (await this.displayed(el)) return el;
-      return null;
-    }, timeoutMs);
+    return waitFor(`element ${css}`, () =>
+      this.execute<ElementRef | null>(
+        `return [...document.querySelectorAll(arguments[0])].find((el) => el.getClientRects().length > 0 && getComputedStyle(el).visibility !== "hidden") ?? null;`,
+        [css],
+      ),
+    timeoutMs);
   }
 
   /** Waits for a script to return something truthy. */
@@ -105,9 +109,17 @@ export class Session {
     await this.click(await this.waitFor(css, timeoutMs));
   }
 
+  /** Empties a text field the way typing would (an `input` event, so the page sees it). */
+  async empty(el: ElementRef): Promise<void> {
+    await this.execute(
+      `arguments[0].value = ""; arguments[0].dispatchEvent(new Event("input", { bubbles: true }));`,
+      [el],
+    );
+  }
+
   async type(css: string, text: string): Promise<void> {
     const el = await this.waitFor(css);
-    await this.clear(el);
+    await this.empty(el);
     await this.sendKeys(el, text);
   }
 }

@@ -33,8 +33,8 @@ export function describeMessage(e: ChatEvent): string {
   if (b.type !== "message") return "";
   if (b.deleted) return "Message deleted";
   if (b.attachment) {
-    const what = b.kind === "image" ? "Photo" : b.kind === "video" ? "Video" : b.kind === "voice" ? "Audio" : b.attachment.name;
-    return b.text ? `📎 ${what} · ${b.text}` : `📎 ${what}`;
+    const what = b.kind === "image" ? "Photo" : b.kind === "video" ? "Video" : b.kind === "voice" ? "Audio" : `File: ${b.attachment.name}`;
+    return b.text ? `${what} · ${b.text}` : what;
   }
   return b.text;
 }
@@ -235,7 +235,7 @@ export function typingLine(s: ChatState, conv: ConvId, now: Millis): string | nu
 export function quote(s: ChatState, conv: ConvId, id: string): { who: string; text: string } | null {
   const it = s.timelines[conv]?.items.find((x) => x.id === id);
   if (!it) return null;
-  const text = it.deleted ? "Message deleted" : it.attachment ? `📎 ${it.attachment.name}${it.text ? ` · ${it.text}` : ""}` : it.text;
+  const text = it.deleted ? "Message deleted" : it.attachment ? `${it.attachment.name}${it.text ? ` · ${it.text}` : ""}` : it.text;
   return { who: userName(s, it.sender), text };
 }
 

@@ -40,16 +40,23 @@ export function ChatScreen({ boot, onSignedOut }: { boot: Boot; onSignedOut: (re
     upsert: (summary) => dispatch({ type: "conversation", summary }),
   };
 
-  // Connect once; a reload of the window connects again and gets a fresh snapshot.
+  // Connect once; a reload of the window connects again and gets a fresh snapshot. Events can
+  // arrive before the snapshot does (the connection starts inside `connect`): they are newer
+  // than it, so they wait and are applied after it.
   useEffect(() => {
     let alive = true;
+    let early: UiEvent[] | null = [];
     const onEvent = (event: UiEvent) => {
-      if (alive) dispatch({ type: "ui_event", event, now: Date.now() });
+      if (!alive) return;
+      if (early) early.push(event);
+      else dispatch({ type: "ui_event", event, now: Date.now() });
     };
     api.connect(onEvent).then(
       (snapshot) => {
         if (!alive) return;
         dispatch({ type: "snapshot", snapshot });
+        for (const event of early ?? []) dispatch({ type: "ui_event", event, now: Date.now() });
+        early = null;
         setConnected(true);
         return api.serverState().then((state) => {
           if (alive) dispatch({ type: "ui_event", event: { type: "server", state }, now: Date.now() });

@@ -1,6 +1,7 @@
 // Writing: Enter sends, Shift+Enter breaks the line, Escape cancels a reply or an edit, Up edits
 // my last message. Attach a file with the clip, by pasting, or by dropping it on the window.
-// Tells the others I am typing (at most every 2 s, and stops after 4 s of quiet).
+// Tells the others I am typing (at most every 2 s), and that I stopped: after 4 s of quiet, on
+// sending, on emptying the box, or on leaving the conversation.
 
 import { useEffect, useRef, useState } from "preact/hooks";
 import * as api from "../ipc/commands";
@@ -176,7 +177,6 @@ export function Composer({ conv, state, draft, setDraft, onSend, onEdit, onUploa
               files(e.clipboardData.files);
             }
           }}
-          onBlur={stopTyping}
           aria-label="Message"
           data-testid="composer"
         />
