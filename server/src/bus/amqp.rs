@@ -772,6 +772,15 @@ mod tests {
         );
     }
 
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(
+            redact("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact("amqp://127.0.0.1:5672"), "amqp://127.0.0.1:5672");
+    }
+
     /// The broker closes the node's connection: the bus goes down, reconnects by itself,
     /// consumes its queue again, and gets what was published to it meanwhile.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

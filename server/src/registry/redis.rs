@@ -1,6 +1,6 @@
 //! The registry kept in Redis, shared by every controller and node of a cluster that runs on
 //! several machines. It follows [`super::memory::MemoryRegistry`] call for call; the suite in
-//! [`super::suite`] runs against both.
+//! `registry::suite` runs against both.
 //!
 //! Every change that touches more than one key is one Lua script (loaded once, then called by
 //! `EVALSHA`), so `register`, `heartbeat`, `attach`, `detach`, `assign`, `deregister` and `reap`
