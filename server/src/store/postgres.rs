@@ -1560,7 +1560,13 @@ mod tests {
         let db = TestSchema::create().await?;
         let mut stores = Vec::new();
         for _ in 0..POOLS {
-            stores.push(Arc::new(db.store().await?));
+            // Fewer connections than tasks: tasks also queue for them, as a node's would, and
+            // the test leaves room on a server that other tests share.
+            let config = PostgresConfig {
+                max_connections: 4,
+                ..PostgresConfig::default()
+            };
+            stores.push(Arc::new(db.store_with(config).await?));
         }
         let [hub, spoke, third] = users(&*stores[0]).await?;
         let main = direct(&*stores[0], hub, spoke).await?;
