@@ -17,10 +17,6 @@ use server::controller::{Controller, ControllerConfig};
 use server::node::{Fault, Node, NodeConfig, NodeLimits};
 use tokio::net::TcpListener;
 
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "server",
