@@ -27,8 +27,14 @@ use tokio_util::sync::CancellationToken;
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-/// Publishes in flight at once from the publisher (as a node's publisher batch would have).
-const IN_FLIGHT: usize = 256;
+/// Publishes in flight at once from the publisher (as a node's publisher batch would have);
+/// `BUS_IN_FLIGHT` overrides it.
+fn in_flight() -> usize {
+    std::env::var("BUS_IN_FLIGHT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256)
+}
 /// About the size of an envelope carrying a short text message.
 const ENVELOPE: usize = 300;
 
@@ -48,7 +54,7 @@ async fn open(kind: &str, prefix: &str) -> Res<SharedBus> {
     })
 }
 
-/// Publishes `n` envelopes to `targets`, `IN_FLIGHT` at a time, while `receivers` count what
+/// Publishes `n` envelopes to `targets`, [`in_flight`] at a time, while `receivers` count what
 /// arrives; returns the time until every receiver had all of them.
 async fn run(
     publisher: &SharedBus,
@@ -80,7 +86,7 @@ async fn run(
             let payload = payload.clone();
             async move { publisher.publish(&targets, payload).await }
         })
-        .buffer_unordered(IN_FLIGHT)
+        .buffer_unordered(in_flight())
         .filter(|r| futures::future::ready(r.is_err()))
         .count()
         .await;

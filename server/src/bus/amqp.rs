@@ -245,21 +245,21 @@ impl Bus for AmqpBus {
                 nodes.iter().map(NodeId::as_str).collect(),
             ),
         };
-        // Every publish goes out before any confirm is awaited: one round trip in all.
-        let mut confirms = Vec::with_capacity(keys.len());
-        for key in keys {
-            let confirm = channel
-                .basic_publish(
-                    exchange.into(),
-                    key.into(),
-                    BasicPublishOptions::default(),
-                    &envelope,
-                    BasicProperties::default(),
-                )
-                .await
-                .map_err(map_err)?;
-            confirms.push(confirm);
-        }
+        // Every publish is handed to the connection before any confirm is awaited: one round
+        // trip in all. (Each target is a different queue, so their relative order is free;
+        // polled in order, they are queued in order anyway.)
+        let sends = keys.into_iter().map(|key| {
+            channel.basic_publish(
+                exchange.into(),
+                key.into(),
+                BasicPublishOptions::default(),
+                &envelope,
+                BasicProperties::default(),
+            )
+        });
+        let confirms = futures::future::try_join_all(sends)
+            .await
+            .map_err(map_err)?;
         for confirmed in futures::future::join_all(confirms).await {
             match confirmed {
                 Ok(c) if c.is_ack() => {}
