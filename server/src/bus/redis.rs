@@ -146,6 +146,9 @@ impl Bus for RedisBus {
     }
 
     async fn publish(&self, targets: &Targets, envelope: Bytes) -> BusResult<()> {
+        if matches!(targets, Targets::Nodes(nodes) if nodes.is_empty()) {
+            return Ok(());
+        }
         let mut c = self.inner.publisher.clone();
         let sent = match targets {
             Targets::All => {
