@@ -2,9 +2,10 @@
 //!
 //! Topology, under a name prefix (`chat.` unless the URL says `?prefix=…`):
 //!
-//! - `{prefix}direct`: a durable direct exchange; a routed envelope is published once per
-//!   target node with the node id as routing key.
-//! - `{prefix}fanout`: a durable fanout exchange; a fanout envelope is published once.
+//! - `{prefix}direct`: a direct exchange; a routed envelope is published once per target node
+//!   with the node id as routing key.
+//! - `{prefix}fanout`: a fanout exchange; a fanout envelope is published once.
+//! - Both are durable and auto-delete: they go when the last node queue bound to them expired.
 //! - `{prefix}node.{id}`: one durable queue per node, bound to both. It is neither exclusive
 //!   nor auto-delete but expires (`x-expires`) a few leases after its consumer went away, so a
 //!   node that comes back after a broker or network blip finds its queue and what waited in
@@ -317,8 +318,12 @@ async fn open(shared: &Shared) -> lapin::Result<Session> {
     publisher
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
+    // Auto-delete: an exchange goes when its last binding goes, i.e. when the last node queue
+    // of the cluster expired, so a cluster that is gone leaves nothing behind. A publish that
+    // races such a deletion fails, closes the channel, and the reconnect declares it again.
     let durable = ExchangeDeclareOptions {
         durable: true,
+        auto_delete: true,
         ..ExchangeDeclareOptions::default()
     };
     publisher
