@@ -222,7 +222,13 @@ async fn redis_registry(
 /// Opens a real bus (Redis pub/sub or RabbitMQ). Real buses go with the Redis registry only,
 /// so without that feature nothing calls this.
 #[cfg_attr(not(feature = "redis"), allow(dead_code, unused_variables))]
-async fn real_bus(bus: &BusChoice, cancel: CancellationToken) -> Result<SharedBus, BackendError> {
+/// The real bus named by `bus`; `me` (a node or controller id) names its broker connection, so
+/// that an operator (or a fault test) can find it.
+async fn real_bus(
+    bus: &BusChoice,
+    me: &protocol::NodeId,
+    cancel: CancellationToken,
+) -> Result<SharedBus, BackendError> {
     match bus {
         BusChoice::Embedded => Err(BackendError::Unsupported {
             what: "bus",
@@ -246,7 +252,8 @@ async fn real_bus(bus: &BusChoice, cancel: CancellationToken) -> Result<SharedBu
         #[cfg(feature = "amqp")]
         BusChoice::Amqp(url) => {
             let (url, prefix) = split_prefix(url, crate::bus::amqp::DEFAULT_PREFIX);
-            let config = crate::bus::amqp::AmqpConfig::new(&url, &prefix);
+            let mut config = crate::bus::amqp::AmqpConfig::new(&url, &prefix);
+            config.label = Some(me.to_string());
             let bus = crate::bus::amqp::AmqpBus::connect(config, cancel)
                 .await
                 .map_err(|e| BackendError::Connect(e.to_string()))?;
@@ -263,6 +270,7 @@ async fn real_bus(bus: &BusChoice, cancel: CancellationToken) -> Result<SharedBu
 
 /// Opens a node's registry and bus. Background tasks stop when `cancel` fires.
 pub async fn for_node(
+    me: &protocol::NodeId,
     registry: &RegistryChoice,
     bus: &BusChoice,
     controller: Option<&str>,
@@ -286,7 +294,7 @@ pub async fn for_node(
             let registry = redis_registry(url, None).await?;
             Ok(NodeBackends {
                 registry: Arc::new(registry),
-                bus: real_bus(bus, cancel).await?,
+                bus: real_bus(bus, me, cancel).await?,
                 // The node's heartbeat registers again if Redis forgot it.
                 lease_changes: None,
                 // A shared registry has no single owner: every node reaps it too.
@@ -316,6 +324,7 @@ pub struct ControllerBackends {
 /// built by the controller itself (it hosts them). `lease_ms` becomes the cluster's node
 /// lease. Background tasks stop when `cancel` fires.
 pub async fn for_controller(
+    me: &protocol::NodeId,
     registry: &RegistryChoice,
     bus: &BusChoice,
     lease_ms: u64,
@@ -333,7 +342,7 @@ pub async fn for_controller(
             let registry = Arc::new(redis_registry(url, Some(lease_ms)).await?);
             Ok(ControllerBackends {
                 registry: registry.clone(),
-                bus: real_bus(bus, cancel).await?,
+                bus: real_bus(bus, me, cancel).await?,
                 workers: Some(WorkerClaims { registry, lease_ms }),
             })
         }
@@ -465,16 +474,24 @@ mod tests {
         for (r, b) in cases {
             let registry: RegistryChoice = r.parse().expect("registry");
             let bus: BusChoice = b.parse().expect("bus");
-            let err = for_node(&registry, &bus, None, &secret, CancellationToken::new())
-                .await
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
+            let me = protocol::NodeId::new("n1").expect("id");
+            let err = for_node(
+                &me,
+                &registry,
+                &bus,
+                None,
+                &secret,
+                CancellationToken::new(),
+            )
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
             assert!(
                 err.contains("Combinations that work") && err.contains("--registry redis://"),
                 "{r} + {b}: {err}"
             );
-            let err = for_controller(&registry, &bus, 5_000, CancellationToken::new())
+            let err = for_controller(&me, &registry, &bus, 5_000, CancellationToken::new())
                 .await
                 .err()
                 .map(|e| e.to_string())

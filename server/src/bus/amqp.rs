@@ -87,6 +87,8 @@ pub struct AmqpConfig {
     pub queue_max_length: u32,
     /// Deliveries in flight to the consumer before it acknowledges.
     pub prefetch: u16,
+    /// Who owns the connection (a node or controller id), put in its name.
+    pub label: Option<String>,
 }
 
 impl AmqpConfig {
@@ -99,6 +101,7 @@ impl AmqpConfig {
             queue_expires: Duration::from_millis(4 * DEFAULT_LEASE_MS),
             queue_max_length: 200_000,
             prefetch: 512,
+            label: None,
         }
     }
 }
@@ -174,7 +177,11 @@ impl AmqpBus {
         let shared = Arc::new(Shared {
             direct: format!("{}direct", config.prefix),
             fanout: format!("{}fanout", config.prefix),
-            connection_name: format!("chat-bus:{}{}", config.prefix, &short[..12]),
+            connection_name: format!(
+                "chat-bus:{}{}",
+                config.prefix,
+                config.label.as_deref().unwrap_or(&short[..12])
+            ),
             config,
             uri,
             publisher: Mutex::new(None),

@@ -122,9 +122,14 @@ impl Controller {
             }
             // Real backends: the controller only reads the registry, publishes, and reaps.
             (registry, bus) => {
-                let b =
-                    crate::backends::for_controller(registry, bus, config.lease_ms, cancel.clone())
-                        .await?;
+                let b = crate::backends::for_controller(
+                    &config.id,
+                    registry,
+                    bus,
+                    config.lease_ms,
+                    cancel.clone(),
+                )
+                .await?;
                 (b.registry, b.bus, None, b.workers)
             }
         };

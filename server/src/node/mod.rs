@@ -203,6 +203,7 @@ impl Node {
             lease_changes,
             node_reaps,
         } = backends::for_node(
+            &config.id,
             &config.registry,
             &config.bus,
             config.controller.as_deref(),
