@@ -444,24 +444,26 @@ pub async fn run(
         let cpu_after: u64 = server_pids.iter().map(|p| cpu_ticks(*p)).sum();
         let delivered = recorder.delivered.load(Ordering::Relaxed);
         let cpu_secs = (cpu_after - cpu_before) as f64 / TICKS_PER_SEC;
-        let h = recorder.hist.lock();
+        let latency_us = {
+            let h = recorder.hist.lock();
+            [
+                h.value_at_quantile(0.50),
+                h.value_at_quantile(0.90),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                h.max(),
+            ]
+        };
         let report = PhaseReport {
             offered: rate,
             sent_rate: sent as f64 / send_secs,
             delivered_rate: delivered as f64 / send_secs,
             sent,
             lost: sent.saturating_sub(delivered),
-            latency_us: [
-                h.value_at_quantile(0.50),
-                h.value_at_quantile(0.90),
-                h.value_at_quantile(0.99),
-                h.value_at_quantile(0.999),
-                h.max(),
-            ],
+            latency_us,
             cpu_cores: cpu_secs / total_secs,
             cpu_us_per_message: cpu_secs * 1e6 / delivered.max(1) as f64,
         };
-        drop(h);
         println!("{}", format_phase(&report));
         reports.push(report);
         tokio::time::sleep(Duration::from_millis(500)).await;

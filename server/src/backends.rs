@@ -277,6 +277,8 @@ pub async fn for_node(
     secret: &Secret,
     cancel: CancellationToken,
 ) -> Result<NodeBackends, BackendError> {
+    // Only the real buses use it (to name their connection).
+    let _ = me;
     match (registry, bus) {
         (RegistryChoice::Embedded, BusChoice::Embedded) => {
             let controller = controller.ok_or(BackendError::NoController)?;
@@ -330,6 +332,8 @@ pub async fn for_controller(
     lease_ms: u64,
     cancel: CancellationToken,
 ) -> Result<ControllerBackends, BackendError> {
+    // Only the real buses use it (to name their connection).
+    let _ = me;
     match (registry, bus) {
         (RegistryChoice::Embedded, BusChoice::Embedded) => Err(BackendError::Unsupported {
             what: "registry",

@@ -233,11 +233,11 @@ async fn death_between_ack_and_publish_loses_nothing() -> Result<()> {
     let acked_at = Instant::now();
 
     let text = "acked, then the node died".to_owned();
-    bob.until_texts(dm.id, &[text.clone()], Duration::from_secs(10))
+    bob.until_texts(dm.id, std::slice::from_ref(&text), Duration::from_secs(10))
         .await?;
     let delay = acked_at.elapsed();
     laptop
-        .until_texts(dm.id, &[text.clone()], Duration::from_secs(10))
+        .until_texts(dm.id, std::slice::from_ref(&text), Duration::from_secs(10))
         .await?;
     for d in [&bob, &laptop] {
         let copies: Vec<_> = d
