@@ -23,7 +23,12 @@ src="$target_dir/$profile/server"
 dest="$root/src-tauri/binaries/chat-server-$triple"
 [ -x "$src" ] || { echo "desktop-sidecar: $src was not built" >&2; exit 1; }
 mkdir -p "$(dirname "$dest")"
-# Copy to a temp name and rename, so a build reading the sidecar never sees half a file.
-cp "$src" "$dest.tmp"
+# Copy to a temp name and rename, so a build reading the sidecar never sees half a file. A
+# release sidecar goes into the .deb: without its debug info it is a fifth of the size.
+if [ "$profile" = release ] && command -v strip >/dev/null; then
+  strip --strip-debug -o "$dest.tmp" "$src"
+else
+  cp "$src" "$dest.tmp"
+fi
 mv -f "$dest.tmp" "$dest"
 echo "desktop-sidecar: $dest ($profile)"

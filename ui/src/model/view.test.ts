@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import type { ChatEvent, ConversationSummary } from "../ipc/types";
 import { initialState, reduce } from "./chat";
-import { mark, preview, rows, sortedConversations, statusLine, typingLine } from "./view";
+import { mark, peerOnline, preview, rows, sortedConversations, statusLine, typingLine } from "./view";
 import { fileSize, initials } from "./format";
 
 const ME = { id: 1, username: "alice" };
@@ -47,6 +47,14 @@ describe("conversation list", () => {
     expect(preview(s, s.convs[1]!)).toBe("3 members");
   });
 
+  it("shows what I am sending, and what failed", () => {
+    let s = state([conv(1, 10, { kind: "direct", last_message: msg(1, 2, "hi") })]);
+    s = reduce(s, { type: "local_send", conv: 1, clientId: "c1", text: "on my way", at: 20 });
+    expect(preview(s, s.convs[1]!)).toBe("Sending: on my way");
+    s = reduce(s, { type: "ui_event", event: { type: "send_failed", client_id: "c1", code: "invalid", message: "no" }, now: 0 });
+    expect(preview(s, s.convs[1]!)).toBe("Not sent: on my way");
+  });
+
   it("says You: for my own last message", () => {
     const s = state([conv(1, 10, { kind: "direct", last_message: msg(1, 1, "hi") })]);
     expect(preview(s, s.convs[1]!)).toBe("You: hi");
@@ -79,6 +87,17 @@ describe("timeline rows", () => {
     expect(b).toMatchObject({ first: true, last: false });
     expect(c).toMatchObject({ first: false, last: true });
     expect(d).toMatchObject({ mine: true, first: true });
+  });
+});
+
+describe("presence", () => {
+  it("is unknown while this device is not connected", () => {
+    let s = state([conv(3, 0, { kind: "direct", peer: { id: 2, username: "bob" } })]);
+    s = reduce(s, { type: "ui_event", event: { type: "presence", user: 2, online: true }, now: 0 });
+    expect(peerOnline(s, s.convs[3]!)).toBeNull();
+    s = reduce(s, { type: "ui_event", event: { type: "status", status: "live", node: "n1" }, now: 0 });
+    expect(peerOnline(s, s.convs[3]!)).toBe(true);
+    expect(peerOnline(s, conv(4, 0))).toBeNull();
   });
 });
 

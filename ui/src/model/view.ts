@@ -39,8 +39,14 @@ export function describeMessage(e: ChatEvent): string {
   return b.text;
 }
 
-/** The second line of a conversation in the list. */
+/** The second line of a conversation in the list: the last message, or what I am sending. */
 export function preview(s: ChatState, c: ConversationSummary): string {
+  const items = s.timelines[c.id]?.items ?? [];
+  const sending = items[items.length - 1];
+  if (sending && sending.seq === null && sending.kind === "message") {
+    const what = sending.uploadName ?? sending.text.replace(/\s+/g, " ");
+    return sending.state === "failed" ? `Not sent: ${what}` : `Sending: ${what}`;
+  }
   const m = c.last_message;
   if (!m) return c.kind === "room" ? `${c.member_count} member${c.member_count === 1 ? "" : "s"}` : "No messages yet";
   const text = describeMessage(m).replace(/\s+/g, " ");
@@ -49,9 +55,11 @@ export function preview(s: ChatState, c: ConversationSummary): string {
   return text;
 }
 
-/** Whether the other side of a direct conversation is online (null for rooms). */
+/** Whether the other side of a direct conversation is online: null for rooms, and while this
+ * device is not connected (what it knew may no longer be true). */
 export function peerOnline(s: ChatState, c: ConversationSummary): boolean | null {
   if (c.kind !== "direct" || !c.peer) return null;
+  if (s.status.status !== "live" && s.status.status !== "resyncing") return null;
   return s.online[c.peer.id] ?? false;
 }
 

@@ -153,7 +153,7 @@ export function Conversation({ conv, state, dispatch, actions }: { conv: Convers
 
   const online = peerOnline(state, conv);
   const typing = typingLine(state, conv.id, now);
-  const subtitle = typing ?? (conv.kind === "direct" ? (online ? "online" : "offline") : `${conv.member_count} member${conv.member_count === 1 ? "" : "s"}${conv.public ? " · public room" : " · private room"}`);
+  const subtitle = typing ?? (conv.kind === "direct" ? (online === null ? "direct message" : online ? "online" : "offline") : `${conv.member_count} member${conv.member_count === 1 ? "" : "s"}${conv.public ? " · public room" : " · private room"}`);
 
   return (
     <section class="conversation" data-testid="conversation-view" data-conv={conv.id} data-title={title(conv)}>
