@@ -67,6 +67,9 @@ pub struct PhaseReport {
     pub cpu_cores: f64,
     /// Server CPU microseconds per delivered message.
     pub cpu_us_per_message: f64,
+    /// The load generator's own CPU, as a share of one core (if it nears the machine's cores,
+    /// the figures measure the generator, not the cluster).
+    pub generator_cores: f64,
 }
 
 /// Memory figures.
@@ -402,6 +405,7 @@ pub async fn run(
         recorder.delivered.store(0, Ordering::Relaxed);
         recorder.hist.lock().reset();
         let cpu_before: u64 = server_pids.iter().map(|p| cpu_ticks(*p)).sum();
+        let gen_before = cpu_ticks(std::process::id());
         let started = Instant::now();
         let mut sent = 0u64;
         let mut next_sender = 0usize;
@@ -442,6 +446,7 @@ pub async fn run(
         }
         let total_secs = started.elapsed().as_secs_f64();
         let cpu_after: u64 = server_pids.iter().map(|p| cpu_ticks(*p)).sum();
+        let gen_secs = (cpu_ticks(std::process::id()) - gen_before) as f64 / TICKS_PER_SEC;
         let delivered = recorder.delivered.load(Ordering::Relaxed);
         let cpu_secs = (cpu_after - cpu_before) as f64 / TICKS_PER_SEC;
         let latency_us = {
@@ -463,6 +468,7 @@ pub async fn run(
             latency_us,
             cpu_cores: cpu_secs / total_secs,
             cpu_us_per_message: cpu_secs * 1e6 / delivered.max(1) as f64,
+            generator_cores: gen_secs / total_secs,
         };
         println!("{}", format_phase(&report));
         reports.push(report);
@@ -481,7 +487,7 @@ fn ms(us: u64) -> String {
 /// One line per phase.
 pub fn format_phase(r: &PhaseReport) -> String {
     format!(
-        "rate {:>6}/s: sent {:>8.0}/s delivered {:>8.0}/s lost {:>5}  latency ms p50 {:>6} p90 {:>6} p99 {:>7} p99.9 {:>7} max {:>7}  server cpu {:>4.2} cores, {:>5.1} µs/msg",
+        "rate {:>6}/s: sent {:>8.0}/s delivered {:>8.0}/s lost {:>5}  latency ms p50 {:>6} p90 {:>6} p99 {:>7} p99.9 {:>7} max {:>7}  server cpu {:>4.2} cores, {:>5.1} µs/msg  (generator {:.2} cores)",
         r.offered,
         r.sent_rate,
         r.delivered_rate,
@@ -493,5 +499,6 @@ pub fn format_phase(r: &PhaseReport) -> String {
         ms(r.latency_us[4]),
         r.cpu_cores,
         r.cpu_us_per_message,
+        r.generator_cores,
     )
 }

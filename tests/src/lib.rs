@@ -148,6 +148,12 @@ pub async fn config(nodes: usize) -> Result<(ClusterConfig, Leftovers)> {
     let mut c = ClusterConfig::new(nodes);
     c.controller_args = vec!["--password-hash".into(), "fast".into()];
     let mut leftovers = Leftovers::default();
+    // `CHAT_TEST_ROUTING=fanout` runs the same tests with every envelope sent to every node.
+    match std::env::var("CHAT_TEST_ROUTING").as_deref() {
+        Err(_) | Ok("") | Ok("routed") => {}
+        Ok("fanout") => c.backends.routing = lab::Routing::Fanout,
+        Ok(other) => bail!("CHAT_TEST_ROUTING={other:?}: expected routed or fanout"),
+    }
     let stack = Stack::current()?;
     if stack != Stack::Embedded {
         let tag = tag();
