@@ -52,7 +52,7 @@ impl MessageId {
 
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        fmt::Display::fmt(&self.0, f)
     }
 }
 
@@ -159,7 +159,8 @@ macro_rules! token_id {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                // `pad`, so that width and alignment flags work in tables.
+                f.pad(&self.0)
             }
         }
 
@@ -201,13 +202,13 @@ token_id!(
 
 impl fmt::Display for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        fmt::Display::fmt(&self.0, f)
     }
 }
 
 impl fmt::Display for ConvId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        fmt::Display::fmt(&self.0, f)
     }
 }
 
@@ -240,6 +241,14 @@ mod tests {
         );
         assert!(serde_json::from_str::<MessageId>("\"12x\"").is_err());
         Ok(())
+    }
+
+    #[test]
+    fn ids_honour_width_flags() {
+        let n = NodeId::new("n1").expect("valid");
+        assert_eq!(format!("[{n:<4}]"), "[n1  ]");
+        assert_eq!(format!("[{:>3}]", ConvId(7)), "[  7]");
+        assert_eq!(format!("[{:>4}]", MessageId(12)), "[  12]");
     }
 
     #[test]

@@ -248,6 +248,28 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The code as it is on the wire (`"not_member"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Malformed => "malformed",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::HelloRequired => "hello_required",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Revoked => "revoked",
+            ErrorCode::NotMember => "not_member",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Invalid => "invalid",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::NoNode => "no_node",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
     /// Whether retrying the same request later may succeed.
     pub fn is_retryable(self) -> bool {
         matches!(
@@ -257,6 +279,12 @@ impl ErrorCode {
                 | ErrorCode::NoNode
                 | ErrorCode::Internal
         )
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
     }
 }
 
@@ -458,6 +486,31 @@ mod tests {
             r#"{"type":"event","conv":7,"seq":2,"id":"42","at":1700000000000,"sender":1,"device":"d1","body":{"type":"message","kind":"text","text":"hi"}}"#
         );
         assert_eq!(serde_json::from_str::<ServerFrame>(&json)?, ev);
+        Ok(())
+    }
+
+    #[test]
+    fn error_code_names_match_the_wire() -> Result<(), serde_json::Error> {
+        for code in [
+            ErrorCode::Malformed,
+            ErrorCode::UnknownType,
+            ErrorCode::UnsupportedVersion,
+            ErrorCode::HelloRequired,
+            ErrorCode::Unauthorized,
+            ErrorCode::Revoked,
+            ErrorCode::NotMember,
+            ErrorCode::Forbidden,
+            ErrorCode::NotFound,
+            ErrorCode::Invalid,
+            ErrorCode::TooLarge,
+            ErrorCode::RateLimited,
+            ErrorCode::Conflict,
+            ErrorCode::Unavailable,
+            ErrorCode::NoNode,
+            ErrorCode::Internal,
+        ] {
+            assert_eq!(serde_json::to_string(&code)?, format!("\"{code}\""));
+        }
         Ok(())
     }
 
