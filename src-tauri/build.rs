@@ -82,7 +82,9 @@ fn write_dev_sidecar(path: &str) -> bool {
             .and_then(|()| std::fs::write(path, script))
             .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)));
         if written.is_ok() {
-            println!("cargo:warning=no server sidecar: using a stand-in that runs the `server` built beside the app");
+            println!(
+                "cargo:warning=no server sidecar: using a stand-in that runs the `server` built beside the app"
+            );
         }
         written.is_ok()
     }

@@ -110,15 +110,14 @@ impl Device {
     /// Records a fresh session. Signing in as somebody else forgets the previous user's
     /// cache and saved state.
     pub fn sign_in(&self, session: Session, device_name: String) -> Result<SessionView> {
-        let previous = self
-            .inner
-            .lock()
-            .session
-            .as_ref()
-            .map(|s| s.session.user.id);
-        if previous.is_some_and(|id| id != session.user.id) {
+        // Whose cache and state these are survives a revocation (which drops the session), so
+        // compare with the owner on disk, not with the session.
+        let owner_path = self.dir.join("owner.json");
+        let owner = store::read_json::<UserId>(&owner_path).unwrap_or(None);
+        if owner != Some(session.user.id) {
             self.cache.clear()?;
             store::remove_file(&self.dir.join("state.json"))?;
+            store::write_json(&owner_path, &session.user.id, false)?;
         }
         self.cache.put_users(std::slice::from_ref(&session.user))?;
         let stored = StoredSession {
@@ -147,6 +146,7 @@ impl Device {
         }
         store::remove_file(&self.dir.join("session.json"))?;
         store::remove_file(&self.dir.join("state.json"))?;
+        store::remove_file(&self.dir.join("owner.json"))?;
         self.cache.clear()?;
         Ok(())
     }
@@ -309,6 +309,14 @@ impl Device {
         }
     }
 
+    /// Saves `state` only if `user` is still the one signed in: a client stopping after a
+    /// sign-out must not write its cursors back for the next user.
+    fn write_state_for(&self, user: UserId, state: &ClientState) {
+        if self.me() == Some(user) {
+            self.write_state(state);
+        }
+    }
+
     fn write_state(&self, state: &ClientState) {
         if let Err(e) = store::write_json(&self.dir.join("state.json"), state, true) {
             tracing::warn!(error = %e, label = %self.label, "could not save the client state");
@@ -369,7 +377,7 @@ async fn pump(
             event = events.recv() => event,
             _ = tick.tick() => {
                 if dirty {
-                    device.write_state(&client.state());
+                    device.write_state_for(me, &client.state());
                     dirty = false;
                 }
                 continue;
@@ -426,7 +434,7 @@ async fn pump(
         }
         device.emit(UiEvent::Client(event));
     }
-    device.write_state(&client.state());
+    device.write_state_for(me, &client.state());
 }
 
 /// A membership change: a conversation I was just added to needs its summary; one I left goes.

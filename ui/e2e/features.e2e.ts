@@ -178,6 +178,20 @@ describe("chat features", () => {
     await s.waitFor('[data-testid="message"][data-sender="dave"] .quote');
   });
 
+  it("sends with Enter and breaks the line with Shift+Enter", async () => {
+    await on("dave");
+    const box = await s.waitFor('[data-testid="composer"]');
+    await s.empty(box);
+    // Modifier keys are released at the end of each "send keys", so Shift+Enter is one call.
+    await s.sendKeys(box, "First line");
+    await s.sendKeys(box, Keys.Shift + Keys.Enter);
+    await s.sendKeys(box, "second line");
+    expect(await s.execute<string>("return arguments[0].value;", [box])).toBe("First line\nsecond line");
+    await s.sendKeys(box, Keys.Enter);
+    await on("carol");
+    await waitText("First line\nsecond line");
+  });
+
   it("edits and deletes, on every device", async () => {
     await on("carol");
     await send("Meeting at 3pm");
@@ -231,6 +245,12 @@ describe("chat features", () => {
     await waitFor("the image to load through the attachment scheme", () =>
       s.execute<boolean>("return arguments[0].complete && arguments[0].naturalWidth === 2;", [img]),
     );
+    // And it can be saved: into the Downloads folder, under its own name.
+    await s.clickOn('figure.image button[aria-label="Save to Downloads"]');
+    const toast = await s.waitFor('[data-testid="toast"]');
+    const saved = join(h.home, "downloads", "tiny.png");
+    expect(await s.text(toast)).toContain(saved);
+    expect(readFileSync(saved).equals(PNG)).toBe(true);
 
     await on("carol");
     await s.sendKeys(await s.find('[data-testid="file-input"]'), huge);
@@ -285,11 +305,20 @@ describe("chat features", () => {
     await h.screenshot("revoked-device-signed-out");
   });
 
-  it("leaves a room", async () => {
+  it("leaves a room, and joins it back from the public rooms", async () => {
     await on("dave");
+    await s.clickOn('[data-testid="conversation"][data-title="general"]');
     await s.clickOn('[data-testid="room-info"]');
+    // The member list loads into the dialog and moves its buttons: click once it is there.
+    await waitFor("the member list", async () => (await s.findAll('[data-testid="room-info-dialog"] .list li')).length === 2);
     await s.clickOn('[data-testid="leave-room"]');
     await waitFor("the room to leave the list", async () => (await s.findAll('[data-testid="conversation"][data-title="general"]')).length === 0);
+
+    await s.clickOn('[data-testid="menu"]');
+    await s.clickOn('[data-testid="menu-browse-rooms"]');
+    await s.clickOn('[data-testid="browse-rooms-dialog"] [data-testid="join-room"]');
+    await s.waitFor('[data-testid="conversation-view"][data-title="general"]');
+    await waitText("history 80");
   });
 
   it("remembers the server, the session, the conversations and the window size on the next launch", async () => {

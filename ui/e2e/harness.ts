@@ -75,6 +75,9 @@ export class Harness {
     this.port = await freePort();
     const nativePort = await freePort();
     const home = this.home;
+    // Saved attachments go to the Downloads folder the desktop names; make it one of ours.
+    mkdirSync(join(home, "config"), { recursive: true });
+    writeFileSync(join(home, "config", "user-dirs.dirs"), `XDG_DOWNLOAD_DIR="${join(home, "downloads")}"\n`);
     const log = createWriteStream(join(ARTIFACTS, `${this.name}.log`));
     this.driver = spawn("tauri-driver", ["--port", String(this.port), "--native-port", String(nativePort)], {
       env: {
@@ -85,7 +88,7 @@ export class Harness {
         XDG_CONFIG_HOME: join(home, "config"),
         XDG_DATA_HOME: join(home, "share"),
         XDG_CACHE_HOME: join(home, "cache"),
-        XDG_DOWNLOAD_DIR: join(home, "downloads"),
+        HOME: home,
         RUST_LOG: process.env.RUST_LOG ?? "warn,chat_desktop=info,client=info,lab=info",
         NO_AT_BRIDGE: "1",
       },

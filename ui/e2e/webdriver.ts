@@ -125,7 +125,7 @@ export class Session {
 }
 
 /** WebDriver key codes. */
-export const Keys = { Enter: "\uE007", Shift: "\uE008", Escape: "\uE00C" } as const;
+export const Keys = { Null: "\uE000", Enter: "\uE007", Shift: "\uE008", Escape: "\uE00C" } as const;
 
 async function request<T>(base: string, method: string, path: string, body?: unknown): Promise<T> {
   const res = await fetch(`${base}${path}`, {

@@ -176,6 +176,7 @@ function BrowseRooms({ state, actions, onClose }: Props) {
                 <button
                   class="primary"
                   disabled={busy}
+                  data-testid="join-room"
                   onClick={() =>
                     void run(async () => {
                       const summary = await api.joinRoom(r.id);
