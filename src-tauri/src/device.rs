@@ -530,3 +530,69 @@ fn notify_if_unfocused(device: &Device, app: &AppHandle, e: &protocol::model::Ev
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::model::ConversationSummary;
+
+    fn session(user: i64, device: &DeviceId) -> Session {
+        Session {
+            server: "http://127.0.0.1:9".into(),
+            token: "t".into(),
+            user: UserInfo {
+                id: UserId(user),
+                username: format!("user{user}"),
+            },
+            device: device.clone(),
+            expires_at: i64::MAX,
+        }
+    }
+
+    fn conversation() -> ConversationSummary {
+        ConversationSummary {
+            id: ConvId(1),
+            kind: ConvKind::Direct,
+            name: "x".into(),
+            peer: None,
+            public: false,
+            member_count: 2,
+            last_seq: 0,
+            last_message: None,
+            read_seq: 0,
+            unread: 0,
+            peer_read_seq: None,
+            created_at: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn one_users_history_never_reaches_the_next() -> Result<()> {
+        let dir =
+            std::env::temp_dir().join(format!("chat-desktop-device-{}", uuid::Uuid::new_v4()));
+        let device = Device::open("main", dir.clone())?;
+        device.sign_in(session(1, &device.id), "laptop".into())?;
+        device.cache.put_conversation(&conversation())?;
+        store::write_json(&dir.join("state.json"), &ClientState::default(), true)?;
+
+        // Revoked: the session goes, the cache stays for the same user signing in again.
+        device.inner.lock().session = None;
+        device.sign_in(session(1, &device.id), "laptop".into())?;
+        assert_eq!(device.cache.conversations()?.len(), 1);
+
+        // Somebody else on this device starts from nothing.
+        device.inner.lock().session = None;
+        device.sign_in(session(2, &device.id), "laptop".into())?;
+        assert!(device.cache.conversations()?.is_empty());
+        assert!(!dir.join("state.json").exists());
+
+        // Signing out forgets everything, and the device keeps its id.
+        let id = device.id.clone();
+        device.sign_out().await?;
+        assert!(device.session_view().is_none());
+        assert!(!dir.join("session.json").exists());
+        assert_eq!(Device::open("main", dir.clone())?.id, id);
+        std::fs::remove_dir_all(dir)?;
+        Ok(())
+    }
+}

@@ -49,8 +49,12 @@ export class Harness {
   session: Session | null = null;
   private shot = 0;
 
-  /** `name` prefixes screenshots and names the log, so several scenarios share the folder. */
-  constructor(readonly name: string) {
+  /** `name` prefixes screenshots and names the log, so several scenarios share the folder;
+   * `env` is added to the app's environment (a GTK theme, say). */
+  constructor(
+    readonly name: string,
+    private readonly env: Record<string, string> = {},
+  ) {
     const home = mkdtempSync(join(tmpdir(), "chat-desktop-e2e-"));
     this.dataDir = join(home, "data");
     mkdirSync(ARTIFACTS, { recursive: true });
@@ -91,6 +95,7 @@ export class Harness {
         HOME: home,
         RUST_LOG: process.env.RUST_LOG ?? "warn,chat_desktop=info,client=info,lab=info",
         NO_AT_BRIDGE: "1",
+        ...this.env,
       },
       stdio: ["ignore", "pipe", "pipe"],
     });
