@@ -102,7 +102,7 @@ export function ChatScreen({ boot, onSignedOut }: { boot: Boot; onSignedOut: (re
 
   return (
     <div class="chat-screen" data-testid="chat-screen" data-user={state.me?.username ?? ""} data-ready={String(connected)}>
-      <Sidebar state={state} actions={actions} boot={boot} />
+      <Sidebar state={state} actions={actions} />
       <main class="pane">
         {selected ? (
           <Conversation key={selected.id} conv={selected} state={state} dispatch={dispatch} actions={actions} />

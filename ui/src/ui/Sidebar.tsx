@@ -3,7 +3,6 @@
 
 import type { JSX } from "preact";
 import { useEffect, useState } from "preact/hooks";
-import type { Boot } from "../ipc/types";
 import type { ChatState } from "../model/chat";
 import { listTime } from "../model/format";
 import { lastActivity, peerOnline, preview, sortedConversations, statusLine, title, waitingCount } from "../model/view";
@@ -12,7 +11,7 @@ import { Avatar } from "./common";
 import { ComposeIcon, DevicesIcon, HashIcon, LogoutIcon, MoreIcon, SearchIcon, ServerIcon, UsersIcon, WindowIcon } from "./icons";
 import * as api from "../ipc/commands";
 
-export function Sidebar({ state, actions }: { state: ChatState; actions: Actions; boot: Boot }) {
+export function Sidebar({ state, actions }: { state: ChatState; actions: Actions }) {
   const [filter, setFilter] = useState("");
   const [menu, setMenu] = useState(false);
   const now = Date.now();

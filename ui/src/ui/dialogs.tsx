@@ -312,6 +312,7 @@ function Devices({ actions, onClose }: Props) {
 
 function Cluster({ state, actions, onClose }: Props) {
   const [view, setView] = useState<ClusterView | null>(null);
+  const [changing, setChanging] = useState(false);
   const { busy, error, run } = useAction();
   const load = () => api.clusterStatus().then(setView, (e) => actions.fail(e));
   useEffect(() => {
@@ -368,6 +369,17 @@ function Cluster({ state, actions, onClose }: Props) {
       </table>
       {view?.local && <p class="muted small">Kill sends SIGKILL, as a crash would: devices on that node reconnect to another one and resync, with nothing lost or doubled.</p>}
       <ErrorText error={error} />
+      <div class="row end">
+        {changing && <span class="muted small grow">Every window is signed out; the app restarts and asks where to connect.</span>}
+        {changing && (
+          <button class="secondary" onClick={() => setChanging(false)}>
+            Cancel
+          </button>
+        )}
+        <button class="danger" disabled={busy} onClick={() => (changing ? void run(() => api.forgetServer()) : setChanging(true))}>
+          {changing ? "Sign out and change" : "Change server…"}
+        </button>
+      </div>
     </Dialog>
   );
 }
