@@ -70,6 +70,9 @@ pub struct PhaseReport {
     /// The load generator's own CPU, as a share of one core (if it nears the machine's cores,
     /// the figures measure the generator, not the cluster).
     pub generator_cores: f64,
+    /// The server CPU split by process group (controller, each node, each external command),
+    /// as shares of one core.
+    pub cpu_by_group: Vec<(String, f64)>,
 }
 
 /// Memory figures.
@@ -139,6 +142,15 @@ fn rss_bytes(pid: u32) -> i64 {
         .unwrap_or(0)
 }
 
+/// The machine's load averages (1, 5, 15 minutes) as `/proc/loadavg` says: the figures of a
+/// busy machine are not comparable with a quiet one's.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".into())
+}
+
 /// Pids of processes whose command name is one of `names`.
 fn pids_named(names: &[String]) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -155,6 +167,46 @@ fn pids_named(names: &[String]) -> Vec<u32> {
 }
 
 const TICKS_PER_SEC: f64 = 100.0;
+
+/// The server processes whose CPU the figures count, in named groups: the controller, each
+/// node, and each external command (all its processes together, e.g. every `postgres`
+/// backend).
+struct CpuGroups(Vec<(String, Vec<u32>)>);
+
+impl CpuGroups {
+    fn of(cluster: &Cluster, external: &[String]) -> Self {
+        let mut groups = vec![("controller".to_owned(), vec![cluster.controller_pid()])];
+        for n in cluster.nodes() {
+            groups.push((n.id.to_string(), vec![n.pid]));
+        }
+        for name in external {
+            groups.push((name.clone(), pids_named(std::slice::from_ref(name))));
+        }
+        CpuGroups(groups)
+    }
+
+    /// CPU ticks of each group so far.
+    fn ticks(&self) -> Vec<u64> {
+        self.0
+            .iter()
+            .map(|(_, pids)| pids.iter().map(|p| cpu_ticks(*p)).sum())
+            .collect()
+    }
+
+    /// Each group's CPU between two readings, in cores over `secs`.
+    fn cores(&self, before: &[u64], after: &[u64], secs: f64) -> Vec<(String, f64)> {
+        self.0
+            .iter()
+            .zip(before.iter().zip(after))
+            .map(|((name, _), (b, a))| {
+                (
+                    name.clone(),
+                    a.saturating_sub(*b) as f64 / TICKS_PER_SEC / secs,
+                )
+            })
+            .collect()
+    }
+}
 
 /// Opens a user's socket on the node the controller assigns, says hello, and starts its reader.
 async fn connect(
@@ -285,9 +337,7 @@ pub async fn run(
 ) -> Result<(Option<MemoryReport>, Vec<PhaseReport>)> {
     let url = cluster.controller_url().to_owned();
     let node_pids: Vec<u32> = cluster.nodes().iter().map(|n| n.pid).collect();
-    let mut server_pids = node_pids.clone();
-    server_pids.push(cluster.controller_pid());
-    server_pids.extend(pids_named(&config.external));
+    let groups = CpuGroups::of(cluster, &config.external);
     let http = client::api::http_client()?;
     let recorder = Arc::new(Recorder {
         hist: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
@@ -324,7 +374,13 @@ pub async fn run(
             report.rss_increase as f64 / (1024.0 * 1024.0),
             report.per_connection() / 1024.0
         );
+        // Close them (the load phases measure the talking users alone), and let the nodes
+        // forget them before the load starts.
+        for v in &idle {
+            let _ = v.tx.send(Message::Close(None));
+        }
         drop(idle);
+        tokio::time::sleep(Duration::from_secs(1)).await;
         Some(report)
     } else {
         None
@@ -404,7 +460,7 @@ pub async fn run(
         recorder.phase.store(phase, Ordering::Relaxed);
         recorder.delivered.store(0, Ordering::Relaxed);
         recorder.hist.lock().reset();
-        let cpu_before: u64 = server_pids.iter().map(|p| cpu_ticks(*p)).sum();
+        let cpu_before = groups.ticks();
         let gen_before = cpu_ticks(std::process::id());
         let started = Instant::now();
         let mut sent = 0u64;
@@ -445,10 +501,11 @@ pub async fn run(
             }
         }
         let total_secs = started.elapsed().as_secs_f64();
-        let cpu_after: u64 = server_pids.iter().map(|p| cpu_ticks(*p)).sum();
+        let cpu_after = groups.ticks();
         let gen_secs = (cpu_ticks(std::process::id()) - gen_before) as f64 / TICKS_PER_SEC;
         let delivered = recorder.delivered.load(Ordering::Relaxed);
-        let cpu_secs = (cpu_after - cpu_before) as f64 / TICKS_PER_SEC;
+        let cpu_by_group = groups.cores(&cpu_before, &cpu_after, total_secs);
+        let cpu_secs = cpu_by_group.iter().map(|(_, c)| c).sum::<f64>() * total_secs;
         let latency_us = {
             let h = recorder.hist.lock();
             [
@@ -469,8 +526,10 @@ pub async fn run(
             cpu_cores: cpu_secs / total_secs,
             cpu_us_per_message: cpu_secs * 1e6 / delivered.max(1) as f64,
             generator_cores: gen_secs / total_secs,
+            cpu_by_group,
         };
         println!("{}", format_phase(&report));
+        println!("{}  (load average {})", format_cpu(&report), load_average());
         reports.push(report);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -482,6 +541,48 @@ pub async fn run(
 
 fn ms(us: u64) -> String {
     format!("{:.2}", us as f64 / 1000.0)
+}
+
+/// The CPU split of a phase, on a line of its own.
+pub fn format_cpu(r: &PhaseReport) -> String {
+    let groups: Vec<String> = r
+        .cpu_by_group
+        .iter()
+        .map(|(name, cores)| format!("{name} {cores:.2}"))
+        .collect();
+    format!("             cpu cores: {}", groups.join(" · "))
+}
+
+/// The figures of every phase as one table, for reports.
+pub fn format_summary(memory: Option<&MemoryReport>, phases: &[PhaseReport]) -> String {
+    let mut out = String::new();
+    if let Some(m) = memory {
+        out.push_str(&format!(
+            "memory per idle connection: {:.2} KiB ({} connections)\n",
+            m.per_connection() / 1024.0,
+            m.connections
+        ));
+    }
+    out.push_str(
+        "  rate/s  sent/s deliv/s   lost  p50 ms  p90 ms  p99 ms p99.9 ms   max ms  cores  µs/msg\n",
+    );
+    for r in phases {
+        out.push_str(&format!(
+            "{:>8} {:>7.0} {:>7.0} {:>6} {:>7} {:>7} {:>7} {:>8} {:>8} {:>6.2} {:>7.1}\n",
+            r.offered,
+            r.sent_rate,
+            r.delivered_rate,
+            r.lost,
+            ms(r.latency_us[0]),
+            ms(r.latency_us[1]),
+            ms(r.latency_us[2]),
+            ms(r.latency_us[3]),
+            ms(r.latency_us[4]),
+            r.cpu_cores,
+            r.cpu_us_per_message,
+        ));
+    }
+    out
 }
 
 /// One line per phase.

@@ -113,17 +113,30 @@ struct BenchArgs {
     /// redis-server,beam.smp,postgres when the cluster uses them).
     #[arg(long, value_delimiter = ',')]
     external: Vec<String>,
+    /// Environment for every server process, KEY=VALUE, repeatable (the lab passes no CHAT_*
+    /// variable of its own environment on): e.g. CHAT_WORKER_THREADS=0 to compare runtimes.
+    #[arg(long = "server-env", value_parser = parse_env)]
+    server_env: Vec<(String, String)>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
     let mut config = args.cluster.config();
     config.own_process_groups = false;
     config.controller_args = vec!["--password-hash".into(), "fast".into()];
+    config.env = args.server_env;
     let cluster = lab::Cluster::start(config).await?;
     println!(
-        "cluster: {} · {} nodes",
+        "cluster: {} · {} nodes · load average {}",
         cluster.controller_url(),
-        cluster.nodes().len()
+        cluster.nodes().len(),
+        lab::bench::load_average()
     );
     let bench = lab::bench::BenchConfig {
         users: args.users,
@@ -134,7 +147,12 @@ async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
     };
     let result = lab::bench::run(&cluster, &bench).await;
     cluster.shutdown().await?;
-    result.map(|_| true)
+    let (memory, phases) = result?;
+    println!(
+        "\nsummary:\n{}",
+        lab::bench::format_summary(memory.as_ref(), &phases)
+    );
+    Ok(true)
 }
 
 #[tokio::main]
