@@ -631,6 +631,11 @@ impl MemberCache {
         }
     }
 
+    /// Whether some list of `conv` is cached (perhaps of an older epoch).
+    pub(crate) fn knows(&self, conv: ConvId) -> bool {
+        self.lists.lock().contains_key(&conv)
+    }
+
     /// Remembers the members of `conv` at `epoch` (sorted), unless a later epoch is known.
     pub(crate) fn put(&self, conv: ConvId, epoch: i64, members: Arc<[UserId]>) {
         let mut lists = self.lists.lock();
@@ -849,21 +854,108 @@ pub(crate) trait WriteOps: Send {
         conv: &NewConversation<'_>,
     ) -> impl Future<Output = StoreResult<Option<ConvId>>> + Send;
 
-    /// Called by [`append_batch`] once the batch's conversations are locked, before its first
-    /// event. A backend whose statements each cost a round trip (PostgreSQL) may look up here,
-    /// at once, which of the batch's ids and `(sender, client_id)` pairs are taken, then answer
-    /// [`WriteOps::insert_event`] from that and defer the inserts to one statement. It must
-    /// then write them before any statement that reads or changes events, and in
-    /// [`WriteOps::end_batch`]. By default, nothing.
-    fn begin_batch(&mut self, batch: &[NewEvent]) -> impl Future<Output = StoreResult<()>> + Send {
+    /// Called by [`append_batch`] before its first event: reads the heads of `convs` (ascending;
+    /// on backends whose writers run concurrently, locking each row until the commit, in that
+    /// order, so that two batches cannot deadlock) and the member ids of the conversations in
+    /// `members_of` (those whose list the process has not cached). The default takes one
+    /// statement per conversation; a backend whose statements each cost a round trip reads them
+    /// all at once.
+    ///
+    /// A backend may also look up here which of the batch's ids and `(sender, client_id)` pairs
+    /// are taken (after the locks, so that a key taken by a writer that committed meanwhile is
+    /// seen), then answer [`WriteOps::insert_event`] from that and defer the inserts to one
+    /// statement. It must then write them before any statement that reads or changes events,
+    /// and in [`WriteOps::end_batch`].
+    fn begin_batch(
+        &mut self,
+        convs: &[ConvId],
+        members_of: &[ConvId],
+        batch: &[NewEvent],
+    ) -> impl Future<Output = StoreResult<BatchStart>> + Send {
         let _ = batch;
-        async { Ok(()) }
+        async move {
+            let mut start = BatchStart::default();
+            for &conv in convs {
+                if let Some(head) = self.conv_head(conv).await? {
+                    start.heads.push((conv, head));
+                }
+            }
+            for &conv in members_of {
+                if start.heads.iter().any(|(c, _)| *c == conv) {
+                    let ids = self.member_ids(conv).await?;
+                    start.members.extend(ids.into_iter().map(|u| (conv, u)));
+                }
+            }
+            Ok(start)
+        }
     }
 
-    /// Called by [`append_batch`] after the batch's last event, before the heads are written
-    /// back: writes whatever was deferred. By default, nothing.
-    fn end_batch(&mut self) -> impl Future<Output = StoreResult<()>> + Send {
-        async { Ok(()) }
+    /// Called by [`append_batch`] after the batch's last event: writes whatever was deferred,
+    /// then the heads the batch changed. By default, one [`WriteOps::save_head`] each.
+    fn end_batch(
+        &mut self,
+        heads: &[(ConvId, ConvHead)],
+    ) -> impl Future<Output = StoreResult<()>> + Send {
+        async move {
+            for (conv, head) in heads {
+                self.save_head(*conv, head).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// What [`WriteOps::begin_batch`] read.
+#[derive(Default)]
+pub(crate) struct BatchStart {
+    /// The heads of the conversations that exist.
+    pub heads: Vec<(ConvId, ConvHead)>,
+    /// `(conversation, member)` for the conversations whose members were asked for.
+    pub members: Vec<(ConvId, UserId)>,
+}
+
+/// The keys a batch's deferred inserts may not take: the event ids and `(sender, client_id)`
+/// pairs found taken when the batch began, and those of the events waiting to be inserted.
+#[derive(Default)]
+pub(crate) struct TakenKeys {
+    ids: HashSet<i64>,
+    client_ids: HashSet<(i64, String)>,
+}
+
+impl TakenKeys {
+    /// Keys found in the database: `(id, sender, client_id)` rows.
+    pub(crate) fn found(rows: impl IntoIterator<Item = (i64, i64, Option<String>)>) -> Self {
+        let mut keys = TakenKeys::default();
+        for (id, sender, client_id) in rows {
+            keys.ids.insert(id);
+            if let Some(client_id) = client_id {
+                keys.client_ids.insert((sender, client_id));
+            }
+        }
+        keys
+    }
+
+    /// Takes the keys of `event` for it; `false` (and nothing taken) if one is taken already.
+    pub(crate) fn claim(&mut self, event: &Event) -> bool {
+        let pair = event
+            .client_id
+            .as_ref()
+            .map(|c| (event.sender.0, c.as_str().to_owned()));
+        if self.ids.contains(&event.id.0)
+            || pair.as_ref().is_some_and(|p| self.client_ids.contains(p))
+        {
+            return false;
+        }
+        self.ids.insert(event.id.0);
+        if let Some(pair) = pair {
+            self.client_ids.insert(pair);
+        }
+        true
+    }
+
+    /// Whether `id` is taken (by a stored event or a waiting one).
+    pub(crate) fn has_id(&self, id: MessageId) -> bool {
+        self.ids.contains(&id.0)
     }
 }
 
@@ -913,7 +1005,27 @@ impl BatchOutcome {
     }
 }
 
-/// Loads a conversation's state into `states` if it is not there yet.
+/// The members of `conv` at `epoch`: from the cache, else read (under the write lock).
+async fn members_at<T: WriteOps>(
+    tx: &mut T,
+    cache: &MemberCache,
+    conv: ConvId,
+    epoch: i64,
+) -> StoreResult<Arc<[UserId]>> {
+    if let Some(m) = cache.get(conv, epoch) {
+        return Ok(m);
+    }
+    let mut ids = tx.member_ids(conv).await?;
+    ids.sort_unstable();
+    let ids: Arc<[UserId]> = ids.into();
+    // Read under the write lock before any change of ours: the committed list at this epoch,
+    // safe to share now.
+    cache.put(conv, epoch, ids.clone());
+    Ok(ids)
+}
+
+/// Loads a conversation's state into `states` if it is not there yet (a conversation outside
+/// the batch's: the one of a resend's first event).
 async fn load_state<T: WriteOps>(
     tx: &mut T,
     cache: &MemberCache,
@@ -925,26 +1037,12 @@ async fn load_state<T: WriteOps>(
     }
     let state = match tx.conv_head(conv).await? {
         None => None,
-        Some(head) => {
-            let members = match cache.get(conv, head.member_epoch) {
-                Some(m) => m,
-                None => {
-                    let mut ids = tx.member_ids(conv).await?;
-                    ids.sort_unstable();
-                    let ids: Arc<[UserId]> = ids.into();
-                    // Read under the write lock before any change of ours: the committed list
-                    // at this epoch, safe to share now.
-                    cache.put(conv, head.member_epoch, ids.clone());
-                    ids
-                }
-            };
-            Some(ConvState {
-                head,
-                members,
-                dirty: false,
-                members_changed: false,
-            })
-        }
+        Some(head) => Some(ConvState {
+            members: members_at(tx, cache, conv, head.member_epoch).await?,
+            head,
+            dirty: false,
+            members_changed: false,
+        }),
     };
     states.insert(conv, state);
     Ok(())
@@ -958,17 +1056,43 @@ pub(crate) async fn append_batch<T: WriteOps>(
     cache: &MemberCache,
     batch: Vec<NewEvent>,
 ) -> StoreResult<BatchOutcome> {
-    let mut states = States::new();
-    // Read every head first, in id order: one read per conversation, and on backends with row
-    // locks, locks always taken in the same order, so two batches cannot deadlock.
+    // Every head first, in id order, with the member lists the cache lacks, in one go where
+    // the backend can.
     let mut convs: Vec<ConvId> = batch.iter().map(|e| e.conv).collect();
     convs.sort_unstable();
     convs.dedup();
-    for conv in convs {
-        load_state(tx, cache, &mut states, conv).await?;
+    let members_of: Vec<ConvId> = convs.iter().copied().filter(|c| !cache.knows(*c)).collect();
+    let start = tx.begin_batch(&convs, &members_of, &batch).await?;
+    let mut read: HashMap<ConvId, Vec<UserId>> = HashMap::new();
+    for (conv, user) in start.members {
+        read.entry(conv).or_default().push(user);
     }
-    // After the locks: a key taken by a writer that committed while we waited is seen.
-    tx.begin_batch(&batch).await?;
+    let mut states = States::new();
+    for conv in &convs {
+        states.insert(*conv, None);
+    }
+    for (conv, head) in start.heads {
+        let members = if members_of.binary_search(&conv).is_ok() {
+            let mut ids = read.remove(&conv).unwrap_or_default();
+            ids.sort_unstable();
+            let ids: Arc<[UserId]> = ids.into();
+            // Read under the write lock before any change of ours: the committed list at this
+            // epoch, safe to share now.
+            cache.put(conv, head.member_epoch, ids.clone());
+            ids
+        } else {
+            members_at(tx, cache, conv, head.member_epoch).await?
+        };
+        states.insert(
+            conv,
+            Some(ConvState {
+                head,
+                members,
+                dirty: false,
+                members_changed: false,
+            }),
+        );
+    }
 
     let mut results = Vec::with_capacity(batch.len());
     for ev in batch {
@@ -978,18 +1102,19 @@ pub(crate) async fn append_batch<T: WriteOps>(
             Err(Fail::Db(e)) => return Err(e),
         }
     }
-    tx.end_batch().await?;
 
+    let mut dirty = Vec::new();
     let mut changed = Vec::new();
     for (conv, state) in states {
         let Some(state) = state else { continue };
-        if state.dirty {
-            tx.save_head(conv, &state.head).await?;
-        }
         if state.members_changed {
             changed.push((conv, state.head.member_epoch, state.members));
         }
+        if state.dirty {
+            dirty.push((conv, state.head));
+        }
     }
+    tx.end_batch(&dirty).await?;
     Ok(BatchOutcome { results, changed })
 }
 

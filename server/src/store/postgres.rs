@@ -14,10 +14,11 @@
 //!   check could have refused: the shared rules check before they write, and unique keys are met
 //!   with `ON CONFLICT DO NOTHING` (a resent `client_id` is then answered with the first event).
 //!   One bad event is refused alone; its batch commits.
-//! - Each statement is a round trip to the server, so a batch of several events looks up at
-//!   once which of its ids and client ids are taken, then inserts all its events with one
-//!   statement (`UNNEST` of column arrays): a batch costs a handful of round trips whatever its
-//!   size. Should a writer of another conversation take one of those keys in between, the
+//! - Each statement is a round trip to the server, so a batch locks and reads the heads of all
+//!   its conversations with one statement, reads the member lists it has not cached with one,
+//!   looks up at once which of its ids and client ids are taken, inserts all its events with
+//!   one statement (`UNNEST` of column arrays) and writes the heads back with one: a batch
+//!   costs a handful of round trips whatever its size and its number of conversations. Should a writer of another conversation take one of those keys in between, the
 //!   insert comes up short and the batch is tried again.
 //! - A deadlock (possible only when a resend names an event of another conversation, locked out
 //!   of order) or a serialization failure aborts the batch's transaction; it is retried a few
@@ -42,7 +43,7 @@
 //! [`StoreError::Unavailable`] (retry later), constraint violations the store's own words (see
 //! [`common::constraint_error`]), values the database cannot hold [`StoreError::Invalid`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,8 +59,9 @@ use sqlx::migrate::{Migrate, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
 use super::common::{
-    self, AttachmentRow, ConvHead, ConversationRow, DeviceRow, EventColumns, EventRow, MemberCache,
-    MemberRow, MessageRef, NewConversation, RoomRow, SummaryRow, UserRow, WriteOps, event_select,
+    self, AttachmentRow, BatchStart, ConvHead, ConversationRow, DeviceRow, EventColumns, EventRow,
+    MemberCache, MemberRow, MessageRef, NewConversation, RoomRow, SummaryRow, TakenKeys, UserRow,
+    WriteOps, event_select,
 };
 use super::{
     Appended, AttachmentBlob, ConversationRecord, DeviceRecord, MemberRecord, NewEvent, Page,
@@ -302,10 +304,8 @@ struct Writer<'c> {
 /// the waiting events); the wait ends before any statement that reads or changes events.
 #[derive(Default)]
 struct Deferred {
-    /// Event ids taken, in the database or by a waiting event.
-    ids: HashSet<i64>,
-    /// `(sender, client_id)` pairs taken, likewise.
-    client_ids: HashSet<(i64, String)>,
+    /// Keys taken, in the database or by a waiting event.
+    keys: TakenKeys,
     /// The waiting events.
     rows: EventRows,
 }
@@ -420,18 +420,11 @@ impl<'c> Writer<'c> {
 
     /// Whether `id` may be among the waiting events.
     fn waits(&self, id: MessageId) -> bool {
-        self.deferred
-            .as_ref()
-            .is_some_and(|d| d.ids.contains(&id.0))
+        self.deferred.as_ref().is_some_and(|d| d.keys.has_id(id))
     }
-}
 
-impl WriteOps for Writer<'_> {
-    async fn begin_batch(&mut self, batch: &[NewEvent]) -> StoreResult<()> {
-        // One event is one insert anyway: no look-up first.
-        if batch.len() < 2 {
-            return Ok(());
-        }
+    /// Looks up which of the batch's keys are taken, and from now on defers inserts.
+    async fn defer_inserts(&mut self, batch: &[NewEvent]) -> StoreResult<()> {
         let ids: Vec<i64> = batch.iter().map(|e| e.id.0).collect();
         let (senders, client_ids): (Vec<i64>, Vec<&str>) = batch
             .iter()
@@ -451,20 +444,105 @@ impl WriteOps for Writer<'_> {
         .fetch_all(&mut *self.conn)
         .await
         .map_err(|e| self.err(e))?;
-        let mut deferred = Deferred::default();
-        for (id, sender, client_id) in taken {
-            deferred.ids.insert(id);
-            if let Some(client_id) = client_id {
-                deferred.client_ids.insert((sender, client_id));
-            }
-        }
-        self.deferred = Some(deferred);
+        self.deferred = Some(Deferred {
+            keys: TakenKeys::found(taken),
+            rows: EventRows::default(),
+        });
         Ok(())
     }
+}
 
-    async fn end_batch(&mut self) -> StoreResult<()> {
+impl WriteOps for Writer<'_> {
+    async fn begin_batch(
+        &mut self,
+        convs: &[ConvId],
+        members_of: &[ConvId],
+        batch: &[NewEvent],
+    ) -> StoreResult<BatchStart> {
+        // The locks that order each conversation's writers, held until the commit, taken in id
+        // order (the row lock is taken above the sort), so that batches cannot deadlock. Under
+        // READ COMMITTED a writer that waited for one reads the row as its holder committed it.
+        let ids: Vec<i64> = convs.iter().map(|c| c.0).collect();
+        let rows: Vec<(i64, String, bool, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT id, kind, is_public, last_seq, last_msg_seq, last_activity, member_epoch \
+             FROM conversations WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *self.conn)
+        .await
+        .map_err(|e| self.err(e))?;
+        let mut start = BatchStart::default();
+        for (id, kind, public, last_seq, last_msg_seq, last_activity, member_epoch) in rows {
+            start.heads.push((
+                ConvId(id),
+                ConvHead {
+                    kind: common::parse_conv_kind(&kind)?,
+                    public,
+                    last_seq: common::seq_from_db(last_seq)?,
+                    last_msg_seq: common::seq_from_db(last_msg_seq)?,
+                    last_activity,
+                    member_epoch,
+                },
+            ));
+        }
+        if !members_of.is_empty() {
+            // After the locks: membership changes under them.
+            let ids: Vec<i64> = members_of.iter().map(|c| c.0).collect();
+            let rows: Vec<(i64, i64)> =
+                sqlx::query_as("SELECT conv_id, user_id FROM members WHERE conv_id = ANY($1)")
+                    .bind(&ids)
+                    .fetch_all(&mut *self.conn)
+                    .await
+                    .map_err(|e| self.err(e))?;
+            start.members = rows
+                .into_iter()
+                .map(|(c, u)| (ConvId(c), UserId(u)))
+                .collect();
+        }
+        // One event is one insert anyway: no look-up first.
+        if batch.len() >= 2 {
+            self.defer_inserts(batch).await?;
+        }
+        Ok(start)
+    }
+
+    async fn end_batch(&mut self, heads: &[(ConvId, ConvHead)]) -> StoreResult<()> {
         self.flush().await?;
         self.deferred = None;
+        match heads {
+            [] => {}
+            [(conv, head)] => self.save_head(*conv, head).await?,
+            many => {
+                let mut ids = Vec::with_capacity(many.len());
+                let mut last_seq = Vec::with_capacity(many.len());
+                let mut last_msg_seq = Vec::with_capacity(many.len());
+                let mut last_activity = Vec::with_capacity(many.len());
+                let mut member_epoch = Vec::with_capacity(many.len());
+                for (conv, head) in many {
+                    ids.push(conv.0);
+                    last_seq.push(common::seq_to_db(head.last_seq));
+                    last_msg_seq.push(common::seq_to_db(head.last_msg_seq));
+                    last_activity.push(head.last_activity);
+                    member_epoch.push(head.member_epoch);
+                }
+                sqlx::query(
+                    "UPDATE conversations c SET last_seq = h.last_seq, \
+                     last_msg_seq = h.last_msg_seq, last_activity = h.last_activity, \
+                     member_epoch = h.member_epoch \
+                     FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[]) \
+                       AS h (id, last_seq, last_msg_seq, last_activity, member_epoch) \
+                     WHERE c.id = h.id",
+                )
+                .bind(ids)
+                .bind(last_seq)
+                .bind(last_msg_seq)
+                .bind(last_activity)
+                .bind(member_epoch)
+                .execute(&mut *self.conn)
+                .await
+                .map_err(|e| self.err(e))?;
+            }
+        }
         Ok(())
     }
 
@@ -580,20 +658,8 @@ impl WriteOps for Writer<'_> {
 
     async fn insert_event(&mut self, event: &Event, origin: &NodeId) -> StoreResult<bool> {
         if let Some(deferred) = &mut self.deferred {
-            let pair = event
-                .client_id
-                .as_ref()
-                .map(|c| (event.sender.0, c.as_str().to_owned()));
-            if deferred.ids.contains(&event.id.0)
-                || pair
-                    .as_ref()
-                    .is_some_and(|p| deferred.client_ids.contains(p))
-            {
+            if !deferred.keys.claim(event) {
                 return Ok(false);
-            }
-            deferred.ids.insert(event.id.0);
-            if let Some(pair) = pair {
-                deferred.client_ids.insert(pair);
             }
             deferred.rows.push(event, origin);
             return Ok(true);

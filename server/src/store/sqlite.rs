@@ -10,8 +10,16 @@
 //!   first, waiting up to [`BUSY_TIMEOUT`] for it. A deferred transaction that read first and
 //!   writes later can instead fail at once with `SQLITE_BUSY` when another process wrote in
 //!   between, without waiting.
-//! - Within a process, writes queue on a pool of one connection (FIFO, async) rather than on
-//!   SQLite's busy handler, which sleeps and polls; reads use a pool of their own.
+//! - Within a process, writes queue on one connection (behind a FIFO async mutex); between
+//!   processes, on a kernel file lock (`flock` of `<file>.write-lock`) taken before `BEGIN
+//!   IMMEDIATE`, rather than on SQLite's busy handler, which sleeps and polls. Reads use a pool
+//!   of their own.
+//! - sqlx runs each statement on the connection's own thread, so every statement costs two
+//!   thread switches. An append batch therefore takes two: `BEGIN IMMEDIATE` with one `SELECT`
+//!   of the heads of its conversations, the member lists not cached and the keys already taken,
+//!   then, at the commit, one `INSERT` of all its events (a JSON array read by `json_each`), one
+//!   `UPDATE` of the heads and `COMMIT`, sent together. Plain messages run no statement in
+//!   between; an edit, a delete or a reply reads what it needs on the way.
 //! - sqlx takes no lock to run SQLite migrations, so they run inside a `BEGIN IMMEDIATE` too:
 //!   processes opening a new file at once apply them one after the other.
 //!
@@ -32,11 +40,12 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Connection, Sqlite, Transaction};
+use sqlx::{Connection, Sqlite};
 
 use super::common::{
-    self, AttachmentRow, ConvHead, ConversationRow, DeviceRow, EventColumns, EventRow, MemberCache,
-    MemberRow, MessageRef, NewConversation, RoomRow, SummaryRow, UserRow, WriteOps, event_select,
+    self, AttachmentRow, BatchStart, ConvHead, ConversationRow, DeviceRow, EventColumns, EventRow,
+    MemberCache, MemberRow, MessageRef, NewConversation, RoomRow, SummaryRow, TakenKeys, UserRow,
+    WriteOps, event_select,
 };
 use super::{
     Appended, AttachmentBlob, ConversationRecord, DeviceRecord, MemberRecord, NewEvent, Page,
@@ -60,62 +69,188 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 pub struct SqliteStore {
     /// Reads only.
     reader: SqlitePool,
-    /// One connection: this process's writes queue here, each in a `BEGIN IMMEDIATE`.
-    writer: SqlitePool,
+    /// This process's writes queue here, each in a `BEGIN IMMEDIATE` transaction.
+    writer: Arc<tokio::sync::Mutex<WriteConn>>,
     members: Arc<MemberCache>,
     /// `<file>.write-lock`: writers of every process take it (flock) before `BEGIN IMMEDIATE`.
     write_lock: Arc<std::path::PathBuf>,
 }
 
-/// A write transaction and the cross-process writer lock it holds.
+/// The process's write connection and its share of the writers' file lock.
 ///
 /// SQLite lets one writer in at a time and makes the others wait in its busy handler, which
 /// sleeps 1, 2, 5, 10… ms between tries: with several node processes writing, most of a
 /// commit's latency would be those sleeps. An exclusive `flock` taken first queues writers in
 /// the kernel, which wakes the next one the moment the lock is let go, so the file's write lock
 /// is always free when `BEGIN IMMEDIATE` asks for it.
+struct WriteConn {
+    conn: SqliteConnection,
+    lock: FileLock,
+    /// `BEGIN` was sent and neither `COMMIT` nor `ROLLBACK` went through: a caller went away
+    /// (or failed) in the middle of a transaction. The next writer rolls it back first; until
+    /// then this process keeps the file lock, so no other process meets a half-done writer.
+    open: bool,
+}
+
+/// The writers' lock file: kept open for the life of the store, locked per transaction.
+enum FileLock {
+    /// Open, not locked by us.
+    Free(std::fs::File),
+    /// Locked by us.
+    Held(nix::fcntl::Flock<std::fs::File>),
+    /// Not open (a wait for the lock was cancelled, or an unlock failed): opened again next time.
+    Closed,
+}
+
+impl FileLock {
+    /// Takes the lock: at once if nobody holds it (no thread involved), else waiting for the
+    /// kernel to hand it over on a blocking thread.
+    async fn acquire(&mut self, path: &std::path::Path) -> StoreResult<()> {
+        use nix::fcntl::{Flock, FlockArg};
+        let unavailable = |e: &dyn std::fmt::Display| {
+            StoreError::Unavailable(format!("writer lock {}: {e}", path.display()))
+        };
+        let file = match std::mem::replace(self, FileLock::Closed) {
+            // Kept from a transaction rolled back after its caller left.
+            FileLock::Held(held) => {
+                *self = FileLock::Held(held);
+                return Ok(());
+            }
+            FileLock::Free(file) => file,
+            FileLock::Closed => std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path)
+                .map_err(|e| unavailable(&e))?,
+        };
+        let held = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(held) => held,
+            Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
+                // If this wait is cancelled, the lock (taken later on that thread) is let go
+                // when its result is dropped, and the file is opened again next time.
+                tokio::task::spawn_blocking(move || Flock::lock(file, FlockArg::LockExclusive))
+                    .await
+                    .map_err(|e| StoreError::Internal(format!("writer lock task: {e}")))?
+                    .map_err(|(_, e)| unavailable(&e))?
+            }
+            Err((file, e)) => {
+                *self = FileLock::Free(file);
+                return Err(unavailable(&e));
+            }
+        };
+        *self = FileLock::Held(held);
+        Ok(())
+    }
+
+    /// Lets the lock go.
+    fn release(&mut self) {
+        if let FileLock::Held(held) = std::mem::replace(self, FileLock::Closed) {
+            match held.unlock() {
+                Ok(file) => *self = FileLock::Free(file),
+                // Dropping it unlocks as well as it can; the file is opened again next time.
+                Err((held, e)) => {
+                    tracing::warn!(error = %e, "could not unlock the SQLite writer lock");
+                    drop(held);
+                }
+            }
+        }
+    }
+}
+
+impl WriteConn {
+    /// Rolls back a transaction left open. Its error is only logged: a failed `ROLLBACK` means
+    /// SQLite already ended the transaction (it does so by itself after some errors).
+    async fn roll_back(&mut self) {
+        if !self.open {
+            return;
+        }
+        if let Err(e) = sqlx::query("ROLLBACK").execute(&mut self.conn).await {
+            let msg = e.to_string();
+            if !msg.contains("no transaction is active") {
+                tracing::warn!(error = %msg, "SQLite rollback failed");
+            }
+        }
+        self.open = false;
+    }
+}
+
+/// A write transaction: the process's write connection and the writers' file lock, both held
+/// until it ends. Committed with [`WriteTx::commit`] (or [`SqliteWriter::commit`]); dropped
+/// otherwise, it is rolled back, by the next writer of the process at the latest.
 struct WriteTx {
-    tx: Transaction<'static, Sqlite>,
-    /// Released (closed) after the commit or the rollback.
-    _lock: nix::fcntl::Flock<std::fs::File>,
+    conn: tokio::sync::OwnedMutexGuard<WriteConn>,
+    /// To roll back from a task of its own when dropped half-way.
+    mutex: Arc<tokio::sync::Mutex<WriteConn>>,
 }
 
 impl std::ops::Deref for WriteTx {
     type Target = SqliteConnection;
     fn deref(&self) -> &SqliteConnection {
-        &self.tx
+        &self.conn.conn
     }
 }
 
 impl std::ops::DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
-        &mut self.tx
+        &mut self.conn.conn
     }
 }
 
 impl WriteTx {
-    async fn commit(self) -> Result<(), sqlx::Error> {
-        self.tx.commit().await
+    /// Sends `BEGIN IMMEDIATE` as a statement of its own.
+    async fn begin(&mut self) -> StoreResult<()> {
+        self.conn.open = true;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut self.conn.conn)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Runs `query`, which ends with `COMMIT`; the transaction is over once it went through.
+    async fn finish<'q>(
+        &mut self,
+        query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    ) -> Result<(), sqlx::Error> {
+        query.execute(&mut self.conn.conn).await?;
+        self.conn.open = false;
+        Ok(())
+    }
+
+    async fn commit(mut self) -> Result<(), sqlx::Error> {
+        self.finish(sqlx::query("COMMIT")).await
+    }
+
+    /// Rolls back now (after a failed statement).
+    async fn roll_back(mut self) {
+        self.conn.roll_back().await;
     }
 }
 
-/// Takes the writer lock of the file, waiting for other processes' writers.
-async fn lock_writers(
-    path: Arc<std::path::PathBuf>,
-) -> StoreResult<nix::fcntl::Flock<std::fs::File>> {
-    tokio::task::spawn_blocking(move || {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&*path)
-            .map_err(|e| StoreError::Unavailable(format!("writer lock {}: {e}", path.display())))?;
-        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
-            StoreError::Unavailable(format!("writer lock {}: {e}", path.display()))
-        })
-    })
-    .await
-    .map_err(|e| StoreError::Internal(format!("writer lock task: {e}")))?
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if !self.conn.open {
+            self.conn.lock.release();
+            return;
+        }
+        // Dropped in the middle of a transaction (its caller went away): roll back as soon as
+        // possible, keeping the file lock until then. Whichever comes first, this task or the
+        // process's next writer, does it.
+        let mutex = self.mutex.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    let mut conn = mutex.lock_owned().await;
+                    conn.roll_back().await;
+                    conn.lock.release();
+                });
+            }
+            Err(_) => tracing::warn!(
+                "SQLite transaction dropped outside a runtime; the next writer rolls it back"
+            ),
+        }
+    }
 }
 
 impl SqliteStore {
@@ -147,10 +282,7 @@ impl SqliteStore {
         migrate(&mut setup).await?;
         setup.close().await.map_err(db_err)?;
 
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options.clone())
+        let writer = SqliteConnection::connect_with(&options)
             .await
             .map_err(db_err)?;
         let reader = SqlitePoolOptions::new()
@@ -163,29 +295,54 @@ impl SqliteStore {
         lock.push(".write-lock");
         Ok(SqliteStore {
             reader,
-            writer,
+            writer: Arc::new(tokio::sync::Mutex::new(WriteConn {
+                conn: writer,
+                lock: FileLock::Closed,
+                open: false,
+            })),
             members: Arc::new(MemberCache::default()),
             write_lock: Arc::new(lock.into()),
         })
     }
 
+    /// The write connection with the writers' lock, no transaction begun yet.
+    async fn write_conn(&self) -> StoreResult<WriteTx> {
+        let mutex = self.writer.clone();
+        let mut conn = tokio::time::timeout(ACQUIRE_TIMEOUT, mutex.clone().lock_owned())
+            .await
+            .map_err(|_| StoreError::Unavailable("the SQLite writer stayed busy".into()))?;
+        conn.roll_back().await;
+        conn.lock.acquire(&self.write_lock).await?;
+        Ok(WriteTx { conn, mutex })
+    }
+
     /// A write transaction, holding the writers' lock and the file's write lock.
     async fn write_tx(&self) -> StoreResult<WriteTx> {
-        let lock = lock_writers(self.write_lock.clone()).await?;
-        let tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err)?;
-        Ok(WriteTx { tx, _lock: lock })
+        let mut tx = self.write_conn().await?;
+        tx.begin().await?;
+        Ok(tx)
     }
 
     async fn append_batch(&self, batch: Vec<NewEvent>) -> StoreResult<Vec<StoreResult<Appended>>> {
-        let mut tx = self.write_tx().await?;
-        let outcome = common::append_batch(&mut *tx, &self.members, batch).await?;
-        tx.commit().await.map_err(db_err)?;
-        outcome.remember_members(&self.members);
-        Ok(outcome.results)
+        // Begun by the batch's first statement (see the module docs).
+        let mut tx = self.write_conn().await?;
+        let mut writer = SqliteWriter::lazy(&mut tx);
+        let outcome = common::append_batch(&mut writer, &self.members, batch).await;
+        let outcome = match outcome {
+            Ok(outcome) => writer.commit().await.map(|()| outcome),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(outcome) => {
+                drop(tx);
+                outcome.remember_members(&self.members);
+                Ok(outcome.results)
+            }
+            Err(e) => {
+                tx.roll_back().await;
+                Err(e)
+            }
+        }
     }
 }
 
@@ -270,19 +427,276 @@ fn db_err(e: sqlx::Error) -> StoreError {
 // ---------------------------------------------------------------------------------------------
 // The write path's statements
 
-impl WriteOps for SqliteConnection {
+/// The start of an append batch, in one statement: the heads of its conversations (`$1`), the
+/// members of those whose list the process has not cached (`$2`), and which of its event ids
+/// (`$3`) and `(sender, client_id)` pairs (`$4`) are taken; each a JSON array. One row shape
+/// for all, told apart by `tag`: 0 head `(id, is_public, last_seq, last_msg_seq, last_activity,
+/// member_epoch, kind)`, 1 member `(conv, user)`, 2 key `(id, sender, client_id)`.
+macro_rules! batch_start {
+    () => {
+        "SELECT 0 AS tag, c.id AS v1, c.is_public AS v2, c.last_seq AS v3, c.last_msg_seq AS v4, \
+           c.last_activity AS v5, c.member_epoch AS v6, c.kind AS t \
+         FROM conversations c WHERE c.id IN (SELECT value FROM json_each($1)) \
+         UNION ALL SELECT 1, m.conv_id, m.user_id, 0, 0, 0, 0, NULL \
+         FROM members m WHERE m.conv_id IN (SELECT value FROM json_each($2)) \
+         UNION ALL SELECT 2, e.id, e.sender, 0, 0, 0, 0, e.client_id \
+         FROM events e WHERE e.id IN (SELECT value FROM json_each($3)) \
+         UNION ALL SELECT 2, e.id, e.sender, 0, 0, 0, 0, e.client_id \
+         FROM json_each($4) k CROSS JOIN events e \
+           ON e.sender = k.value ->> 0 AND e.client_id = k.value ->> 1 AND e.client_id IS NOT NULL"
+    };
+}
+
+/// Inserts the events of a JSON array (`$1`) of rows in [`SqliteWriter::push_row`]'s order.
+macro_rules! insert_rows {
+    () => {
+        "INSERT INTO events (id, conv_id, seq, at, sender, device, client_id, origin, body_type, \
+           msg_kind, member_action, member_user, text, attachment_id, reply_to, target) \
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+           value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11, \
+           value ->> 12, value ->> 13, value ->> 14, value ->> 15 \
+         FROM json_each($1)"
+    };
+}
+
+/// The end of an append batch: its waiting events (`$1`), its heads (`$2`: `[id, last_seq,
+/// last_msg_seq, last_activity, member_epoch]` rows), and the commit.
+const FINISH_BATCH: &str = concat!(
+    insert_rows!(),
+    "; UPDATE conversations SET last_seq = h.value ->> 1, last_msg_seq = h.value ->> 2, \
+       last_activity = h.value ->> 3, member_epoch = h.value ->> 4 \
+     FROM json_each($2) AS h WHERE conversations.id = h.value ->> 0; \
+     COMMIT"
+);
+
+/// A row of the batch start: tag and six numbers and a text.
+type StartRow = (i64, i64, i64, i64, i64, i64, i64, Option<String>);
+
+/// A write transaction as the shared write path drives it (see [`WriteOps`]).
+struct SqliteWriter<'t> {
+    tx: &'t mut WriteTx,
+    /// `BEGIN IMMEDIATE` is still to be sent, with the batch's first statement.
+    lazy: bool,
+    /// In a batch: its inserts, waiting to go in one statement.
+    deferred: Option<Deferred>,
+    /// The heads to write back with the commit, as a JSON array.
+    heads: Option<String>,
+}
+
+/// A batch's inserts, deferred: answered from the keys found taken when the batch began (and
+/// those of the waiting events), written before any statement that reads or changes events,
+/// and at the commit.
+struct Deferred {
+    keys: TakenKeys,
+    /// The waiting rows: a JSON array without its closing bracket.
+    rows: Vec<u8>,
+}
+
+impl Deferred {
+    fn is_empty(&self) -> bool {
+        self.rows.len() <= 1
+    }
+
+    /// The waiting rows as a JSON array; none wait afterwards.
+    fn take_rows(&mut self) -> StoreResult<String> {
+        let mut rows = std::mem::replace(&mut self.rows, b"[".to_vec());
+        rows.push(b']');
+        String::from_utf8(rows).map_err(|e| StoreError::Internal(format!("event rows: {e}")))
+    }
+}
+
+impl<'t> SqliteWriter<'t> {
+    /// Over a transaction begun already.
+    fn new(tx: &'t mut WriteTx) -> Self {
+        SqliteWriter {
+            tx,
+            lazy: false,
+            deferred: None,
+            heads: None,
+        }
+    }
+
+    /// Over a connection whose transaction the batch's first statement begins.
+    fn lazy(tx: &'t mut WriteTx) -> Self {
+        SqliteWriter {
+            lazy: true,
+            ..SqliteWriter::new(tx)
+        }
+    }
+
+    fn conn(&mut self) -> &mut SqliteConnection {
+        &mut *self.tx
+    }
+
+    /// Adds an event to the waiting rows, its columns in [`insert_rows!`]'s order.
+    fn push_row(rows: &mut Vec<u8>, event: &Event, origin: &NodeId) -> StoreResult<()> {
+        let c = EventColumns::of(&event.body);
+        let row = (
+            event.id.0,
+            event.conv.0,
+            common::seq_to_db(event.seq),
+            event.at,
+            event.sender.0,
+            event.device.as_ref().map(DeviceId::as_str),
+            event.client_id.as_ref().map(ClientMsgId::as_str),
+            origin.as_str(),
+            c.body_type,
+            c.msg_kind,
+            c.member_action,
+            c.member_user,
+            c.text,
+            c.attachment_id,
+            c.reply_to,
+            c.target,
+        );
+        if rows.len() > 1 {
+            rows.push(b',');
+        }
+        serde_json::to_writer(&mut *rows, &row)
+            .map_err(|e| StoreError::Internal(format!("event row: {e}")))
+    }
+
+    /// Inserts the waiting events, if any.
+    async fn flush(&mut self) -> StoreResult<()> {
+        let Some(deferred) = self.deferred.as_mut().filter(|d| !d.is_empty()) else {
+            return Ok(());
+        };
+        let rows = deferred.take_rows()?;
+        sqlx::query(insert_rows!())
+            .bind(rows)
+            .execute(self.conn())
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Whether `id` may be among the waiting events.
+    fn waits(&self, id: MessageId) -> bool {
+        self.deferred.as_ref().is_some_and(|d| d.keys.has_id(id))
+    }
+
+    /// Writes what waits and the heads, and commits.
+    async fn commit(mut self) -> StoreResult<()> {
+        let rows = match self.deferred.as_mut().filter(|d| !d.is_empty()) {
+            Some(d) => Some(d.take_rows()?),
+            None => None,
+        };
+        let query = match (rows, self.heads.take()) {
+            (None, None) => sqlx::query("COMMIT"),
+            (rows, heads) => sqlx::query(FINISH_BATCH)
+                .bind(rows.unwrap_or_else(|| "[]".into()))
+                .bind(heads.unwrap_or_else(|| "[]".into())),
+        };
+        self.tx.finish(query).await.map_err(db_err)
+    }
+}
+
+/// A list of numbers as a JSON array.
+fn json_ids(ids: impl IntoIterator<Item = i64>) -> String {
+    let mut out = String::from("[");
+    for (i, id) in ids.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&id.to_string());
+    }
+    out.push(']');
+    out
+}
+
+impl WriteOps for SqliteWriter<'_> {
+    async fn begin_batch(
+        &mut self,
+        convs: &[ConvId],
+        members_of: &[ConvId],
+        batch: &[NewEvent],
+    ) -> StoreResult<BatchStart> {
+        let pairs: Vec<(i64, &str)> = batch
+            .iter()
+            .filter_map(|e| e.client_id.as_ref().map(|c| (e.sender.0, c.as_str())))
+            .collect();
+        let pairs = serde_json::to_string(&pairs)
+            .map_err(|e| StoreError::Internal(format!("client ids: {e}")))?;
+        let sql = if self.lazy {
+            // From here on a transaction may be open, whatever comes back.
+            self.tx.conn.open = true;
+            self.lazy = false;
+            concat!("BEGIN IMMEDIATE; ", batch_start!())
+        } else {
+            batch_start!()
+        };
+        let rows: Vec<StartRow> = sqlx::query_as(sql)
+            .bind(json_ids(convs.iter().map(|c| c.0)))
+            .bind(json_ids(members_of.iter().map(|c| c.0)))
+            .bind(json_ids(batch.iter().map(|e| e.id.0)))
+            .bind(pairs)
+            .fetch_all(self.conn())
+            .await
+            .map_err(db_err)?;
+        let mut start = BatchStart::default();
+        let mut taken = Vec::new();
+        for (tag, v1, v2, v3, v4, v5, v6, t) in rows {
+            match tag {
+                0 => start.heads.push((
+                    ConvId(v1),
+                    ConvHead {
+                        kind: common::parse_conv_kind(t.as_deref().unwrap_or_default())?,
+                        public: v2 != 0,
+                        last_seq: common::seq_from_db(v3)?,
+                        last_msg_seq: common::seq_from_db(v4)?,
+                        last_activity: v5,
+                        member_epoch: v6,
+                    },
+                )),
+                1 => start.members.push((ConvId(v1), UserId(v2))),
+                _ => taken.push((v1, v2, t)),
+            }
+        }
+        start.heads.sort_unstable_by_key(|(c, _)| *c);
+        self.deferred = Some(Deferred {
+            keys: TakenKeys::found(taken),
+            rows: b"[".to_vec(),
+        });
+        Ok(start)
+    }
+
+    async fn end_batch(&mut self, heads: &[(ConvId, ConvHead)]) -> StoreResult<()> {
+        if heads.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(i64, i64, i64, i64, i64)> = heads
+            .iter()
+            .map(|(conv, h)| {
+                (
+                    conv.0,
+                    common::seq_to_db(h.last_seq),
+                    common::seq_to_db(h.last_msg_seq),
+                    h.last_activity,
+                    h.member_epoch,
+                )
+            })
+            .collect();
+        // Written with the commit, in the same round trip.
+        self.heads = Some(
+            serde_json::to_string(&rows)
+                .map_err(|e| StoreError::Internal(format!("heads: {e}")))?,
+        );
+        Ok(())
+    }
+
     async fn event_by_client_id(
         &mut self,
         sender: UserId,
         client_id: &ClientMsgId,
     ) -> StoreResult<Option<Event>> {
+        self.flush().await?;
         sqlx::query_as::<_, EventRow>(concat!(
             event_select!(),
             " WHERE e.sender = $1 AND e.client_id = $2"
         ))
         .bind(sender.0)
         .bind(client_id.as_str())
-        .fetch_optional(&mut *self)
+        .fetch_optional(self.conn())
         .await
         .map_err(db_err)?
         .map(EventRow::into_event)
@@ -295,7 +709,7 @@ impl WriteOps for SqliteConnection {
              FROM conversations WHERE id = $1",
         )
         .bind(conv.0)
-        .fetch_optional(&mut *self)
+        .fetch_optional(self.conn())
         .await
         .map_err(db_err)?;
         let Some((kind, public, last_seq, last_msg_seq, last_activity, member_epoch)) = row else {
@@ -315,7 +729,7 @@ impl WriteOps for SqliteConnection {
         let ids: Vec<i64> =
             sqlx::query_scalar("SELECT user_id FROM members WHERE conv_id = $1 ORDER BY user_id")
                 .bind(conv.0)
-                .fetch_all(&mut *self)
+                .fetch_all(self.conn())
                 .await
                 .map_err(db_err)?;
         Ok(ids.into_iter().map(UserId).collect())
@@ -324,7 +738,7 @@ impl WriteOps for SqliteConnection {
     async fn user_exists(&mut self, user: UserId) -> StoreResult<bool> {
         let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM users WHERE id = $1")
             .bind(user.0)
-            .fetch_optional(&mut *self)
+            .fetch_optional(self.conn())
             .await
             .map_err(db_err)?;
         Ok(found.is_some())
@@ -334,7 +748,7 @@ impl WriteOps for SqliteConnection {
         let row: Option<(String, String, i64, i64)> =
             sqlx::query_as("SELECT name, mime, size, conv_id FROM attachments WHERE id = $1")
                 .bind(id.as_str())
-                .fetch_optional(&mut *self)
+                .fetch_optional(self.conn())
                 .await
                 .map_err(db_err)?;
         let Some((name, mime, size, conv)) = row else {
@@ -351,11 +765,15 @@ impl WriteOps for SqliteConnection {
     }
 
     async fn message_ref(&mut self, id: MessageId) -> StoreResult<Option<MessageRef>> {
+        // Mostly an older message: the waiting events matter only if it is one of them.
+        if self.waits(id) {
+            self.flush().await?;
+        }
         let row: Option<(i64, String, i64, bool, Option<String>)> = sqlx::query_as(
             "SELECT conv_id, body_type, sender, deleted, attachment_id FROM events WHERE id = $1",
         )
         .bind(id.0)
-        .fetch_optional(&mut *self)
+        .fetch_optional(self.conn())
         .await
         .map_err(db_err)?;
         let Some((conv, body_type, sender, deleted, attachment)) = row else {
@@ -376,6 +794,13 @@ impl WriteOps for SqliteConnection {
     }
 
     async fn insert_event(&mut self, event: &Event, origin: &NodeId) -> StoreResult<bool> {
+        if let Some(deferred) = &mut self.deferred {
+            if !deferred.keys.claim(event) {
+                return Ok(false);
+            }
+            Self::push_row(&mut deferred.rows, event, origin)?;
+            return Ok(true);
+        }
         let c = EventColumns::of(&event.body);
         let done = sqlx::query(
             "INSERT INTO events (id, conv_id, seq, at, sender, device, client_id, origin, body_type, \
@@ -399,18 +824,20 @@ impl WriteOps for SqliteConnection {
         .bind(c.attachment_id)
         .bind(c.reply_to)
         .bind(c.target)
-        .execute(&mut *self)
+        .execute(self.conn())
         .await
         .map_err(db_err)?;
         Ok(done.rows_affected() == 1)
     }
 
     async fn edit_message(&mut self, id: MessageId, text: &str, at: Millis) -> StoreResult<()> {
+        // The message may be waiting.
+        self.flush().await?;
         sqlx::query("UPDATE events SET text = $2, edited_at = $3 WHERE id = $1")
             .bind(id.0)
             .bind(text)
             .bind(at)
-            .execute(&mut *self)
+            .execute(self.conn())
             .await
             .map_err(db_err)?;
         Ok(())
@@ -421,16 +848,18 @@ impl WriteOps for SqliteConnection {
         id: MessageId,
         attachment: Option<&AttachmentId>,
     ) -> StoreResult<()> {
+        // The message, edits of it and events that show its attachment may be waiting.
+        self.flush().await?;
         sqlx::query(
             "UPDATE events SET text = '', attachment_id = NULL, deleted = TRUE WHERE id = $1",
         )
         .bind(id.0)
-        .execute(&mut *self)
+        .execute(self.conn())
         .await
         .map_err(db_err)?;
         sqlx::query("UPDATE events SET text = '' WHERE target = $1 AND body_type = 'edit'")
             .bind(id.0)
-            .execute(&mut *self)
+            .execute(self.conn())
             .await
             .map_err(db_err)?;
         if let Some(attachment) = attachment {
@@ -439,7 +868,7 @@ impl WriteOps for SqliteConnection {
                  AND NOT EXISTS (SELECT 1 FROM events WHERE attachment_id = $1)",
             )
             .bind(attachment.as_str())
-            .execute(&mut *self)
+            .execute(self.conn())
             .await
             .map_err(db_err)?;
         }
@@ -453,7 +882,7 @@ impl WriteOps for SqliteConnection {
         .bind(conv.0)
         .bind(user.0)
         .bind(common::seq_to_db(seq))
-        .execute(&mut *self)
+        .execute(self.conn())
         .await
         .map_err(db_err)?;
         Ok(())
@@ -463,7 +892,7 @@ impl WriteOps for SqliteConnection {
         sqlx::query("DELETE FROM members WHERE conv_id = $1 AND user_id = $2")
             .bind(conv.0)
             .bind(user.0)
-            .execute(&mut *self)
+            .execute(self.conn())
             .await
             .map_err(db_err)?;
         Ok(())
@@ -479,7 +908,7 @@ impl WriteOps for SqliteConnection {
         .bind(common::seq_to_db(head.last_msg_seq))
         .bind(head.last_activity)
         .bind(head.member_epoch)
-        .execute(&mut *self)
+        .execute(self.conn())
         .await
         .map_err(db_err)?;
         Ok(())
@@ -491,7 +920,7 @@ impl WriteOps for SqliteConnection {
         )
         .bind(lo.0)
         .bind(hi.0)
-        .fetch_optional(&mut *self)
+        .fetch_optional(self.conn())
         .await
         .map_err(db_err)?;
         Ok(id.map(ConvId))
@@ -514,7 +943,7 @@ impl WriteOps for SqliteConnection {
         .bind(conv.created_at)
         .bind(conv.direct.map(|(lo, _)| lo.0))
         .bind(conv.direct.map(|(_, hi)| hi.0))
-        .fetch_optional(&mut *self)
+        .fetch_optional(self.conn())
         .await
         .map_err(db_err)?;
         Ok(id.map(ConvId))
@@ -676,7 +1105,15 @@ impl Store for SqliteStore {
             }
         }
         let mut tx = self.write_tx().await?;
-        let opened = common::open_direct(&mut *tx, a, b, created_id, origin, now).await?;
+        let opened = common::open_direct(
+            &mut SqliteWriter::new(&mut tx),
+            a,
+            b,
+            created_id,
+            origin,
+            now,
+        )
+        .await?;
         tx.commit().await.map_err(db_err)?;
         Ok(opened)
     }
@@ -691,8 +1128,16 @@ impl Store for SqliteStore {
         now: Millis,
     ) -> StoreResult<(ConvId, Appended)> {
         let mut tx = self.write_tx().await?;
-        let created =
-            common::create_room(&mut *tx, creator, name, public, created_id, origin, now).await?;
+        let created = common::create_room(
+            &mut SqliteWriter::new(&mut tx),
+            creator,
+            name,
+            public,
+            created_id,
+            origin,
+            now,
+        )
+        .await?;
         tx.commit().await.map_err(db_err)?;
         Ok(created)
     }
@@ -1263,6 +1708,80 @@ mod tests {
             db_err(sqlx::Error::RowNotFound),
             StoreError::Internal(_)
         ));
+    }
+
+    /// A write transaction whose caller goes away half-way (an HTTP client hanging up, a task
+    /// aborted) is rolled back, and neither this process's next writer nor another process's
+    /// finds the file locked for good.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn transactions_dropped_half_way_are_rolled_back() -> anyhow::Result<()> {
+        let db = temp_db().await?;
+        let store = SqliteStore::open(&db.path).await?;
+        // Another handle has a lock file descriptor of its own, as another process would.
+        let other = SqliteStore::open(&db.path).await?;
+        {
+            let mut tx = store.write_tx().await?;
+            sqlx::query(
+                "INSERT INTO users (username, password_hash, created_at) VALUES ('ghost', 'x', 0)",
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tokio::time::timeout(Duration::from_secs(5), other.create_user("alive", "x", 0)).await??;
+        assert_eq!(store.user_by_name("ghost").await?, None);
+
+        // Appends cut off after every amount of progress leave contiguous seqs behind them.
+        let a = store.create_user("a", "x", 0).await?.id;
+        let b = store.create_user("b", "x", 0).await?.id;
+        let origin = NodeId::new("cut")?;
+        let (conv, _) = store.open_direct(a, b, MessageId(1), &origin, 0).await?;
+        let mut next = 2;
+        for micros in (0..40).map(|i| i * 25) {
+            let batch: Vec<NewEvent> = (0..3)
+                .map(|_| {
+                    next += 1;
+                    Ok(NewEvent {
+                        conv,
+                        id: MessageId(next),
+                        at: next,
+                        sender: a,
+                        device: None,
+                        client_id: Some(ClientMsgId::new(format!("c{next}"))?),
+                        body: crate::store::NewBody::Message {
+                            kind: protocol::model::MessageKind::Text,
+                            text: format!("m{next}"),
+                            attachment: None,
+                            reply_to: None,
+                        },
+                        origin: origin.clone(),
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let _ = tokio::time::timeout(Duration::from_micros(micros), store.append(batch)).await;
+        }
+        let last = NewEvent {
+            conv,
+            id: MessageId(next + 1),
+            at: next + 1,
+            sender: b,
+            device: None,
+            client_id: None,
+            body: crate::store::NewBody::Message {
+                kind: protocol::model::MessageKind::Text,
+                text: "still writable".into(),
+                attachment: None,
+                reply_to: None,
+            },
+            origin: origin.clone(),
+        };
+        for result in tokio::time::timeout(Duration::from_secs(5), other.append(vec![last])).await?
+        {
+            result?;
+        }
+        let (events, _) = store.events(conv, Page::After(0), 10_000).await?;
+        let seqs: Vec<Seq> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=events.len() as Seq).collect::<Vec<_>>());
+        Ok(())
     }
 
     /// A write lock held elsewhere (another process) longer than the busy timeout makes a write
