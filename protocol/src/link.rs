@@ -20,13 +20,48 @@ use crate::http::{AssignResponse, NodeState, NodeStatus};
 use crate::{Millis, NodeId, UserId};
 
 /// Which nodes a publish goes to.
+///
+/// On the wire: `{"to":"all"}`, `{"to":"nodes","nodes":["n2"]}`, `{"to":"users","users":[1,2]}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "to", content = "nodes", rename_all = "snake_case")]
+#[serde(into = "TargetsWire", from = "TargetsWire")]
 pub enum Targets {
     /// Every live node (fanout routing).
     All,
     /// These nodes only (routed).
     Nodes(Vec<NodeId>),
+    /// The nodes holding a device of these users, other than the publisher (routed), as the
+    /// registry says when the publish is routed: only a bus that hosts the registry (the
+    /// controller's, in the embedded setup) takes these, and saves the publisher a `locate`.
+    Users(Vec<UserId>),
+}
+
+/// [`Targets`] as JSON.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(tag = "to", rename_all = "snake_case")]
+enum TargetsWire {
+    All,
+    Nodes { nodes: Vec<NodeId> },
+    Users { users: Vec<UserId> },
+}
+
+impl From<Targets> for TargetsWire {
+    fn from(t: Targets) -> Self {
+        match t {
+            Targets::All => TargetsWire::All,
+            Targets::Nodes(nodes) => TargetsWire::Nodes { nodes },
+            Targets::Users(users) => TargetsWire::Users { users },
+        }
+    }
+}
+
+impl From<TargetsWire> for Targets {
+    fn from(t: TargetsWire) -> Self {
+        match t {
+            TargetsWire::All => Targets::All,
+            TargetsWire::Nodes { nodes } => Targets::Nodes(nodes),
+            TargetsWire::Users { users } => Targets::Users(users),
+        }
+    }
 }
 
 /// A registry request from a node.
@@ -231,7 +266,26 @@ mod tests {
         assert_eq!(&p.envelope[..], b"env");
         let all = decode_publish(encode_publish(1, &Targets::All, b""))?;
         assert_eq!(all.targets, Targets::All);
+        let users = Targets::Users(vec![UserId(1), UserId(2)]);
+        assert_eq!(
+            decode_publish(encode_publish(2, &users, b""))?.targets,
+            users
+        );
         assert!(decode_publish(Bytes::from_static(b"short")).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn targets_shape() -> Result<(), Box<dyn std::error::Error>> {
+        assert_eq!(serde_json::to_string(&Targets::All)?, r#"{"to":"all"}"#);
+        assert_eq!(
+            serde_json::to_string(&Targets::Nodes(vec![NodeId::new("n2")?]))?,
+            r#"{"to":"nodes","nodes":["n2"]}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Targets::Users(vec![UserId(1), UserId(2)]))?,
+            r#"{"to":"users","users":[1,2]}"#
+        );
         Ok(())
     }
 

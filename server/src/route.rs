@@ -1,6 +1,8 @@
 //! Turning "these users must get this" into bus publishes: in routed mode, one `locate` for a
-//! whole batch and a publish to exactly the nodes holding a recipient's device; in fanout mode,
-//! one publish to every node. Used by nodes, the controller and the recovery task alike.
+//! whole batch and a publish to exactly the nodes holding a recipient's device (or, on a bus
+//! that hosts the registry, a publish to the users, whose nodes the bus finds as it routes);
+//! in fanout mode, one publish to every node. Used by nodes, the controller and the recovery
+//! task alike.
 
 use bytes::Bytes;
 use protocol::bus::{BusHeader, BusKind, Envelope};
@@ -41,6 +43,13 @@ impl Router {
     pub async fn targets(&self, lists: &[&[UserId]]) -> Result<Vec<Option<Targets>>, RouteError> {
         if self.routing == Routing::Fanout {
             return Ok(lists.iter().map(|_| Some(Targets::All)).collect());
+        }
+        if self.bus.resolves_users() {
+            // The bus looks the users up as it routes: no round trip here.
+            return Ok(lists
+                .iter()
+                .map(|list| (!list.is_empty()).then(|| Targets::Users(list.to_vec())))
+                .collect());
         }
         let mut users: Vec<UserId> = lists.iter().flat_map(|l| l.iter().copied()).collect();
         users.sort_unstable();

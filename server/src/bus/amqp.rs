@@ -252,6 +252,11 @@ impl Bus for AmqpBus {
                 &self.shared.direct,
                 nodes.iter().map(NodeId::as_str).collect(),
             ),
+            Targets::Users(_) => {
+                return Err(BusError::Internal(
+                    "RabbitMQ cannot find users' nodes: locate them first".into(),
+                ));
+            }
         };
         // Every publish is handed to the connection before any confirm is awaited: one round
         // trip in all. (Each target is a different queue, so their relative order is free;

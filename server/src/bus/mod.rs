@@ -85,6 +85,12 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Whether the bus is connected right now (for health, metrics and the lab).
     fn is_up(&self) -> bool;
+
+    /// Whether the bus takes [`Targets::Users`], finding the users' nodes itself as it routes
+    /// (a bus that hosts the registry); otherwise publishers `locate` them first.
+    fn resolves_users(&self) -> bool {
+        false
+    }
 }
 
 /// The bus shared by a process's tasks.

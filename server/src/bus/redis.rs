@@ -175,6 +175,11 @@ impl Bus for RedisBus {
                 }
                 pipe.exec_async(&mut c).await
             }
+            Targets::Users(_) => {
+                return Err(BusError::Internal(
+                    "Redis pub/sub cannot find users' nodes: locate them first".into(),
+                ));
+            }
         };
         match sent {
             Ok(()) => {

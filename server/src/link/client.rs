@@ -314,6 +314,10 @@ impl Bus for LinkClient {
     fn is_up(&self) -> bool {
         self.shared.up.load(Ordering::Acquire)
     }
+
+    fn resolves_users(&self) -> bool {
+        true
+    }
 }
 
 type Ws =

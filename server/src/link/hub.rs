@@ -74,8 +74,19 @@ impl LinkHub {
         self.links.read().len()
     }
 
-    /// Hands an envelope to the links of its targets.
-    pub fn route(&self, targets: &Targets, envelope: &Bytes) {
+    /// Hands an envelope published by `from` (a node, or `None` for the controller itself) to
+    /// the links of its targets.
+    pub fn route(&self, from: Option<&NodeId>, targets: &Targets, envelope: &Bytes) {
+        // Users' nodes are looked up now, under the registry's lock: an attach that completed
+        // before this is seen, as a `locate` by the publisher would have seen it.
+        let resolved;
+        let targets = match targets {
+            Targets::Users(users) => {
+                resolved = Targets::Nodes(self.registry.nodes_of(users, from));
+                &resolved
+            }
+            other => other,
+        };
         let links = self.links.read();
         let send = |id: &NodeId, link: &NodeLink| {
             if link.deliver.try_send(envelope.clone()).is_err() {
@@ -93,6 +104,8 @@ impl LinkHub {
                     }
                 }
             }
+            // Resolved above.
+            Targets::Users(_) => {}
         }
     }
 
@@ -186,7 +199,7 @@ impl LinkHub {
                     }
                     match decode_publish(b) {
                         Ok(p) => {
-                            self.route(&p.targets, &p.envelope);
+                            self.route(node.as_ref(), &p.targets, &p.envelope);
                             metrics::counter!("chat_link_routed_total").increment(1);
                             let _ = ack_tx.send(p.seq);
                         }
@@ -359,7 +372,7 @@ impl Bus for HubBus {
     }
 
     async fn publish(&self, targets: &Targets, envelope: Bytes) -> BusResult<()> {
-        self.0.route(targets, &envelope);
+        self.0.route(None, targets, &envelope);
         Ok(())
     }
 
@@ -370,6 +383,10 @@ impl Bus for HubBus {
     }
 
     fn is_up(&self) -> bool {
+        true
+    }
+
+    fn resolves_users(&self) -> bool {
         true
     }
 }

@@ -126,6 +126,50 @@ mod tests {
         hub.stop();
     }
 
+    /// A publish to users reaches the nodes holding their devices, as the registry says when
+    /// it is routed, and never comes back to its publisher.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publishes_to_users_find_their_nodes_as_they_are_routed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let hub = TestHub::start(listener).await;
+        let (a, ca) = registered(&hub.url, "ua").await;
+        let (b, cb) = registered(&hub.url, "ub").await;
+        let (c, cc) = registered(&hub.url, "uc").await;
+        let mut inboxes = Vec::new();
+        for (id, client) in [(&a, &ca), (&b, &cb), (&c, &cc)] {
+            inboxes.push(client.subscribe(id).await.expect("subscribe"));
+        }
+        assert!(ca.resolves_users());
+        // User 1 on a (the publisher) and b; user 2 nowhere yet.
+        ca.attach(&a, UserId(1), None).await.expect("attach");
+        cb.attach(&b, UserId(1), None).await.expect("attach");
+        let to = Targets::Users(vec![UserId(1), UserId(2)]);
+        ca.publish(&to, Bytes::from_static(b"first"))
+            .await
+            .expect("publish");
+        // User 2 comes online on c: the next publish finds it there.
+        cc.attach(&c, UserId(2), None).await.expect("attach");
+        ca.publish(&to, Bytes::from_static(b"second"))
+            .await
+            .expect("publish");
+        async fn recv(inbox: &mut crate::bus::Inbox) -> Option<Bytes> {
+            tokio::time::timeout(Duration::from_secs(5), inbox.recv())
+                .await
+                .ok()
+                .flatten()
+        }
+        assert_eq!(recv(&mut inboxes[1]).await.as_deref(), Some(&b"first"[..]));
+        assert_eq!(recv(&mut inboxes[1]).await.as_deref(), Some(&b"second"[..]));
+        assert_eq!(recv(&mut inboxes[2]).await.as_deref(), Some(&b"second"[..]));
+        // Nothing for the publisher.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), inboxes[0].recv())
+                .await
+                .is_err()
+        );
+        hub.stop();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_restarted_controller_gets_registrations_devices_and_publishes_back() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -247,9 +247,10 @@ async fn publish_batch(ctx: &NodeCtx, jobs: &[PublishJob]) -> Result<(), (Vec<bo
         if let BusKind::Event { conv, seq, id } = &job.kind
             && ctx.tracer.enabled()
         {
+            // Empty when every node is, or when the bus finds the nodes itself.
             let peers = match &targets {
                 protocol::link::Targets::Nodes(n) => n.clone(),
-                protocol::link::Targets::All => Vec::new(),
+                protocol::link::Targets::All | protocol::link::Targets::Users(_) => Vec::new(),
             };
             ctx.tracer
                 .hop(Hop::Published, *id, *conv, *seq, None, None, peers);

@@ -159,6 +159,21 @@ impl MemoryRegistry {
         }
     }
 
+    /// The nodes holding a device of any of `users`, but `except`: a routed publish's targets,
+    /// looked up in the same critical section as `attach` changes them.
+    pub fn nodes_of(&self, users: &[UserId], except: Option<&NodeId>) -> Vec<NodeId> {
+        let g = self.inner.lock();
+        let mut out: Vec<NodeId> = Vec::new();
+        for u in users {
+            for (n, _) in g.users.get(u).map(Vec::as_slice).unwrap_or_default() {
+                if Some(n) != except && !out.contains(n) {
+                    out.push(n.clone());
+                }
+            }
+        }
+        out
+    }
+
     /// Removes a node at once, as when its link to the controller dropped: a process that
     /// closed its socket is dead or will register again.
     pub fn remove_node(&self, id: &NodeId) -> Option<DeadNode> {
