@@ -404,19 +404,20 @@ impl Engine {
 
     /// Hands one in-order event to the application, then moves the cursor past it.
     async fn deliver(&self, event: Event) -> Result<(), Disconnect> {
-        // An event of mine carrying a client id still waiting in the outbox: it was stored
-        // before the last connection broke, so it needs no resend and counts as acked.
+        // An event of mine carrying a client id still waiting in the outbox: it is stored, so
+        // the item needs no (re)send and counts as acked — by its own earlier write if it had
+        // one before the last connection broke, else as a repeat of an id already stored.
         let settled = match (&event.device, &event.client_id) {
             (Some(device), Some(id)) if *device == self.device => {
                 let mut inner = self.shared.inner.lock();
-                inner.outbox.stored(id).map(|_| {
+                inner.outbox.stored(id).map(|(_, written)| {
                     let ack = Ack {
                         client_id: id.clone(),
                         conv: event.conv,
                         seq: event.seq,
                         id: event.id,
                         at: event.at,
-                        duplicate: false,
+                        duplicate: !written,
                     };
                     inner.resolve(id, &Ok(ack.clone()));
                     ack

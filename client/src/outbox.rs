@@ -87,6 +87,10 @@ struct Entry {
     state: EntryState,
     /// Retryable refusals so far, for the growing wait.
     refusals: u32,
+    /// Whether it was ever written (on this connection or an earlier one). An event of mine
+    /// with its client id settles an item that was written as stored by that write; one never
+    /// written is a repeat of an id the server already has.
+    written: bool,
 }
 
 /// What the engine should write next.
@@ -130,6 +134,8 @@ impl Outbox {
                     item,
                     state: EntryState::Queued { not_before: None },
                     refusals: 0,
+                    // Saved items may have been written before the state was saved.
+                    written: true,
                 })
                 .collect(),
         }
@@ -169,6 +175,7 @@ impl Outbox {
             item,
             state: EntryState::Queued { not_before: None },
             refusals: 0,
+            written: false,
         });
     }
 
@@ -189,6 +196,7 @@ impl Outbox {
                         return Next::Idle;
                     }
                     entry.state = EntryState::InFlight;
+                    entry.written = true;
                     return Next::Write(entry.item.op.to_frame());
                 }
             }
@@ -205,12 +213,15 @@ impl Outbox {
         self.entries.remove(pos).map(|e| e.item)
     }
 
-    /// A replayed event shows that the item with this client id was stored before the last
-    /// connection broke: removes it if it is waiting to be resent (not if it is in flight, whose
-    /// ack is on its way).
-    pub fn stored(&mut self, id: &ClientMsgId) -> Option<OutboxItem> {
+    /// An event of mine shows that the item with this client id is stored: removes it if it
+    /// is waiting to be written (not if it is in flight, whose ack is on its way).
+    ///
+    /// The flag says whether the item had been written before: then that earlier write stored
+    /// it (its connection broke before the ack came). An item never written is a repeat of a
+    /// client id the server already holds, so it is settled as a duplicate.
+    pub fn stored(&mut self, id: &ClientMsgId) -> Option<(OutboxItem, bool)> {
         let pos = self.position(id, |s| matches!(s, EntryState::Queued { .. }))?;
-        self.entries.remove(pos).map(|e| e.item)
+        self.entries.remove(pos).map(|e| (e.item, e.written))
     }
 
     /// The server refused the item with this client id with `code` at `now`.
@@ -405,8 +416,20 @@ mod tests {
         assert_eq!(written(ob.next(now, usize::MAX)), id("a"));
         // "a" is in flight: its ack will come, so the event does not remove it.
         assert!(ob.stored(&id("a")).is_none());
-        assert!(ob.stored(&id("b")).is_some());
+        // "b" was never written: the server has it from an earlier send of the same id.
+        assert_eq!(ob.stored(&id("b")).map(|(_, written)| written), Some(false));
         assert_eq!(ob.len(), 1);
+    }
+
+    #[test]
+    fn replayed_event_settles_an_item_written_before_the_break() {
+        let now = Instant::now();
+        let mut ob = Outbox::default();
+        ob.push(item("a"));
+        assert_eq!(written(ob.next(now, usize::MAX)), id("a"));
+        ob.disconnected();
+        assert_eq!(ob.stored(&id("a")).map(|(_, written)| written), Some(true));
+        assert!(ob.is_empty());
     }
 
     #[test]
