@@ -41,6 +41,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Connection, Sqlite};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::common::{
     self, AttachmentRow, BatchStart, ConvHead, ConversationRow, DeviceRow, EventColumns, EventRow,
@@ -62,6 +63,15 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections for reads: WAL lets them all read while one writes.
 const READERS: u32 = 8;
 
+/// The write connection's page cache, in KiB (SQLite's default is 2 MiB).
+const WRITER_CACHE_KIB: u32 = 64 * 1024;
+
+/// Each read connection's page cache, in KiB.
+const READER_CACHE_KIB: u32 = 256;
+
+/// How often each process's checkpointer copies the log back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// The SQLite store. Cheap to clone: the pools and the member cache are shared.
@@ -74,6 +84,8 @@ pub struct SqliteStore {
     members: Arc<MemberCache>,
     /// `<file>.write-lock`: writers of every process take it (flock) before `BEGIN IMMEDIATE`.
     write_lock: Arc<std::path::PathBuf>,
+    /// Stops the checkpointer when the last handle goes.
+    _checkpointer: Arc<DropGuard>,
 }
 
 /// The process's write connection and its share of the writers' file lock.
@@ -271,7 +283,10 @@ impl SqliteStore {
             .create_if_missing(true)
             .foreign_keys(true)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(BUSY_TIMEOUT)
+            // Statement journals (a multi-row INSERT keeps one, to undo itself alone) and temp
+            // tables in memory: on disk they cost a write per page an append touches.
+            .pragma("temp_store", "MEMORY");
 
         // The journal mode is a property of the file: set once here, the pools' connections
         // find it. Then the schema, before any pool serves.
@@ -282,18 +297,36 @@ impl SqliteStore {
         migrate(&mut setup).await?;
         setup.close().await.map_err(db_err)?;
 
-        let writer = SqliteConnection::connect_with(&options)
-            .await
-            .map_err(db_err)?;
+        // The writer's cache holds a whole batch's pages, so that none is spilled to the log
+        // before the commit. It never checkpoints: a commit that crosses the log's threshold
+        // would copy it back and sync the file while every writer of every process waits, so
+        // the checkpointer task does that beside them.
+        let writer = SqliteConnection::connect_with(
+            &options
+                .clone()
+                .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
+                .pragma("wal_autocheckpoint", "0"),
+        )
+        .await
+        .map_err(db_err)?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
+            // A small cache each: it starts over whenever another process writes, which under
+            // load is all the time, so a big one only holds memory (the OS caches the file).
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("cache_size", format!("-{READER_CACHE_KIB}")),
+            )
             .await
             .map_err(db_err)?;
         let mut lock = path.as_os_str().to_owned();
         lock.push(".write-lock");
+        let checkpoints = CancellationToken::new();
+        tokio::spawn(checkpointer(options.clone(), checkpoints.clone()));
         Ok(SqliteStore {
+            _checkpointer: Arc::new(checkpoints.drop_guard()),
             reader,
             writer: Arc::new(tokio::sync::Mutex::new(WriteConn {
                 conn: writer,
@@ -343,6 +376,44 @@ impl SqliteStore {
                 Err(e)
             }
         }
+    }
+}
+
+/// Copies the log back into the database file every [`CHECKPOINT_EVERY`], in SQLite's passive
+/// mode: it takes no lock a writer or a reader waits for, and skips what a reader still uses.
+/// Every process runs one; when two meet, one of them finds the other busy and waits for its
+/// next turn.
+async fn checkpointer(options: SqliteConnectOptions, stop: CancellationToken) {
+    let mut conn: Option<SqliteConnection> = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+        }
+        if conn.is_none() {
+            match SqliteConnection::connect_with(&options).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    tracing::debug!(error = %e, "checkpointer cannot open the database");
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let done = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&mut *c)
+            .await;
+        match done {
+            Ok(_) => {}
+            Err(e) if is_busy(&e) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "checkpoint failed; reconnecting");
+                conn = None;
+            }
+        }
+    }
+    if let Some(c) = conn {
+        let _ = c.close().await;
     }
 }
 
