@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use protocol::{ConvId, DeviceId, MessageId, Seq, UserId};
+use protocol::{ConvId, DeviceId, MessageId, Millis, Seq, UserId};
 use tokio::sync::Notify;
 
 /// One persisted event as every local recipient gets it: serialized once, shared.
@@ -41,6 +41,8 @@ pub enum CloseReason {
     TooBig,
     /// The device kept sending over the rate limit.
     RateLimited,
+    /// The device's token expired: it must log in again.
+    Expired,
 }
 
 /// An item of a device's queue.
@@ -128,6 +130,9 @@ pub struct DeviceSlot {
     pub user: UserId,
     /// Which.
     pub device: DeviceId,
+    /// When its token expires (ms since the epoch): the node's sweep closes it then, so that
+    /// no session needs a timer of its own.
+    pub expires_at: Millis,
     /// Its outgoing queue.
     pub queue: DeviceQueue,
 }
@@ -241,6 +246,22 @@ impl Devices {
         n
     }
 
+    /// Closes the sessions whose token expired at `now` (ms); returns how many.
+    pub fn close_expired(&self, now: Millis) -> usize {
+        let mut n = 0;
+        for shard in self.shards.iter() {
+            for list in shard.read().values() {
+                for slot in list.iter().filter(|s| s.expires_at <= now) {
+                    if slot.queue.closing().is_none() {
+                        slot.queue.close(CloseReason::Expired);
+                        n += 1;
+                    }
+                }
+            }
+        }
+        n
+    }
+
     /// Closes every session.
     pub fn close_all(&self, reason: CloseReason) {
         for shard in self.shards.iter() {
@@ -271,12 +292,40 @@ mod tests {
     use super::*;
 
     fn slot(session: u64, user: i64, device: &str, cap: usize) -> Arc<DeviceSlot> {
+        expiring(session, user, device, cap, Millis::MAX)
+    }
+
+    fn expiring(
+        session: u64,
+        user: i64,
+        device: &str,
+        cap: usize,
+        expires_at: Millis,
+    ) -> Arc<DeviceSlot> {
         Arc::new(DeviceSlot {
             session,
             user: UserId(user),
             device: DeviceId::new(device).expect("valid"),
+            expires_at,
             queue: DeviceQueue::new(cap),
         })
+    }
+
+    #[test]
+    fn the_sweep_closes_expired_sessions_once() {
+        let d = Devices::default();
+        let (old, new) = (
+            expiring(1, 1, "a1", 8, 1_000),
+            expiring(2, 2, "b1", 8, 5_000),
+        );
+        d.add(old.clone());
+        d.add(new.clone());
+        assert_eq!(d.close_expired(999), 0);
+        assert_eq!(d.close_expired(1_000), 1);
+        assert_eq!(old.queue.closing(), Some(CloseReason::Expired));
+        assert_eq!(new.queue.closing(), None);
+        // Already closing: not counted again.
+        assert_eq!(d.close_expired(2_000), 0);
     }
 
     #[test]

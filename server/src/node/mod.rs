@@ -98,7 +98,7 @@ impl Default for NodeLimits {
             rate_burst: limits::RATE_BURST,
             strikes_before_close: limits::RATE_STRIKES_BEFORE_CLOSE,
             queue_frames: limits::DEVICE_QUEUE_FRAMES,
-            read_buffer: 1024,
+            read_buffer: 512,
             write_buffer: 1024,
         }
     }
@@ -598,6 +598,11 @@ async fn heartbeat(ctx: Arc<NodeCtx>, info: NodeInfo, lease_ms: u64, cancel: Can
             bus_up = up;
         }
         metrics::gauge!("chat_bus_up").set(if up { 1.0 } else { 0.0 });
+        // Tokens that ran out close their sessions here (within a period), not by a timer each.
+        let expired = ctx.devices.close_expired(now_ms());
+        if expired > 0 {
+            tracing::info!(sessions = expired, "closed sessions whose token expired");
+        }
         let load = Load {
             connections: ctx.devices.count(),
             unpublished_since: ctx.unpublished.get(),

@@ -1,18 +1,26 @@
 //! One device's session on this node, from `hello` to close.
 //!
-//! The socket is split into a reader (this task: frames from the device, rate limited, parsed,
-//! checked, handed to the pipeline) and a writer (a task owning the sink and the device's
-//! [`Cursors`]: welcome, resync, then live frames in `seq` order, gap filling). When either
-//! ends the other is stopped. The device is attached in the registry before its resync reads
-//! the store, so nothing persisted after that read can miss it.
+//! The socket is split into a reader (frames from the device, rate limited, parsed, checked,
+//! handed to the pipeline) and a writer (owning the sink and the device's [`Cursors`]: welcome,
+//! resync, then live frames in `seq` order, gap filling). Both run in the session's one task,
+//! side by side; when either ends the other is dropped. The device is attached in the registry
+//! before its resync reads the store, so nothing persisted after that read can miss it.
+//!
+//! Memory per idle session is what the node pays for every connected device, so only the two
+//! steady loops are awaited inline: the opening (hello, attach, summaries, welcome, resync) and
+//! the closing are boxed, and the size of the task is about that of the two loops. A token's
+//! expiry is enforced by the node's periodic sweep ([`super::devices::Devices::close_expired`]),
+//! not by a timer per session.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
+use futures::future::Either;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use protocol::bus::BusKind;
@@ -22,7 +30,6 @@ use protocol::trace::{ConnChange, Hop};
 use protocol::ws::{ClientFrame, ErrorCode, Hello, ServerFrame, Welcome, close};
 use protocol::{ConvId, PROTOCOL_VERSION, Seq, UserId};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
-use tokio_util::sync::CancellationToken;
 
 use super::NodeCtx;
 use super::delivery::{Cursors, Offer};
@@ -42,14 +49,71 @@ type Sink = SplitSink<WebSocket, Message>;
 type Stream = SplitStream<WebSocket>;
 
 /// Serves a device until it leaves, the node drains, or something goes wrong.
-pub async fn run(
+///
+/// Not an `async fn`: the arguments of one stay in its future for its whole life, and the
+/// socket is large. Split here, only the two small halves go into the session's future.
+pub fn run(
     ctx: Arc<NodeCtx>,
     socket: WebSocket,
     who: Principal,
     reservation: Option<String>,
+) -> impl std::future::Future<Output = ()> + Send {
+    let (sink, stream) = socket.split();
+    serve(ctx, sink, stream, who, reservation)
+}
+
+async fn serve(
+    ctx: Arc<NodeCtx>,
+    sink: Sink,
+    mut stream: Stream,
+    who: Principal,
+    reservation: Option<String>,
 ) {
-    let (mut sink, mut stream) = socket.split();
-    let hello = match read_hello(&mut stream).await {
+    // Only the read loop is awaited inline: the opening (hello, attach, the store's summaries,
+    // the welcome) and the closing are boxed, so that a task's memory, which is the size of its
+    // largest state, is for an idle session the read loop's and little more.
+    let Some(opened) = Box::pin(open(&ctx, sink, &mut stream, &who, reservation)).await else {
+        return;
+    };
+    let (Opened { slot, contacts }, writer) = opened;
+    {
+        // Reader and writer run side by side in this one task: when one ends, the other is
+        // dropped (a second task per device would cost its own memory and wakeups).
+        let reader = read_loop(&ctx, &mut stream, &slot, &who);
+        futures::pin_mut!(reader, writer);
+        if let Either::Left(((), writer)) = futures::future::select(reader, writer).await {
+            // The reader asked for a close with a code (too big, flood): let the writer send it.
+            if slot.queue.closing().is_some() {
+                let _ = Box::pin(tokio::time::timeout(Duration::from_secs(2), writer)).await;
+            }
+        }
+    }
+    Box::pin(async move {
+        if slot.queue.closing().is_some() {
+            linger(&mut stream).await;
+        }
+        leave(&ctx, &slot, &contacts).await;
+    })
+    .await;
+}
+
+/// A session past its welcome: the device is attached.
+struct Opened {
+    slot: Arc<DeviceSlot>,
+    contacts: Arc<[UserId]>,
+}
+
+/// Hello, attach, the summaries and presence, then the writer (not started) with the welcome
+/// and the resync plan. `None`: the device was refused or the store failed, and the socket is
+/// closed.
+async fn open(
+    ctx: &Arc<NodeCtx>,
+    mut sink: Sink,
+    stream: &mut Stream,
+    who: &Principal,
+    reservation: Option<String>,
+) -> Option<(Opened, impl Future<Output = ()> + Send + use<>)> {
+    let hello = match read_hello(stream).await {
         Ok(h) => h,
         Err((code, message)) => {
             let _ = sink
@@ -58,7 +122,7 @@ pub async fn run(
                 ))
                 .await;
             let _ = sink.send(close_msg(close::PROTOCOL, &message)).await;
-            return;
+            return None;
         }
     };
     let session = ctx.sessions.fetch_add(1, Ordering::Relaxed);
@@ -66,6 +130,7 @@ pub async fn run(
         session,
         user: who.user,
         device: who.device.clone(),
+        expires_at: who.expires_at,
         queue: DeviceQueue::new(ctx.limits.queue_frames),
     });
     // Attach first (so that routing finds this node), then read the store.
@@ -105,8 +170,8 @@ pub async fn run(
             let _ = sink
                 .send(close_msg(close::INTERNAL, "store unavailable"))
                 .await;
-            leave(&ctx, &slot, &[]).await;
-            return;
+            leave(ctx, &slot, &[]).await;
+            return None;
         }
     };
     let presence = match ctx.router.registry.online(&contacts).await {
@@ -121,7 +186,7 @@ pub async fn run(
     };
     if first {
         ctx.tracer.conn(ConnChange::Online, who.user, None);
-        announce(&ctx, &contacts, presence_frame(who.user, true));
+        announce(ctx, &contacts, presence_frame(who.user, true));
     }
 
     // Plan the resync, then let the welcome take the summaries: nothing of the hello or the
@@ -142,30 +207,8 @@ pub async fn run(
     })
     .to_json();
 
-    let stop = CancellationToken::new();
-    let mut writer = tokio::spawn(write_loop(
-        ctx.clone(),
-        sink,
-        slot.clone(),
-        welcome,
-        plan,
-        who.expires_at,
-        stop.clone(),
-    ));
-    read_loop(&ctx, &mut stream, &slot, &who, &stop).await;
-    // The reader asked for a close with a code (too big, flood): let the writer send it.
-    let finished = slot.queue.closing().is_some()
-        && tokio::time::timeout(Duration::from_secs(2), &mut writer)
-            .await
-            .is_ok();
-    if !finished {
-        stop.cancel();
-        let _ = writer.await;
-    }
-    if slot.queue.closing().is_some() {
-        linger(&mut stream).await;
-    }
-    leave(&ctx, &slot, &contacts).await;
+    let writer = write_loop(ctx.clone(), sink, slot.clone(), welcome, plan);
+    Some((Opened { slot, contacts }, writer))
 }
 
 /// Removes the device from this node and the registry; announces "offline" if it was the
@@ -307,16 +350,12 @@ async fn read_loop(
     stream: &mut Stream,
     slot: &Arc<DeviceSlot>,
     who: &Principal,
-    stop: &CancellationToken,
 ) {
     let mut bucket = Bucket::new(ctx.limits.rate_per_sec, ctx.limits.rate_burst);
     let mut strikes = 0u32;
     let mut typing_sent: HashMap<ConvId, Instant> = HashMap::new();
     loop {
-        let msg = tokio::select! {
-            _ = stop.cancelled() => return,
-            m = stream.next() => m,
-        };
+        let msg = stream.next().await;
         let text = match msg {
             Some(Ok(Message::Text(t))) => t,
             Some(Ok(Message::Binary(_))) => {
@@ -383,7 +422,7 @@ async fn read_loop(
                 continue;
             }
         };
-        handle(ctx, slot, who, frame, &mut typing_sent).await;
+        Box::pin(handle(ctx, slot, who, frame, &mut typing_sent)).await;
     }
 }
 
@@ -596,39 +635,58 @@ async fn write_loop(
     slot: Arc<DeviceSlot>,
     welcome: String,
     plan: Vec<(ConvId, Seq, Seq)>,
-    expires_at: i64,
-    stop: CancellationToken,
 ) {
     let mut cursors = Cursors::default();
-    let result = async {
-        sink.feed(text(welcome)).await?;
-        let replayed = match replay(&ctx, &mut sink, &slot, &mut cursors, plan).await? {
-            Ok(n) => n,
-            Err(e) => {
-                sink.feed(text(
-                    ServerFrame::error(store_error_code(&e), store_error_message(&e), None)
-                        .to_json(),
-                ))
-                .await?;
-                sink.send(close_msg(
-                    close::INTERNAL,
-                    "store unavailable during resync",
-                ))
-                .await?;
-                return Ok(());
-            }
-        };
-        metrics::counter!("chat_replayed_events_total").increment(replayed);
-        sink.send(text(ServerFrame::Synced { replayed }.to_json()))
-            .await?;
-        live_loop(&ctx, &mut sink, &slot, &mut cursors, expires_at, &stop).await
-    }
+    // The welcome and the resync are boxed (see `serve`): the idle state is the live loop's.
+    let opened = Box::pin(write_opening(
+        &ctx,
+        &mut sink,
+        &slot,
+        &mut cursors,
+        welcome,
+        plan,
+    ))
     .await;
+    let result = match opened {
+        Ok(true) => live_loop(&ctx, &mut sink, &slot, &mut cursors).await,
+        Ok(false) => Ok(()),
+        Err(e) => Err(e),
+    };
     if let Err(e) = result {
         tracing::debug!(error = %e, "device socket closed");
     }
-    // However the writer ended, the reader must stop too.
-    stop.cancel();
+}
+
+/// The welcome, the resync and `synced`. `Ok(false)`: the store failed during the resync and
+/// the socket was closed.
+async fn write_opening(
+    ctx: &Arc<NodeCtx>,
+    sink: &mut Sink,
+    slot: &DeviceSlot,
+    cursors: &mut Cursors,
+    welcome: String,
+    plan: Vec<(ConvId, Seq, Seq)>,
+) -> Result<bool, axum::Error> {
+    sink.feed(text(welcome)).await?;
+    let replayed = match replay(ctx, sink, slot, cursors, plan).await? {
+        Ok(n) => n,
+        Err(e) => {
+            sink.feed(text(
+                ServerFrame::error(store_error_code(&e), store_error_message(&e), None).to_json(),
+            ))
+            .await?;
+            sink.send(close_msg(
+                close::INTERNAL,
+                "store unavailable during resync",
+            ))
+            .await?;
+            return Ok(false);
+        }
+    };
+    metrics::counter!("chat_replayed_events_total").increment(replayed);
+    sink.send(text(ServerFrame::Synced { replayed }.to_json()))
+        .await?;
+    Ok(true)
 }
 
 /// Writes, for each `(conv, after, upto)`, the events `after < seq <= upto` from the store, and
@@ -726,27 +784,29 @@ async fn live_loop(
     sink: &mut Sink,
     slot: &Arc<DeviceSlot>,
     cursors: &mut Cursors,
-    expires_at: i64,
-    stop: &CancellationToken,
 ) -> Result<(), axum::Error> {
     let mut items: Vec<Outbound> = Vec::new();
     let mut out: Vec<Bytes> = Vec::new();
-    let expiry =
-        tokio::time::Instant::now() + Duration::from_millis((expires_at - now_ms()).max(0) as u64);
+    // Armed only while an early event waits for the ones before it (rare): boxed, so that an
+    // idle session does not carry a timer.
+    let mut gap_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     loop {
-        let deadline = cursors.next_deadline().map(tokio::time::Instant::from_std);
+        match cursors.next_deadline().map(tokio::time::Instant::from_std) {
+            Some(at) => match gap_timer.as_mut() {
+                Some(t) => t.as_mut().reset(at),
+                None => gap_timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            },
+            None => gap_timer = None,
+        }
         tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
             _ = slot.queue.ready() => {}
-            _ = sleep_until_opt(deadline) => {}
-            _ = tokio::time::sleep_until(expiry) => {
-                sink.send(text(ServerFrame::error(ErrorCode::Unauthorized, "token expired; log in again", None).to_json())).await?;
-                sink.send(close_msg(close::UNAUTHORIZED, "token expired")).await?;
-                return Ok(());
-            }
+            _ = async { match gap_timer.as_mut() {
+                Some(t) => t.as_mut().await,
+                None => std::future::pending().await,
+            } } => {}
         }
         if let Some(reason) = slot.queue.closing() {
-            return close_for(ctx, sink, slot, reason).await;
+            return Box::pin(close_for(ctx, sink, slot, reason)).await;
         }
         slot.queue.take_all(&mut items);
         let now = Instant::now();
@@ -841,19 +901,12 @@ async fn live_loop(
         }
         out.clear();
         if catch_up_now {
-            catch_up(ctx, sink, slot, cursors).await?;
+            Box::pin(catch_up(ctx, sink, slot, cursors)).await?;
         }
         if crash_after {
             tracing::error!("fault injection: aborting the process after an ack");
             std::process::abort();
         }
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -880,6 +933,14 @@ async fn close_for(
             ))
             .await?;
             (close::REVOKED, "device revoked", Some(ConnChange::Revoked))
+        }
+        CloseReason::Expired => {
+            sink.feed(text(
+                ServerFrame::error(ErrorCode::Unauthorized, "token expired; log in again", None)
+                    .to_json(),
+            ))
+            .await?;
+            (close::UNAUTHORIZED, "token expired", None)
         }
         CloseReason::TooSlow => (
             close::TOO_SLOW,
