@@ -17,14 +17,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use protocol::model::EventBody;
 use protocol::model::MessageKind;
 use protocol::ws::{ClientFrame, SendMessage, ServerFrame};
-use protocol::{ClientMsgId, ConvId, NodeId, UserId};
+use protocol::{ConvId, NodeId, UserId};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -75,19 +75,30 @@ pub struct PhaseReport {
     pub cpu_by_group: Vec<(String, f64)>,
 }
 
-/// Memory figures.
+/// Memory figures. The idle connections are opened in two halves: the first half also pays
+/// for what a node allocates once as it gets busy (caches filling, allocator arenas, tables
+/// growing), the second half only for the connections themselves.
 #[derive(Clone, Debug)]
 pub struct MemoryReport {
     /// Idle connections opened.
     pub connections: usize,
-    /// Increase of the nodes' resident memory, in bytes.
+    /// Increase of the nodes' resident memory over all of them, in bytes.
     pub rss_increase: i64,
+    /// Connections in the second half.
+    pub marginal_connections: usize,
+    /// Increase of the nodes' resident memory over the second half, in bytes.
+    pub marginal_increase: i64,
 }
 
 impl MemoryReport {
-    /// Bytes per idle connection.
+    /// Bytes per idle connection, the one-time costs included.
     pub fn per_connection(&self) -> f64 {
         self.rss_increase as f64 / self.connections.max(1) as f64
+    }
+
+    /// Bytes one more idle connection costs (second half).
+    pub fn marginal(&self) -> f64 {
+        self.marginal_increase as f64 / self.marginal_connections.max(1) as f64
     }
 }
 
@@ -351,8 +362,17 @@ pub async fn run(
         let sessions = users(&url, "idle", config.idle, 50).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let before: i64 = node_pids.iter().map(|p| rss_bytes(*p)).sum();
+        let half = sessions.len() / 2;
+        let mut middle = None;
         let mut idle = Vec::with_capacity(sessions.len());
         for chunk in sessions.chunks(100) {
+            if middle.is_none() && idle.len() >= half {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                middle = Some((
+                    idle.len(),
+                    node_pids.iter().map(|p| rss_bytes(*p)).sum::<i64>(),
+                ));
+            }
             let conns = chunk.iter().map(|s| {
                 let api = s.api_with(http.clone());
                 let recorder = recorder.clone();
@@ -364,15 +384,21 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
         let after: i64 = node_pids.iter().map(|p| rss_bytes(*p)).sum();
+        let (at_middle, rss_middle) = middle.unwrap_or((0, before));
         let report = MemoryReport {
             connections: idle.len(),
             rss_increase: after - before,
+            marginal_connections: idle.len() - at_middle,
+            marginal_increase: after - rss_middle,
         };
         println!(
-            "memory: {} idle connections cost the nodes {:.1} MiB: {:.2} KiB per connection",
+            "memory: {} idle connections cost the nodes {:.1} MiB: {:.2} KiB per connection; \
+             the last {} cost {:.2} KiB each",
             report.connections,
             report.rss_increase as f64 / (1024.0 * 1024.0),
-            report.per_connection() / 1024.0
+            report.per_connection() / 1024.0,
+            report.marginal_connections,
+            report.marginal() / 1024.0
         );
         // Close them (the load phases measure the talking users alone), and let the nodes
         // forget them before the load starts.
@@ -475,8 +501,9 @@ pub async fn run(
                 next_sender += 1;
                 let frame = ClientFrame::Send(SendMessage {
                     conv,
-                    client_id: ClientMsgId::new(format!("b{phase}-{sent}"))
-                        .map_err(|e| anyhow!(e))?,
+                    // Made as the client core makes them (time-ordered), so that the store
+                    // sees the keys real clients send.
+                    client_id: client::new_client_id(),
                     kind: MessageKind::Text,
                     text: format!("b|{phase}|{}", now_us()),
                     attachment: None,
@@ -558,7 +585,8 @@ pub fn format_summary(memory: Option<&MemoryReport>, phases: &[PhaseReport]) -> 
     let mut out = String::new();
     if let Some(m) = memory {
         out.push_str(&format!(
-            "memory per idle connection: {:.2} KiB ({} connections)\n",
+            "memory per idle connection: {:.2} KiB for one more ({:.2} KiB on average over {} connections)\n",
+            m.marginal() / 1024.0,
             m.per_connection() / 1024.0,
             m.connections
         ));

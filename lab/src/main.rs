@@ -107,7 +107,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 10)]
     seconds: u64,
     /// Idle connections opened first, to measure memory per connection (0 to skip).
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 6000)]
     idle: usize,
     /// Command names of outside servers to count in the CPU figure (e.g.
     /// redis-server,beam.smp,postgres when the cluster uses them).
