@@ -118,6 +118,32 @@ async fn tokens_are_checked_on_every_socket() -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     ok.hello().await?;
 
+    // A token that runs out during its session: the node closes the socket (4001) after an
+    // error frame that says why, within a heartbeat period or so.
+    let short = mint(
+        cluster.secret(),
+        alice_id,
+        &session.device,
+        0,
+        server::ids::now_ms(),
+        2,
+    )?;
+    let mut brief = Raw::open(&ws_url, Some(&short))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    brief.hello().await?;
+    let said = brief
+        .until(
+            PATIENCE,
+            |f| matches!(f, ServerFrame::Error(e) if e.code == ErrorCode::Unauthorized),
+        )
+        .await?;
+    ensure!(format!("{said:?}").contains("expired"), "{said:?}");
+    ensure!(
+        brief.closed(PATIENCE).await? == Closed::Code(close::UNAUTHORIZED),
+        "expired session not closed with 4001"
+    );
+
     // Revoke a device that is connected: its session closes with 4003 and its token is dead.
     let mut phone = Device::connect(&cluster, "alice", "phone").await?;
     let phone_token = phone.session.token.clone();
