@@ -315,9 +315,15 @@ async fn users(
     devices_per_user: usize,
 ) -> Result<Vec<client::Session>> {
     let password = "bench-password";
+    // A tag per run, so that a second run against the same database (PostgreSQL) does not
+    // meet the users of the first.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() % 0x100_0000)
+        .unwrap_or(0);
     let mut names = Vec::new();
     for i in 0..count.div_ceil(devices_per_user) {
-        names.push(format!("{prefix}{i}"));
+        names.push(format!("{prefix}{run:06x}-{i}"));
     }
     for chunk in names.chunks(50) {
         let regs = chunk.iter().map(|n| client::register(url, n, password));
