@@ -182,38 +182,60 @@ const TICKS_PER_SEC: f64 = 100.0;
 /// The server processes whose CPU the figures count, in named groups: the controller, each
 /// node, and each external command (all its processes together, e.g. every `postgres`
 /// backend).
-struct CpuGroups(Vec<(String, Vec<u32>)>);
+/// The processes whose CPU is counted, by group. External servers are found by name at every
+/// reading: PostgreSQL forks a backend per connection, and the nodes' pools connect as the load
+/// comes.
+struct CpuGroups(Vec<(String, Members)>);
+
+enum Members {
+    Pids(Vec<u32>),
+    Named(String),
+}
+
+/// One reading: CPU ticks so far of each process of each group.
+type Ticks = Vec<HashMap<u32, u64>>;
 
 impl CpuGroups {
     fn of(cluster: &Cluster, external: &[String]) -> Self {
-        let mut groups = vec![("controller".to_owned(), vec![cluster.controller_pid()])];
+        let mut groups = vec![(
+            "controller".to_owned(),
+            Members::Pids(vec![cluster.controller_pid()]),
+        )];
         for n in cluster.nodes() {
-            groups.push((n.id.to_string(), vec![n.pid]));
+            groups.push((n.id.to_string(), Members::Pids(vec![n.pid])));
         }
         for name in external {
-            groups.push((name.clone(), pids_named(std::slice::from_ref(name))));
+            groups.push((name.clone(), Members::Named(name.clone())));
         }
         CpuGroups(groups)
     }
 
-    /// CPU ticks of each group so far.
-    fn ticks(&self) -> Vec<u64> {
+    /// CPU ticks of each process of each group so far.
+    fn ticks(&self) -> Ticks {
         self.0
             .iter()
-            .map(|(_, pids)| pids.iter().map(|p| cpu_ticks(*p)).sum())
+            .map(|(_, members)| {
+                let pids = match members {
+                    Members::Pids(p) => p.clone(),
+                    Members::Named(name) => pids_named(std::slice::from_ref(name)),
+                };
+                pids.into_iter().map(|p| (p, cpu_ticks(p))).collect()
+            })
             .collect()
     }
 
-    /// Each group's CPU between two readings, in cores over `secs`.
-    fn cores(&self, before: &[u64], after: &[u64], secs: f64) -> Vec<(String, f64)> {
+    /// Each group's CPU between two readings, in cores over `secs`. A process that appeared in
+    /// between spent all its CPU in between; one that went away is missed for its last stretch.
+    fn cores(&self, before: &Ticks, after: &Ticks, secs: f64) -> Vec<(String, f64)> {
         self.0
             .iter()
             .zip(before.iter().zip(after))
             .map(|((name, _), (b, a))| {
-                (
-                    name.clone(),
-                    a.saturating_sub(*b) as f64 / TICKS_PER_SEC / secs,
-                )
+                let spent: u64 = a
+                    .iter()
+                    .map(|(pid, t)| t.saturating_sub(b.get(pid).copied().unwrap_or(0)))
+                    .sum();
+                (name.clone(), spent as f64 / TICKS_PER_SEC / secs)
             })
             .collect()
     }

@@ -14,12 +14,14 @@
 //!   check could have refused: the shared rules check before they write, and unique keys are met
 //!   with `ON CONFLICT DO NOTHING` (a resent `client_id` is then answered with the first event).
 //!   One bad event is refused alone; its batch commits.
-//! - Each statement is a round trip to the server, so a batch locks and reads the heads of all
-//!   its conversations with one statement, reads the member lists it has not cached with one,
-//!   looks up at once which of its ids and client ids are taken, inserts all its events with
-//!   one statement (`UNNEST` of column arrays) and writes the heads back with one: a batch
-//!   costs a handful of round trips whatever its size and its number of conversations. Should a writer of another conversation take one of those keys in between, the
-//!   insert comes up short and the batch is tried again.
+//! - Each statement is a round trip to the server, and the conversations' locks are held until
+//!   the commit while the writers of other nodes queue behind them. So a batch first looks up
+//!   at once which of its ids and client ids are taken (no lock needed), then locks and reads
+//!   the heads of all its conversations with one statement, reads the member lists it has not
+//!   cached with one, and inserts all its events and writes the heads back with one more
+//!   (`UNNEST` of column arrays in a `WITH`): three round trips under the locks, the commit
+//!   included, whatever its size and its number of conversations. Should another writer take
+//!   one of its keys in between, the insert comes up short and the batch is tried again.
 //! - A deadlock (possible only when a resend names an event of another conversation, locked out
 //!   of order) or a serialization failure aborts the batch's transaction; it is retried a few
 //!   times before the batch is [`StoreError::Unavailable`].
@@ -331,6 +333,41 @@ struct EventRows {
     target: Vec<Option<i64>>,
 }
 
+/// The insert of a batch's events, its columns bound by [`EventRows::bind`] as `$1`…`$16`.
+macro_rules! insert_events {
+    () => {
+        "INSERT INTO events (id, conv_id, seq, at, sender, device, client_id, origin, body_type, \
+         msg_kind, member_action, member_user, text, attachment_id, reply_to, target) \
+         SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], \
+           $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
+           $12::int8[], $13::text[], $14::text[], $15::int8[], $16::int8[])"
+    };
+}
+
+/// Binds the columns of an [`EventRows`], in [`insert_events!`]'s order, to a query (plain or
+/// scalar) whose first parameters they are.
+macro_rules! bind_rows {
+    ($q:expr, $rows:expr) => {{
+        let r = $rows;
+        $q.bind(r.id)
+            .bind(r.conv_id)
+            .bind(r.seq)
+            .bind(r.at)
+            .bind(r.sender)
+            .bind(r.device)
+            .bind(r.client_id)
+            .bind(r.origin)
+            .bind(r.body_type)
+            .bind(r.msg_kind)
+            .bind(r.member_action)
+            .bind(r.member_user)
+            .bind(r.text)
+            .bind(r.attachment_id)
+            .bind(r.reply_to)
+            .bind(r.target)
+    }};
+}
+
 impl EventRows {
     fn push(&mut self, event: &Event, origin: &NodeId) {
         let c = EventColumns::of(&event.body);
@@ -379,41 +416,71 @@ impl<'c> Writer<'c> {
         }
         let rows = std::mem::take(&mut deferred.rows);
         let expected = rows.id.len() as u64;
-        let done = sqlx::query(
-            "INSERT INTO events (id, conv_id, seq, at, sender, device, client_id, origin, body_type, \
-             msg_kind, member_action, member_user, text, attachment_id, reply_to, target) \
-             SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], \
-               $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
-               $12::int8[], $13::text[], $14::text[], $15::int8[], $16::int8[]) \
-             ON CONFLICT DO NOTHING",
+        let done = bind_rows!(
+            sqlx::query(concat!(insert_events!(), " ON CONFLICT DO NOTHING")),
+            rows
         )
-        .bind(rows.id)
-        .bind(rows.conv_id)
-        .bind(rows.seq)
-        .bind(rows.at)
-        .bind(rows.sender)
-        .bind(rows.device)
-        .bind(rows.client_id)
-        .bind(rows.origin)
-        .bind(rows.body_type)
-        .bind(rows.msg_kind)
-        .bind(rows.member_action)
-        .bind(rows.member_user)
-        .bind(rows.text)
-        .bind(rows.attachment_id)
-        .bind(rows.reply_to)
-        .bind(rows.target)
         .execute(&mut *self.conn)
         .await
         .map_err(|e| self.err(e))?;
         if done.rows_affected() != expected {
-            // A writer of another conversation took one of the keys after the batch looked
-            // (the same client id resent through two nodes at once). The numbering of the
-            // events after it is wrong now; the batch again will see the key taken.
-            self.retry = true;
-            return Err(StoreError::Unavailable(
-                "another writer took a key of this batch meanwhile".into(),
-            ));
+            return Err(self.came_up_short());
+        }
+        Ok(())
+    }
+
+    /// A writer of another conversation took one of the keys after the batch looked (the same
+    /// client id resent through two nodes at once). The numbering of the events after it is
+    /// wrong now; the batch again will see the key taken.
+    fn came_up_short(&mut self) -> StoreError {
+        self.retry = true;
+        StoreError::Unavailable("another writer took a key of this batch meanwhile".into())
+    }
+
+    /// Inserts the waiting events and writes the heads back, in one statement.
+    async fn insert_and_save_heads(&mut self, heads: &[(ConvId, ConvHead)]) -> StoreResult<()> {
+        let Some(mut deferred) = self.deferred.take() else {
+            return Ok(());
+        };
+        let rows = std::mem::take(&mut deferred.rows);
+        let expected = rows.id.len() as i64;
+        let mut ids = Vec::with_capacity(heads.len());
+        let mut last_seq = Vec::with_capacity(heads.len());
+        let mut last_msg_seq = Vec::with_capacity(heads.len());
+        let mut last_activity = Vec::with_capacity(heads.len());
+        let mut member_epoch = Vec::with_capacity(heads.len());
+        for (conv, head) in heads {
+            ids.push(conv.0);
+            last_seq.push(common::seq_to_db(head.last_seq));
+            last_msg_seq.push(common::seq_to_db(head.last_msg_seq));
+            last_activity.push(head.last_activity);
+            member_epoch.push(head.member_epoch);
+        }
+        let inserted: i64 = bind_rows!(
+            sqlx::query_scalar(concat!(
+                "WITH ins AS (",
+                insert_events!(),
+                " ON CONFLICT DO NOTHING RETURNING 1), \
+                 heads AS (UPDATE conversations c SET last_seq = h.last_seq, \
+                   last_msg_seq = h.last_msg_seq, last_activity = h.last_activity, \
+                   member_epoch = h.member_epoch \
+                   FROM UNNEST($17::int8[], $18::int8[], $19::int8[], $20::int8[], $21::int8[]) \
+                     AS h (id, last_seq, last_msg_seq, last_activity, member_epoch) \
+                   WHERE c.id = h.id) \
+                 SELECT count(*) FROM ins"
+            )),
+            rows
+        )
+        .bind(ids)
+        .bind(last_seq)
+        .bind(last_msg_seq)
+        .bind(last_activity)
+        .bind(member_epoch)
+        .fetch_one(&mut *self.conn)
+        .await
+        .map_err(|e| self.err(e))?;
+        if inserted != expected {
+            return Err(self.came_up_short());
         }
         Ok(())
     }
@@ -459,6 +526,12 @@ impl WriteOps for Writer<'_> {
         members_of: &[ConvId],
         batch: &[NewEvent],
     ) -> StoreResult<BatchStart> {
+        // Which of the batch's keys are taken, before any lock: the locks are held until the
+        // commit and writers of other nodes queue behind them, so only what needs them runs
+        // under them. A key taken after this look-up (the same client id resent through
+        // another node at that moment) makes the insert come up short, and the batch runs
+        // again.
+        self.defer_inserts(batch).await?;
         // The locks that order each conversation's writers, held until the commit, taken in id
         // order (the row lock is taken above the sort), so that batches cannot deadlock. Under
         // READ COMMITTED a writer that waited for one reads the row as its holder committed it.
@@ -499,14 +572,18 @@ impl WriteOps for Writer<'_> {
                 .map(|(c, u)| (ConvId(c), UserId(u)))
                 .collect();
         }
-        // One event is one insert anyway: no look-up first.
-        if batch.len() >= 2 {
-            self.defer_inserts(batch).await?;
-        }
         Ok(start)
     }
 
     async fn end_batch(&mut self, heads: &[(ConvId, ConvHead)]) -> StoreResult<()> {
+        let waiting = self
+            .deferred
+            .as_ref()
+            .is_some_and(|d| !d.rows.id.is_empty());
+        if waiting && !heads.is_empty() {
+            // The events and the heads in one statement: one round trip fewer under the locks.
+            return self.insert_and_save_heads(heads).await;
+        }
         self.flush().await?;
         self.deferred = None;
         match heads {
