@@ -8,7 +8,9 @@
 //! ```
 //!
 //! `redis`: one publisher → one subscriber over Redis pub/sub. `amqp`: one publisher → three
-//! node queues with publisher confirms, routed (a publish per target) and fanout (one publish).
+//! node queues with publisher confirms, routed (a publish per target) and fanout (one publish),
+//! then the chat's case of a direct message whose recipient is on one other node: routed (one
+//! publish to that node) against fanout (the broker copies it to every node).
 //! `watch`: subscribes one node and prints when `is_up` changes and how many envelopes arrived
 //! (another terminal can publish, stop the broker, start it again).
 //!
@@ -59,13 +61,27 @@ async fn open(kind: &str, prefix: &str) -> Res<SharedBus> {
 async fn run(
     publisher: &SharedBus,
     targets: Targets,
+    inboxes: Vec<server::bus::Inbox>,
+    n: usize,
+) -> Res<Duration> {
+    let expected = vec![n; inboxes.len()];
+    run_with(publisher, |_| targets.clone(), inboxes, n, expected).await
+}
+
+/// Publishes `n` envelopes, the i-th to `targets_of(i)`, while receiver k counts until it has
+/// `expected[k]`; returns the time until every receiver had all of its share.
+async fn run_with(
+    publisher: &SharedBus,
+    targets_of: impl Fn(usize) -> Targets,
     mut inboxes: Vec<server::bus::Inbox>,
     n: usize,
+    expected: Vec<usize>,
 ) -> Res<Duration> {
     let start = Instant::now();
     let counting: Vec<_> = inboxes
         .drain(..)
-        .map(|mut inbox| {
+        .zip(expected)
+        .map(|(mut inbox, n)| {
             tokio::spawn(async move {
                 let mut got = 0usize;
                 while got < n {
@@ -74,15 +90,15 @@ async fn run(
                         _ => break,
                     }
                 }
-                (got, inbox)
+                (got, n, inbox)
             })
         })
         .collect();
     let payload = Bytes::from(vec![b'x'; ENVELOPE]);
     let sent = futures::stream::iter(0..n)
-        .map(|_| {
+        .map(|i| {
             let publisher = publisher.clone();
-            let targets = targets.clone();
+            let targets = targets_of(i);
             let payload = payload.clone();
             async move { publisher.publish(&targets, payload).await }
         })
@@ -95,9 +111,9 @@ async fn run(
     }
     let published = start.elapsed();
     for c in counting {
-        let (got, _) = c.await?;
-        if got < n {
-            return Err(format!("a receiver got {got} of {n}").into());
+        let (got, want, _) = c.await?;
+        if got < want {
+            return Err(format!("a receiver got {got} of {want}").into());
         }
     }
     let all = start.elapsed();
@@ -166,6 +182,52 @@ async fn amqp(n: usize) -> Res {
         3.0 * n as f64 / t.as_secs_f64()
     );
     drop((publisher, subscribers, publisher2, fanout_subs));
+
+    // A chat's cross-node direct message: one other node holds the recipient. Routed, it is one
+    // publish to that node's queue; fanout, the broker copies it into every node's queue.
+    println!("  a direct message to one of the 3 nodes (the chat's case):");
+    let mut rates = Vec::new();
+    for routed in [true, false] {
+        let prefix = format!(
+            "bench.{}.",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let publisher = open("amqp", &prefix).await?;
+        let mut subs = Vec::new();
+        let mut inboxes = Vec::new();
+        for node in &nodes {
+            let bus = open("amqp", &prefix).await?;
+            inboxes.push(bus.subscribe(node).await?);
+            subs.push(bus);
+        }
+        let expected = if routed {
+            (0..nodes.len())
+                .map(|k| (0..n).filter(|i| i % nodes.len() == k).count())
+                .collect()
+        } else {
+            vec![n; nodes.len()]
+        };
+        let targets_of = |i: usize| {
+            if routed {
+                Targets::Nodes(vec![nodes[i % nodes.len()].clone()])
+            } else {
+                Targets::All
+            }
+        };
+        let t = run_with(&publisher, targets_of, inboxes, n, expected).await?;
+        let rate = n as f64 / t.as_secs_f64();
+        println!(
+            "    {}: {rate:.0} messages/s",
+            if routed { "routed" } else { "fanout" }
+        );
+        rates.push(rate);
+        drop((publisher, subs));
+        delete_topology(&prefix, &nodes).await?;
+    }
+    println!(
+        "    routed carries {:.1}× what fanout does",
+        rates[0] / rates[1]
+    );
     for p in [&prefix, &prefix2] {
         delete_topology(p, &nodes).await?;
     }
