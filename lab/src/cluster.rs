@@ -282,6 +282,15 @@ impl Slot {
     }
 }
 
+/// The server's variable for its runtime's worker threads.
+const WORKER_THREADS_ENV: &str = "CHAT_WORKER_THREADS";
+
+/// Runtime threads per server process when `nodes` nodes and a controller share this machine.
+fn worker_threads(nodes: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / (nodes + 1)).max(1)
+}
+
 /// Everything needed to start a node, apart from the cluster's mutable state, so that several
 /// nodes can start at once.
 #[derive(Debug)]
@@ -315,6 +324,13 @@ impl Launcher {
             // tail we quote. Panics keep their backtraces (RUST_BACKTRACE still applies).
             env.push(("RUST_LIB_BACKTRACE".into(), "0".into()));
         }
+        // The processes of a lab cluster share one machine: each gets an equal share of its
+        // cores as runtime threads (at least one), instead of each one a thread per core that
+        // would wake, steal and switch against all the others. The config's env may override.
+        env.push((
+            WORKER_THREADS_ENV.into(),
+            worker_threads(self.config.nodes).to_string().into(),
+        ));
         env.extend(self.config.env.iter().map(|(k, v)| (k.into(), v.into())));
         ProcessSpec {
             name: name.to_owned(),
@@ -802,6 +818,15 @@ mod tests {
         args.into_iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect()
+    }
+
+    #[test]
+    fn every_process_gets_a_share_of_the_cores_and_at_least_one_thread() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(worker_threads(0), cores);
+        assert!(worker_threads(3) >= 1);
+        assert!(worker_threads(3) * 4 <= cores.max(4));
+        assert_eq!(worker_threads(10_000), 1);
     }
 
     #[test]

@@ -122,8 +122,9 @@ struct NodeArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    // `CHAT_WORKER_THREADS`: 0 runs every task on one thread (no wakeups across threads: the
-    // cheapest for several processes sharing a small machine); N uses N worker threads.
+    // `CHAT_WORKER_THREADS`: 0 runs every task on one thread (no wakeups across threads); N
+    // uses N worker threads; unset, one per core. The lab, which packs a controller and its
+    // nodes onto one machine, gives each process its share of the cores.
     let threads: usize = std::env::var("CHAT_WORKER_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
