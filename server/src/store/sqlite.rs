@@ -72,6 +72,13 @@ const READER_CACHE_KIB: u32 = 256;
 /// How often each process's checkpointer copies the log back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
+/// A log this long (frames of a page each, 4 MiB) is copied back under the writers' lock, so
+/// that it can start over.
+const RESTART_FRAMES: i64 = 1000;
+
+/// The size the log file is cut back to after it starts over.
+const LOG_SIZE_LIMIT: u64 = 64 << 20;
+
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// The SQLite store. Cheap to clone: the pools and the member cache are shared.
@@ -305,7 +312,8 @@ impl SqliteStore {
             &options
                 .clone()
                 .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
-                .pragma("wal_autocheckpoint", "0"),
+                .pragma("wal_autocheckpoint", "0")
+                .pragma("journal_size_limit", LOG_SIZE_LIMIT.to_string()),
         )
         .await
         .map_err(db_err)?;
@@ -323,18 +331,25 @@ impl SqliteStore {
             .map_err(db_err)?;
         let mut lock = path.as_os_str().to_owned();
         lock.push(".write-lock");
+        let write_lock: Arc<std::path::PathBuf> = Arc::new(lock.into());
+        let writer = Arc::new(tokio::sync::Mutex::new(WriteConn {
+            conn: writer,
+            lock: FileLock::Closed,
+            open: false,
+        }));
         let checkpoints = CancellationToken::new();
-        tokio::spawn(checkpointer(options.clone(), checkpoints.clone()));
+        tokio::spawn(checkpointer(
+            options.clone(),
+            Arc::downgrade(&writer),
+            write_lock.clone(),
+            checkpoints.clone(),
+        ));
         Ok(SqliteStore {
             _checkpointer: Arc::new(checkpoints.drop_guard()),
             reader,
-            writer: Arc::new(tokio::sync::Mutex::new(WriteConn {
-                conn: writer,
-                lock: FileLock::Closed,
-                open: false,
-            })),
+            writer,
             members: Arc::new(MemberCache::default()),
-            write_lock: Arc::new(lock.into()),
+            write_lock,
         })
     }
 
@@ -379,11 +394,22 @@ impl SqliteStore {
     }
 }
 
-/// Copies the log back into the database file every [`CHECKPOINT_EVERY`], in SQLite's passive
-/// mode: it takes no lock a writer or a reader waits for, and skips what a reader still uses.
-/// Every process runs one; when two meet, one of them finds the other busy and waits for its
-/// next turn.
-async fn checkpointer(options: SqliteConnectOptions, stop: CancellationToken) {
+/// Copies the log back into the database file every [`CHECKPOINT_EVERY`], beside the writers.
+///
+/// A passive checkpoint takes no lock that a writer or a reader waits for, so it copies most
+/// of the log while every process goes on writing. But the log starts over from its beginning
+/// only once a checkpoint has copied all of it, and with writers of three processes appending
+/// meanwhile that never happens by itself: the file would grow without end. So once the log
+/// is longer than [`RESTART_FRAMES`], the checkpointer takes the writers' lock (as a writer
+/// would), copies the few frames written since, and lets it go; the next writer then starts
+/// the log over. Every process runs one; when two meet, one finds the other busy and waits
+/// for its next turn.
+async fn checkpointer(
+    options: SqliteConnectOptions,
+    writer: std::sync::Weak<tokio::sync::Mutex<WriteConn>>,
+    write_lock: Arc<std::path::PathBuf>,
+    stop: CancellationToken,
+) {
     let mut conn: Option<SqliteConnection> = None;
     loop {
         tokio::select! {
@@ -400,21 +426,50 @@ async fn checkpointer(options: SqliteConnectOptions, stop: CancellationToken) {
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        let done = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
-            .fetch_one(&mut *c)
-            .await;
-        match done {
-            Ok(_) => {}
-            Err(e) if is_busy(&e) => {}
+        let log_frames = match passive_checkpoint(c).await {
+            Ok(frames) => frames,
+            Err(e) if is_busy(&e) => continue,
             Err(e) => {
                 tracing::debug!(error = %e, "checkpoint failed; reconnecting");
                 conn = None;
+                continue;
             }
+        };
+        if log_frames < RESTART_FRAMES {
+            continue;
         }
+        let Some(writer) = writer.upgrade() else {
+            break;
+        };
+        let mut w = tokio::select! {
+            _ = stop.cancelled() => break,
+            w = writer.lock_owned() => w,
+        };
+        w.roll_back().await;
+        if let Err(e) = w.lock.acquire(&write_lock).await {
+            tracing::debug!(error = %e, "checkpointer cannot take the writers' lock");
+            continue;
+        }
+        // Nobody writes now: this copies what came since the pass above, and all of it.
+        if let Err(e) = passive_checkpoint(c).await
+            && !is_busy(&e)
+        {
+            tracing::debug!(error = %e, "checkpoint under the writers' lock failed");
+        }
+        w.lock.release();
     }
     if let Some(c) = conn {
         let _ = c.close().await;
     }
+}
+
+/// One passive checkpoint; the log's length in frames.
+async fn passive_checkpoint(conn: &mut SqliteConnection) -> Result<i64, sqlx::Error> {
+    let (_busy, log, _copied) =
+        sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(conn)
+            .await?;
+    Ok(log)
 }
 
 /// Switches the file to WAL. Unlike other locks, the one this needs is not waited for by the
@@ -1761,6 +1816,85 @@ mod tests {
             }
             sent += size;
         }
+        Ok(())
+    }
+
+    /// With writers that never pause (two handles, as two processes would), the log still
+    /// starts over: it stays far smaller than the data that went through it. (It starts over
+    /// only after a checkpoint copied all of it, which needs a moment without writers.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_starts_over_while_writers_keep_writing() -> anyhow::Result<()> {
+        let db = temp_db().await?;
+        let first = SqliteStore::open(&db.path).await?;
+        let second = SqliteStore::open(&db.path).await?;
+        let origin = NodeId::new("writer")?;
+        let mut convs = Vec::new();
+        for i in 0..40 {
+            let a = first.create_user(&format!("a{i}"), "x", 0).await?.id;
+            let b = first.create_user(&format!("b{i}"), "x", 0).await?.id;
+            let (conv, _) = first
+                .open_direct(a, b, MessageId(i + 1), &origin, 0)
+                .await?;
+            convs.push((conv, a));
+        }
+        let convs = Arc::new(convs);
+        let file_size = |suffix: &str| {
+            let mut p = db.path.as_os_str().to_owned();
+            p.push(suffix);
+            std::fs::metadata(p).map_or(0, |m| m.len())
+        };
+        // Each batch rewrites pages all over the file, so a log that never starts over grows
+        // many times faster than the data (tens of times, measured); one that does stays
+        // about as long as what is written between two checkpoints.
+        const DATA: u64 = 16 << 20;
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        let mut writers = Vec::new();
+        for (w, store) in [first, second].into_iter().enumerate() {
+            let convs = convs.clone();
+            let origin = origin.clone();
+            let db_path = db.path.clone();
+            writers.push(tokio::spawn(async move {
+                let mut n: i64 = 0;
+                while std::fs::metadata(&db_path).map_or(0, |m| m.len()) < DATA
+                    && std::time::Instant::now() < deadline
+                {
+                    let batch = (0..32)
+                        .map(|_| {
+                            n += 1;
+                            let (conv, sender) = convs[(n as usize * 7 + w) % convs.len()];
+                            Ok(NewEvent {
+                                conv,
+                                id: MessageId(((w as i64 + 1) << 40) | n),
+                                at: n,
+                                sender,
+                                device: None,
+                                client_id: Some(ClientMsgId::new(format!("w{w}-{n}"))?),
+                                body: crate::store::NewBody::Message {
+                                    kind: protocol::model::MessageKind::Text,
+                                    text: "x".repeat(200),
+                                    attachment: None,
+                                    reply_to: None,
+                                },
+                                origin: origin.clone(),
+                            })
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    for r in store.append(batch).await {
+                        r?;
+                    }
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for w in writers {
+            w.await??;
+        }
+        let (data, log) = (file_size(""), file_size("-wal"));
+        assert!(data >= DATA, "the writers stopped early: {data} bytes");
+        assert!(
+            log < 2 * DATA,
+            "the log never started over: {log} bytes of log for {data} bytes of data"
+        );
         Ok(())
     }
 
