@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import type { ChatEvent, ConversationSummary } from "../ipc/types";
 import { initialState, reduce } from "./chat";
-import { mark, peerOnline, preview, rows, sortedConversations, statusLine, typingLine } from "./view";
+import { mark, peerOnline, preview, processRuns, rows, sortedConversations, statusLine, typingLine } from "./view";
 import { fileSize, initials } from "./format";
 
 const ME = { id: 1, username: "alice" };
@@ -125,5 +125,12 @@ describe("format", () => {
     expect(fileSize(1536)).toBe("1.5 KiB");
     expect(initials("alice")).toBe("AL");
     expect(initials("#general chat")).toBe("GC");
+  });
+});
+
+describe("cluster panel", () => {
+  it("offers Kill for every process that still runs, Restart once it has ended", () => {
+    for (const state of ["live", "draining", "starting", "paused"]) expect(processRuns(state), state).toBe(true);
+    for (const state of ["killed", "stopped", "exited", "gone"]) expect(processRuns(state), state).toBe(false);
   });
 });

@@ -2,7 +2,7 @@
 // previews, the status line, timeline rows with day separators and sender groups, read marks,
 // typing lines. Pure functions, unit-tested.
 
-import type { ChatEvent, ConvId, ConversationSummary, Millis, ServerState, Status, UserId } from "../ipc/types";
+import type { ChatEvent, ConvId, ConversationSummary, Millis, NodeView, ServerState, Status, UserId } from "../ipc/types";
 import type { ChatState, Item } from "./chat";
 import { dayLabel, fileSize } from "./format";
 
@@ -259,4 +259,12 @@ export function lastSeq(items: Item[]): number {
     if (seq !== null) return seq;
   }
   return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cluster panel
+
+/** Whether a node's process still runs (the panel offers Kill), or has ended (Restart). */
+export function processRuns(state: NodeView["state"]): boolean {
+  return state === "live" || state === "draining" || state === "starting" || state === "paused";
 }

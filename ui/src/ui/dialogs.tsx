@@ -7,7 +7,7 @@ import * as api from "../ipc/commands";
 import type { ClusterView, DeviceInfo, MemberInfo, RoomListing } from "../ipc/types";
 import type { ChatState } from "../model/chat";
 import { listTime } from "../model/format";
-import { statusLine, waitingCount } from "../model/view";
+import { processRuns, statusLine, waitingCount } from "../model/view";
 import type { Actions } from "./ChatScreen";
 import { Avatar, Dialog, ErrorText } from "./common";
 
@@ -352,7 +352,7 @@ function Cluster({ state, actions, onClose }: Props) {
               {view.local && <td class="muted">{n.pid ? `pid ${n.pid}` : ""}{n.exit ? ` · ${n.exit}` : ""}</td>}
               {view.local && (
                 <td class="right">
-                  {n.state === "live" || n.state === "draining" ? (
+                  {processRuns(n.state) ? (
                     <button class="danger small" disabled={busy} onClick={() => void run(() => api.killNode(n.id).then(load))} data-testid="kill-node">
                       Kill
                     </button>
