@@ -179,7 +179,7 @@ pub struct Node {
     /// Stops accepting HTTP connections.
     accept: CancellationToken,
     server: JoinHandle<()>,
-    committer: JoinHandle<()>,
+    committer: pipeline::Committer,
     publisher: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -246,7 +246,7 @@ impl Node {
             tracker: TaskTracker::new(),
         });
         crate::metrics::install();
-        let committer = tokio::spawn(pipeline::run_committer(ctx.clone(), commit_rx));
+        let committer = pipeline::Committer::spawn(ctx.clone(), commit_rx)?;
         let publisher = tokio::spawn(pipeline::run_publisher(
             ctx.clone(),
             publish_rx,
@@ -376,7 +376,7 @@ impl Node {
             tracing::warn!(error = %e, "deregister failed; the lease will lapse");
         }
         self.background.cancel();
-        self.committer.abort();
+        self.committer.stop().await;
         self.publisher.abort();
         for t in self.tasks {
             t.abort();

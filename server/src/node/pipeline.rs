@@ -1,7 +1,8 @@
 //! The path of an accepted frame after its session: group commit into the store, then the ack,
 //! local delivery and publication.
 //!
-//! One committer task per node takes every append waiting (up to a batch) and writes them in one
+//! One committer per node, on a thread of its own, takes every append waiting (up to a batch),
+//! adds what queued while the store waited for its write lock, and writes them in one
 //! transaction: a lone message goes at once, a busy node writes hundreds per commit. After the
 //! commit, each event is serialized once; its ack goes to the sender's queue, its frame to
 //! every local recipient device, and a publish job to the publisher. The publisher resolves
@@ -74,14 +75,83 @@ pub fn store_error_message(e: &StoreError) -> String {
     }
 }
 
-/// Runs the committer until its input closes; then returns (after the last batch).
-pub async fn run_committer(ctx: Arc<NodeCtx>, mut rx: mpsc::Receiver<AppendJob>) {
+/// The committer, on a thread of its own.
+///
+/// A commit holds the store's write lock (on SQLite, the lock every process of the machine
+/// queues on) across several statements, each answered by another thread. On the node's
+/// runtime, each answer would wait for its turn behind the sessions' work before the commit
+/// could go on, and every writer of every process would wait with it. On its own thread, with
+/// a runtime that runs nothing else, the commit goes on as soon as each answer is in.
+pub struct Committer {
+    stop: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Committer {
+    /// Starts the committer's thread.
+    pub fn spawn(ctx: Arc<NodeCtx>, rx: mpsc::Receiver<AppendJob>) -> std::io::Result<Committer> {
+        let stop = CancellationToken::new();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("committer".into())
+            .spawn(move || runtime.block_on(run_committer(ctx, rx, stopped)))?;
+        Ok(Committer {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops it after the batch it is writing, and waits for its thread.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(thread) = self.thread.take() {
+            let joined = tokio::task::spawn_blocking(move || thread.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                tracing::error!("the committer's thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        // Without this, its thread would hold the node (and its store) for ever.
+        self.stop.cancel();
+    }
+}
+
+/// Runs the committer until its input closes or `stop` fires; then returns (after the batch
+/// in hand).
+pub async fn run_committer(
+    ctx: Arc<NodeCtx>,
+    mut rx: mpsc::Receiver<AppendJob>,
+    stop: CancellationToken,
+) {
     let mut jobs: Vec<AppendJob> = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+    loop {
+        let got = tokio::select! {
+            biased;
+            _ = stop.cancelled() => 0,
+            n = rx.recv_many(&mut jobs, MAX_BATCH) => n,
+        };
+        if got == 0 {
+            break;
+        }
         let events: Vec<NewEvent> = jobs.iter().map(|j| j.event.clone()).collect();
         let started = Instant::now();
-        let n = events.len();
-        let results = ctx.store.append(events).await;
+        // What queued while the store waited for its lock goes in this commit too.
+        let mut top_up = |events: &mut Vec<NewEvent>| {
+            while jobs.len() < MAX_BATCH {
+                let Ok(job) = rx.try_recv() else { break };
+                events.push(job.event.clone());
+                jobs.push(job);
+            }
+        };
+        let results = ctx.store.append_topped_up(events, &mut top_up).await;
+        let n = jobs.len();
         metrics::histogram!("chat_store_commit_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("chat_store_batch_size").record(n as f64);
         for (job, result) in jobs.drain(..).zip(results) {

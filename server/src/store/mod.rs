@@ -224,6 +224,10 @@ pub struct AttachmentBlob {
 }
 
 /// The store contract. Implementations are cheap-to-clone handles shared across tasks.
+/// Adds to a batch what came while the store waited to write it (see
+/// [`Store::append_topped_up`]).
+pub type TopUp<'a> = &'a mut (dyn FnMut(&mut Vec<NewEvent>) + Send);
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// "sqlite" or "postgres", for status pages.
@@ -285,6 +289,20 @@ pub trait Store: Send + Sync + 'static {
     /// a refusal of one (not a member, bad target…) does not affect the others. If the
     /// transaction itself fails, every result is that error.
     async fn append(&self, batch: Vec<NewEvent>) -> Vec<StoreResult<Appended>>;
+
+    /// [`Store::append`] for a batch that may grow while the store waits to write it: `top_up`
+    /// is called once, as the store starts writing (on SQLite, once this process holds the
+    /// writers' lock), and adds what came meanwhile. The results cover the whole batch, in
+    /// order. A group commit that waits for a lock thus takes in everything that queued during
+    /// the wait, instead of leaving it for another turn at the lock.
+    async fn append_topped_up(
+        &self,
+        mut batch: Vec<NewEvent>,
+        top_up: TopUp<'_>,
+    ) -> Vec<StoreResult<Appended>> {
+        top_up(&mut batch);
+        self.append(batch).await
+    }
 
     /// The conversation's row.
     async fn conversation(&self, conv: ConvId) -> StoreResult<Option<ConversationRecord>>;

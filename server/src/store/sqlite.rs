@@ -50,7 +50,7 @@ use super::common::{
 };
 use super::{
     Appended, AttachmentBlob, ConversationRecord, DeviceRecord, MemberRecord, NewEvent, Page,
-    Store, StoreError, StoreResult, UserRecord,
+    Store, StoreError, StoreResult, TopUp, UserRecord,
 };
 
 /// How long a connection waits for another process's lock before giving up (then the call is
@@ -371,9 +371,33 @@ impl SqliteStore {
         Ok(tx)
     }
 
-    async fn append_batch(&self, batch: Vec<NewEvent>) -> StoreResult<Vec<StoreResult<Appended>>> {
+    async fn append_batch(
+        &self,
+        mut batch: Vec<NewEvent>,
+        top_up: TopUp<'_>,
+    ) -> Vec<StoreResult<Appended>> {
+        let tx = self.write_conn().await;
+        top_up(&mut batch);
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        let n = batch.len();
+        let outcome = match tx {
+            Ok(tx) => self.append_in(tx, batch).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(results) => results,
+            Err(e) => (0..n).map(|_| Err(common::copy_error(&e))).collect(),
+        }
+    }
+
+    async fn append_in(
+        &self,
+        mut tx: WriteTx,
+        batch: Vec<NewEvent>,
+    ) -> StoreResult<Vec<StoreResult<Appended>>> {
         // Begun by the batch's first statement (see the module docs).
-        let mut tx = self.write_conn().await?;
         let mut writer = SqliteWriter::lazy(&mut tx);
         let outcome = common::append_batch(&mut writer, &self.members, batch).await;
         let outcome = match outcome {
@@ -450,6 +474,7 @@ async fn checkpointer(
             tracing::debug!(error = %e, "checkpointer cannot take the writers' lock");
             continue;
         }
+        let locked = std::time::Instant::now();
         // Nobody writes now: this copies what came since the pass above, and all of it.
         if let Err(e) = passive_checkpoint(c).await
             && !is_busy(&e)
@@ -457,6 +482,8 @@ async fn checkpointer(
             tracing::debug!(error = %e, "checkpoint under the writers' lock failed");
         }
         w.lock.release();
+        metrics::histogram!("chat_store_checkpoint_locked_seconds")
+            .record(locked.elapsed().as_secs_f64());
     }
     if let Some(c) = conn {
         let _ = c.close().await;
@@ -1272,11 +1299,15 @@ impl Store for SqliteStore {
         if batch.is_empty() {
             return Vec::new();
         }
-        let n = batch.len();
-        match self.append_batch(batch).await {
-            Ok(results) => results,
-            Err(e) => (0..n).map(|_| Err(common::copy_error(&e))).collect(),
-        }
+        self.append_batch(batch, &mut |_| {}).await
+    }
+
+    async fn append_topped_up(
+        &self,
+        batch: Vec<NewEvent>,
+        top_up: TopUp<'_>,
+    ) -> Vec<StoreResult<Appended>> {
+        self.append_batch(batch, top_up).await
     }
 
     async fn conversation(&self, conv: ConvId) -> StoreResult<Option<ConversationRecord>> {

@@ -49,6 +49,7 @@ macro_rules! store_suite {
             room_membership_rules,
             direct_conversations_keep_their_members,
             appends_get_contiguous_seqs,
+            topped_up_batches_take_in_what_came,
             duplicates_are_recognised_within_and_across_batches,
             duplicates_are_recognised_across_handles,
             refusals_do_not_disturb_the_batch,
@@ -608,6 +609,58 @@ pub async fn appends_get_contiguous_seqs(db: &dyn TestDb) -> anyhow::Result<()> 
         "history holds the event as appended"
     );
     assert!(s.append(Vec::new()).await.is_empty());
+    Ok(())
+}
+
+/// A batch topped up as the store starts writing holds what the top-up added, after what it
+/// had, in one run of seqs; a batch that only the top-up fills is written too.
+pub async fn topped_up_batches_take_in_what_came(db: &dyn TestDb) -> anyhow::Result<()> {
+    let store = db.open().await?;
+    let s = &*store;
+    let (a, b) = (user(s, "ta").await?, user(s, "tb").await?);
+    let conv = direct(s, a, b).await?;
+
+    let mut calls = 0;
+    let mut top_up = |batch: &mut Vec<NewEvent>| {
+        calls += 1;
+        batch.push(text(conv, b, "came while waiting"));
+        batch.push(text(conv, a, "and this"));
+    };
+    let results = s
+        .append_topped_up(vec![text(conv, a, "first")], &mut top_up)
+        .await;
+    assert_eq!(calls, 1, "the top-up is asked once");
+    let seqs_got = results
+        .into_iter()
+        .map(|r| r.map(|a| a.event.seq))
+        .collect::<Result<Vec<_>, _>>()?;
+    assert_eq!(seqs_got, [2, 3, 4]);
+
+    let mut fill = |batch: &mut Vec<NewEvent>| batch.push(text(conv, b, "only from the top-up"));
+    let results = s.append_topped_up(Vec::new(), &mut fill).await;
+    assert_eq!(results.len(), 1);
+    let mut nothing = |_: &mut Vec<NewEvent>| {};
+    assert!(
+        s.append_topped_up(Vec::new(), &mut nothing)
+            .await
+            .is_empty()
+    );
+
+    let stored = history(s, conv).await?;
+    assert_eq!(seqs(&stored), [1, 2, 3, 4, 5]);
+    let texts = stored[1..]
+        .iter()
+        .map(|e| message_of(e).map(|m| m.text.clone()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    assert_eq!(
+        texts,
+        [
+            "first",
+            "came while waiting",
+            "and this",
+            "only from the top-up"
+        ]
+    );
     Ok(())
 }
 
