@@ -131,6 +131,8 @@ pub async fn run_committer(
     stop: CancellationToken,
 ) {
     let mut jobs: Vec<AppendJob> = Vec::with_capacity(MAX_BATCH);
+    // Each event goes to the store as it is; its sender stays here for the answer.
+    let mut senders: Vec<Sender> = Vec::with_capacity(MAX_BATCH);
     loop {
         let got = tokio::select! {
             biased;
@@ -140,23 +142,22 @@ pub async fn run_committer(
         if got == 0 {
             break;
         }
-        let events: Vec<NewEvent> = jobs.iter().map(|j| j.event.clone()).collect();
+        let events: Vec<NewEvent> = jobs.drain(..).map(|job| job.split(&mut senders)).collect();
         let started = Instant::now();
         // What queued while the store waited for its lock goes in this commit too.
         let mut top_up = |events: &mut Vec<NewEvent>| {
-            while jobs.len() < MAX_BATCH {
+            while senders.len() < MAX_BATCH {
                 let Ok(job) = rx.try_recv() else { break };
-                events.push(job.event.clone());
-                jobs.push(job);
+                events.push(job.split(&mut senders));
             }
         };
         let results = ctx.store.append_topped_up(events, &mut top_up).await;
-        let n = jobs.len();
+        let n = senders.len();
         metrics::histogram!("chat_store_commit_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("chat_store_batch_size").record(n as f64);
-        for (job, result) in jobs.drain(..).zip(results) {
+        for (sender, result) in senders.drain(..).zip(results) {
             match result {
-                Ok(appended) => committed(&ctx, job, appended).await,
+                Ok(appended) => committed(&ctx, sender, appended).await,
                 Err(e) => {
                     if matches!(e, StoreError::Internal(_)) {
                         tracing::error!(error = %e, "append failed");
@@ -165,9 +166,10 @@ pub async fn run_committer(
                     let frame = ServerFrame::error(
                         store_error_code(&e),
                         store_error_message(&e),
-                        Some(job.client_id),
+                        Some(sender.client_id),
                     );
-                    job.from
+                    sender
+                        .from
                         .queue
                         .push(Outbound::Live(Bytes::from(frame.to_json())));
                 }
@@ -176,7 +178,24 @@ pub async fn run_committer(
     }
 }
 
-async fn committed(ctx: &Arc<NodeCtx>, job: AppendJob, appended: Appended) {
+/// Who is answered once an event is committed.
+struct Sender {
+    from: Arc<DeviceSlot>,
+    client_id: ClientMsgId,
+}
+
+impl AppendJob {
+    /// The event, for the store; its sender goes on `senders`, in the same order.
+    fn split(self, senders: &mut Vec<Sender>) -> NewEvent {
+        senders.push(Sender {
+            from: self.from,
+            client_id: self.client_id,
+        });
+        self.event
+    }
+}
+
+async fn committed(ctx: &Arc<NodeCtx>, job: Sender, appended: Appended) {
     let ev = &appended.event;
     let ack = Bytes::from(
         ServerFrame::Ack(Ack {

@@ -223,11 +223,11 @@ pub struct AttachmentBlob {
     pub data: Bytes,
 }
 
-/// The store contract. Implementations are cheap-to-clone handles shared across tasks.
 /// Adds to a batch what came while the store waited to write it (see
 /// [`Store::append_topped_up`]).
 pub type TopUp<'a> = &'a mut (dyn FnMut(&mut Vec<NewEvent>) + Send);
 
+/// The store contract. Implementations are cheap-to-clone handles shared across tasks.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// "sqlite" or "postgres", for status pages.
