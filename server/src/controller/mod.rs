@@ -242,5 +242,6 @@ async fn link(
     }
     ws.max_message_size(16 * 1024 * 1024)
         .max_frame_size(16 * 1024 * 1024)
+        .read_buffer_size(crate::link::READ_BUFFER)
         .on_upgrade(move |socket| hub.serve(socket))
 }

@@ -338,9 +338,10 @@ async fn connect(shared: &Shared) -> Result<Ws, String> {
         auth.parse()
             .map_err(|_| "secret is not a valid header".to_owned())?,
     );
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (ws, _) =
+        tokio_tungstenite::connect_async_with_config(req, Some(super::socket_config()), true)
+            .await
+            .map_err(|e| e.to_string())?;
     Ok(ws)
 }
 

@@ -8,6 +8,18 @@ pub mod hub;
 pub use client::LinkClient;
 pub use hub::{HubBus, LinkHub};
 
+/// How much a link socket reads at a time, on both ends. tungstenite zeroes this much of its
+/// buffer before every read, so the default (128 KiB) cost each small frame a 128 KiB memset;
+/// a frame larger than this takes more reads.
+pub const READ_BUFFER: usize = 16 * 1024;
+
+/// The link's WebSocket settings on the node's end (the controller's end sets the same read
+/// size on its upgrade).
+pub(crate) fn socket_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
