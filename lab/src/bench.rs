@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 use protocol::model::EventBody;
 use protocol::model::MessageKind;
 use protocol::ws::{ClientFrame, SendMessage, ServerFrame};
-use protocol::{ConvId, NodeId, UserId};
+use protocol::{ConvId, UserId};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -103,17 +103,75 @@ impl MemoryReport {
 }
 
 /// A user's socket: frames to send go in, the reader task records what comes out.
-struct VUser {
-    node: NodeId,
-    tx: mpsc::UnboundedSender<Message>,
+pub(crate) struct VUser {
+    /// The node it is connected to, as the system under test names it.
+    pub(crate) node: String,
+    pub(crate) tx: mpsc::UnboundedSender<Message>,
 }
 
 /// Latency and delivery counts shared by the reader tasks.
-struct Recorder {
+pub(crate) struct Recorder {
     hist: Mutex<Histogram<u64>>,
     delivered: AtomicU64,
     /// Only messages of the current phase count (their text carries the phase number).
     phase: AtomicU64,
+}
+
+impl Recorder {
+    fn new() -> Result<Arc<Self>> {
+        Ok(Arc::new(Recorder {
+            hist: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+            delivered: AtomicU64::new(0),
+            phase: AtomicU64::new(0),
+        }))
+    }
+
+    /// Counts a received message's text (`b|<phase>|<sent at, µs>`) if it is of this phase.
+    pub(crate) fn record(&self, text: &str) {
+        let mut parts = text.split('|');
+        if parts.next() != Some("b") {
+            return;
+        }
+        let phase: u64 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        let sent: u64 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        if phase != self.phase.load(Ordering::Relaxed) || sent == 0 {
+            return;
+        }
+        let latency = now_us().saturating_sub(sent).max(1);
+        let _ = self.hist.lock().record(latency);
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Where a sender's messages go.
+#[derive(Clone, Debug)]
+pub(crate) enum Target {
+    /// This project's protocol: a direct conversation.
+    Conv(ConvId),
+    /// The Socket.IO peer: the recipient's room.
+    Room(Arc<str>),
+}
+
+/// A system under test with its users connected and paired, ready for load phases.
+pub struct Prepared {
+    /// What the figures are of ("ours", "socket.io").
+    pub name: String,
+    /// Memory per idle connection, if measured.
+    pub memory: Option<MemoryReport>,
+    recorder: Arc<Recorder>,
+    groups: CpuGroups,
+    /// Each sender's socket and where it sends.
+    senders: Vec<(mpsc::UnboundedSender<Message>, Target)>,
+    /// Every talking user's socket, closed when this is dropped.
+    vusers: Vec<VUser>,
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        for v in &self.vusers {
+            let _ = v.tx.send(Message::Close(None));
+        }
+    }
 }
 
 fn now_us() -> u64 {
@@ -185,9 +243,9 @@ const TICKS_PER_SEC: f64 = 100.0;
 /// The processes whose CPU is counted, by group. External servers are found by name at every
 /// reading: PostgreSQL forks a backend per connection, and the nodes' pools connect as the load
 /// comes.
-struct CpuGroups(Vec<(String, Members)>);
+pub(crate) struct CpuGroups(Vec<(String, Members)>);
 
-enum Members {
+pub(crate) enum Members {
     Pids(Vec<u32>),
     Named(String),
 }
@@ -196,6 +254,11 @@ enum Members {
 type Ticks = Vec<HashMap<u32, u64>>;
 
 impl CpuGroups {
+    /// Named groups as given.
+    pub(crate) fn new(groups: Vec<(String, Members)>) -> Self {
+        CpuGroups(groups)
+    }
+
     fn of(cluster: &Cluster, external: &[String]) -> Self {
         let mut groups = vec![(
             "controller".to_owned(),
@@ -241,6 +304,39 @@ impl CpuGroups {
     }
 }
 
+/// Starts the task that writes what is queued for a socket, flushing once the queue is empty.
+pub(crate) fn spawn_writer<S>(mut sink: S) -> mpsc::UnboundedSender<Message>
+where
+    S: futures::Sink<Message> + Unpin + Send + 'static,
+{
+    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if sink.feed(m).await.is_err() {
+                return;
+            }
+            while let Ok(m) = rx.try_recv() {
+                if sink.feed(m).await.is_err() {
+                    return;
+                }
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    tx
+}
+
+/// The client side's WebSocket settings, for every system measured: small buffers, as a
+/// generator of many sockets needs.
+pub(crate) fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(16 << 20))
+}
+
 /// Opens a user's socket on the node the controller assigns, says hello, and starts its reader.
 async fn connect(
     api: &client::Api,
@@ -253,11 +349,8 @@ async fn connect(
     let mut req = url.into_client_request()?;
     req.headers_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
-        .max_message_size(Some(16 << 20));
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), true).await?;
+    let (ws, _) =
+        tokio_tungstenite::connect_async_with_config(req, Some(socket_config()), true).await?;
     let (mut sink, mut stream) = ws.split();
     let hello = serde_json::to_string(&ClientFrame::Hello(protocol::ws::Hello {
         v: protocol::PROTOCOL_VERSION,
@@ -276,22 +369,7 @@ async fn connect(
             _ => bail!("socket closed before synced"),
         }
     }
-    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
-    tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            if sink.feed(m).await.is_err() {
-                return;
-            }
-            while let Ok(m) = rx.try_recv() {
-                if sink.feed(m).await.is_err() {
-                    return;
-                }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-    });
+    let tx = spawn_writer(sink);
     tokio::spawn(async move {
         while let Some(Ok(msg)) = stream.next().await {
             let Message::Text(t) = msg else { continue };
@@ -306,24 +384,12 @@ async fn connect(
                 continue;
             }
             if let EventBody::Message(m) = &ev.body {
-                // Text: "b|<phase>|<sent at, µs>".
-                let mut parts = m.text.split('|');
-                if parts.next() != Some("b") {
-                    continue;
-                }
-                let phase: u64 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-                let sent: u64 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-                if phase != recorder.phase.load(Ordering::Relaxed) || sent == 0 {
-                    continue;
-                }
-                let latency = now_us().saturating_sub(sent).max(1);
-                let _ = recorder.hist.lock().record(latency);
-                recorder.delivered.fetch_add(1, Ordering::Relaxed);
+                recorder.record(&m.text);
             }
         }
     });
     Ok(VUser {
-        node: assign.node,
+        node: assign.node.to_string(),
         tx,
     })
 }
@@ -369,78 +435,111 @@ async fn users(
     Ok(sessions)
 }
 
-/// Runs the benchmark against a started cluster and prints its figures as it goes.
-pub async fn run(
-    cluster: &Cluster,
-    config: &BenchConfig,
-) -> Result<(Option<MemoryReport>, Vec<PhaseReport>)> {
+/// Measures what idle connections cost: opens `count` of them in chunks of 100 with `open(i)`,
+/// reading the resident memory of `pids` before, halfway and after, then closes them.
+pub(crate) async fn measure_memory<F, Fut>(
+    pids: &[u32],
+    count: usize,
+    open: F,
+) -> Result<MemoryReport>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<VUser>>,
+{
+    println!("memory: opening {count} idle connections…");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss = || pids.iter().map(|p| rss_bytes(*p)).sum::<i64>();
+    let before = rss();
+    let half = count / 2;
+    let mut middle = None;
+    let mut idle = Vec::with_capacity(count);
+    let indices: Vec<usize> = (0..count).collect();
+    for chunk in indices.chunks(100) {
+        if middle.is_none() && idle.len() >= half {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            middle = Some((idle.len(), rss()));
+        }
+        for c in futures::future::join_all(chunk.iter().map(|i| open(*i))).await {
+            idle.push(c?);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss();
+    let (at_middle, rss_middle) = middle.unwrap_or((0, before));
+    let report = MemoryReport {
+        connections: idle.len(),
+        rss_increase: after - before,
+        marginal_connections: idle.len() - at_middle,
+        marginal_increase: after - rss_middle,
+    };
+    println!(
+        "memory: {} idle connections cost the nodes {:.1} MiB: {:.2} KiB per connection; \
+         the last {} cost {:.2} KiB each",
+        report.connections,
+        report.rss_increase as f64 / (1024.0 * 1024.0),
+        report.per_connection() / 1024.0,
+        report.marginal_connections,
+        report.marginal() / 1024.0
+    );
+    // Close them (the load phases measure the talking users alone), and let the nodes forget
+    // them before the load starts.
+    for v in &idle {
+        let _ = v.tx.send(Message::Close(None));
+    }
+    drop(idle);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(report)
+}
+
+/// Pairs users of different nodes, walking the nodes round-robin, and prints the spread.
+pub(crate) fn pair_across_nodes(vusers: &[VUser]) -> Vec<(usize, usize)> {
+    let mut by_node: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, v) in vusers.iter().enumerate() {
+        by_node.entry(v.node.as_str()).or_default().push(i);
+    }
+    let mut spread: Vec<String> = by_node
+        .iter()
+        .map(|(n, l)| format!("{n}: {}", l.len()))
+        .collect();
+    spread.sort();
+    println!("load: users per node {}", spread.join(", "));
+    let mut queues: Vec<Vec<usize>> = by_node.into_values().collect();
+    let mut pairs: Vec<(usize, usize)> = Vec::new();
+    loop {
+        queues.sort_by_key(|q| std::cmp::Reverse(q.len()));
+        if queues.len() < 2 || queues[1].is_empty() {
+            break;
+        }
+        let (Some(a), Some(b)) = (queues[0].pop(), queues[1].pop()) else {
+            break;
+        };
+        pairs.push((a, b));
+    }
+    pairs
+}
+
+/// Starts this project's cluster's side of a run: memory per idle connection, then the talking
+/// users, paired across nodes, one direct conversation per pair.
+pub async fn prepare(cluster: &Cluster, config: &BenchConfig) -> Result<Prepared> {
     let url = cluster.controller_url().to_owned();
     let node_pids: Vec<u32> = cluster.nodes().iter().map(|n| n.pid).collect();
     let groups = CpuGroups::of(cluster, &config.external);
     let http = client::api::http_client()?;
-    let recorder = Arc::new(Recorder {
-        hist: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
-        delivered: AtomicU64::new(0),
-        phase: AtomicU64::new(0),
-    });
+    let recorder = Recorder::new()?;
 
-    // Memory per idle connection: the nodes' RSS before and after `idle` connections.
     let memory = if config.idle > 0 {
-        println!("memory: opening {} idle connections…", config.idle);
         let sessions = users(&url, "idle", config.idle, 50).await?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let before: i64 = node_pids.iter().map(|p| rss_bytes(*p)).sum();
-        let half = sessions.len() / 2;
-        let mut middle = None;
-        let mut idle = Vec::with_capacity(sessions.len());
-        for chunk in sessions.chunks(100) {
-            if middle.is_none() && idle.len() >= half {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                middle = Some((
-                    idle.len(),
-                    node_pids.iter().map(|p| rss_bytes(*p)).sum::<i64>(),
-                ));
-            }
-            let conns = chunk.iter().map(|s| {
-                let api = s.api_with(http.clone());
-                let recorder = recorder.clone();
-                async move { connect(&api?, &s.token, recorder, s.user.id).await }
-            });
-            for c in futures::future::join_all(conns).await {
-                idle.push(c?);
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let after: i64 = node_pids.iter().map(|p| rss_bytes(*p)).sum();
-        let (at_middle, rss_middle) = middle.unwrap_or((0, before));
-        let report = MemoryReport {
-            connections: idle.len(),
-            rss_increase: after - before,
-            marginal_connections: idle.len() - at_middle,
-            marginal_increase: after - rss_middle,
+        let open = |i: usize| {
+            let s = &sessions[i];
+            let api = s.api_with(http.clone());
+            let recorder = recorder.clone();
+            async move { connect(&api?, &s.token, recorder, s.user.id).await }
         };
-        println!(
-            "memory: {} idle connections cost the nodes {:.1} MiB: {:.2} KiB per connection; \
-             the last {} cost {:.2} KiB each",
-            report.connections,
-            report.rss_increase as f64 / (1024.0 * 1024.0),
-            report.per_connection() / 1024.0,
-            report.marginal_connections,
-            report.marginal() / 1024.0
-        );
-        // Close them (the load phases measure the talking users alone), and let the nodes
-        // forget them before the load starts.
-        for v in &idle {
-            let _ = v.tx.send(Message::Close(None));
-        }
-        drop(idle);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        Some(report)
+        Some(measure_memory(&node_pids, sessions.len(), open).await?)
     } else {
         None
     };
 
-    // The talking users.
     println!("load: {} users, paired across nodes…", config.users);
     let sessions = users(&url, "talker", config.users, 1).await?;
     let mut vusers = Vec::with_capacity(sessions.len());
@@ -454,41 +553,12 @@ pub async fn run(
             vusers.push(c?);
         }
     }
-    let mut by_node: HashMap<NodeId, Vec<usize>> = HashMap::new();
-    for (i, v) in vusers.iter().enumerate() {
-        by_node.entry(v.node.clone()).or_default().push(i);
-    }
-    let spread: Vec<String> = {
-        let mut s: Vec<_> = by_node
-            .iter()
-            .map(|(n, l)| format!("{n}: {}", l.len()))
-            .collect();
-        s.sort();
-        s
-    };
-    println!("load: users per node {}", spread.join(", "));
-    // Pair users of different nodes: walk the nodes round-robin.
-    let mut queues: Vec<Vec<usize>> = by_node.into_values().collect();
-    queues.sort_by_key(|q| std::cmp::Reverse(q.len()));
-    let mut pairs: Vec<(usize, usize)> = Vec::new();
-    loop {
-        queues.sort_by_key(|q| std::cmp::Reverse(q.len()));
-        if queues.len() < 2 || queues[1].is_empty() {
-            break;
-        }
-        let (Some(a), Some(b)) = (queues[0].pop(), queues[1].pop()) else {
-            break;
-        };
-        pairs.push((a, b));
-    }
-    if config.rates.is_empty() {
-        return Ok((memory, Vec::new()));
-    }
-    if pairs.is_empty() {
+    let pairs = pair_across_nodes(&vusers);
+    if pairs.is_empty() && !config.rates.is_empty() {
         bail!("could not pair users across nodes (is there more than one node?)");
     }
     // One direct conversation per pair; both sides send.
-    let mut senders: Vec<(usize, ConvId)> = Vec::new();
+    let mut senders = Vec::new();
     for chunk in pairs.chunks(50) {
         let opens = chunk.iter().map(|(a, b)| {
             let api = sessions[*a].api_with(http.clone());
@@ -497,8 +567,8 @@ pub async fn run(
         });
         for ((a, b), conv) in chunk.iter().zip(futures::future::join_all(opens).await) {
             let conv = conv.context("open direct conversation")?.id;
-            senders.push((*a, conv));
-            senders.push((*b, conv));
+            senders.push((vusers[*a].tx.clone(), Target::Conv(conv)));
+            senders.push((vusers[*b].tx.clone(), Target::Conv(conv)));
         }
     }
     println!(
@@ -507,91 +577,142 @@ pub async fn run(
         senders.len()
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(Prepared {
+        name: "ours".into(),
+        memory,
+        recorder,
+        groups,
+        senders,
+        vusers,
+    })
+}
 
-    let mut reports = Vec::new();
-    for (phase_no, &rate) in config.rates.iter().enumerate() {
-        let phase = phase_no as u64 + 1;
-        recorder.phase.store(phase, Ordering::Relaxed);
-        recorder.delivered.store(0, Ordering::Relaxed);
-        recorder.hist.lock().reset();
-        let cpu_before = groups.ticks();
-        let gen_before = cpu_ticks(std::process::id());
-        let started = Instant::now();
-        let mut sent = 0u64;
-        let mut next_sender = 0usize;
-        let mut tick = tokio::time::interval(Duration::from_millis(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        while started.elapsed() < config.phase {
-            tick.tick().await;
-            let due = (started.elapsed().as_secs_f64() * f64::from(rate)) as u64;
-            while sent < due {
-                let (who, conv) = senders[next_sender % senders.len()];
-                next_sender += 1;
-                let frame = ClientFrame::Send(SendMessage {
-                    conv,
+/// Puts a system's pieces together (for the peer's side).
+pub(crate) fn prepared(
+    name: &str,
+    memory: Option<MemoryReport>,
+    recorder: Arc<Recorder>,
+    groups: CpuGroups,
+    senders: Vec<(mpsc::UnboundedSender<Message>, Target)>,
+    vusers: Vec<VUser>,
+) -> Prepared {
+    Prepared {
+        name: name.into(),
+        memory,
+        recorder,
+        groups,
+        senders,
+        vusers,
+    }
+}
+
+/// A new recorder, for the peer's side.
+pub(crate) fn recorder() -> Result<Arc<Recorder>> {
+    Recorder::new()
+}
+
+/// One load phase at `rate` messages/s (`phase` numbers the phases of a run, from 1), and its
+/// figures, printed as it ends.
+pub async fn run_phase(
+    system: &Prepared,
+    config: &BenchConfig,
+    phase: u64,
+    rate: u32,
+) -> Result<PhaseReport> {
+    let recorder = &system.recorder;
+    let senders = &system.senders;
+    if senders.is_empty() {
+        bail!("no senders");
+    }
+    recorder.phase.store(phase, Ordering::Relaxed);
+    recorder.delivered.store(0, Ordering::Relaxed);
+    recorder.hist.lock().reset();
+    let cpu_before = system.groups.ticks();
+    let gen_before = cpu_ticks(std::process::id());
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    while started.elapsed() < config.phase {
+        tick.tick().await;
+        let due = (started.elapsed().as_secs_f64() * f64::from(rate)) as u64;
+        while sent < due {
+            let (tx, target) = &senders[sent as usize % senders.len()];
+            let text = format!("b|{phase}|{}", now_us());
+            let frame = match target {
+                Target::Conv(conv) => serde_json::to_string(&ClientFrame::Send(SendMessage {
+                    conv: *conv,
                     // Made as the client core makes them (time-ordered), so that the store
                     // sees the keys real clients send.
                     client_id: client::new_client_id(),
                     kind: MessageKind::Text,
-                    text: format!("b|{phase}|{}", now_us()),
+                    text,
                     attachment: None,
                     reply_to: None,
-                });
-                let _ = vusers[who]
-                    .tx
-                    .send(Message::Text(serde_json::to_string(&frame)?.into()));
-                sent += 1;
-            }
+                }))?,
+                Target::Room(to) => crate::peer::dm_frame(sent, to, text)?,
+            };
+            let _ = tx.send(Message::Text(frame.into()));
+            sent += 1;
         }
-        let send_secs = started.elapsed().as_secs_f64();
-        // Drain: wait until everything arrived, or 5 s without progress.
-        let mut last = recorder.delivered.load(Ordering::Relaxed);
-        let mut quiet = Instant::now();
-        while last < sent && quiet.elapsed() < Duration::from_secs(5) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let now = recorder.delivered.load(Ordering::Relaxed);
-            if now != last {
-                last = now;
-                quiet = Instant::now();
-            }
+    }
+    let send_secs = started.elapsed().as_secs_f64();
+    // Drain: wait until everything arrived, or 5 s without progress.
+    let mut last = recorder.delivered.load(Ordering::Relaxed);
+    let mut quiet = Instant::now();
+    while last < sent && quiet.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = recorder.delivered.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            quiet = Instant::now();
         }
-        let total_secs = started.elapsed().as_secs_f64();
-        let cpu_after = groups.ticks();
-        let gen_secs = (cpu_ticks(std::process::id()) - gen_before) as f64 / TICKS_PER_SEC;
-        let delivered = recorder.delivered.load(Ordering::Relaxed);
-        let cpu_by_group = groups.cores(&cpu_before, &cpu_after, total_secs);
-        let cpu_secs = cpu_by_group.iter().map(|(_, c)| c).sum::<f64>() * total_secs;
-        let latency_us = {
-            let h = recorder.hist.lock();
-            [
-                h.value_at_quantile(0.50),
-                h.value_at_quantile(0.90),
-                h.value_at_quantile(0.99),
-                h.value_at_quantile(0.999),
-                h.max(),
-            ]
-        };
-        let report = PhaseReport {
-            offered: rate,
-            sent_rate: sent as f64 / send_secs,
-            delivered_rate: delivered as f64 / send_secs,
-            sent,
-            lost: sent.saturating_sub(delivered),
-            latency_us,
-            cpu_cores: cpu_secs / total_secs,
-            cpu_us_per_message: cpu_secs * 1e6 / delivered.max(1) as f64,
-            generator_cores: gen_secs / total_secs,
-            cpu_by_group,
-        };
-        println!("{}", format_phase(&report));
-        println!("{}  (load average {})", format_cpu(&report), load_average());
-        reports.push(report);
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    for v in &vusers {
-        let _ = v.tx.send(Message::Close(None));
+    let total_secs = started.elapsed().as_secs_f64();
+    let cpu_after = system.groups.ticks();
+    let gen_secs = (cpu_ticks(std::process::id()) - gen_before) as f64 / TICKS_PER_SEC;
+    let delivered = recorder.delivered.load(Ordering::Relaxed);
+    let cpu_by_group = system.groups.cores(&cpu_before, &cpu_after, total_secs);
+    let cpu_secs = cpu_by_group.iter().map(|(_, c)| c).sum::<f64>() * total_secs;
+    let latency_us = {
+        let h = recorder.hist.lock();
+        [
+            h.value_at_quantile(0.50),
+            h.value_at_quantile(0.90),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.max(),
+        ]
+    };
+    let report = PhaseReport {
+        offered: rate,
+        sent_rate: sent as f64 / send_secs,
+        delivered_rate: delivered as f64 / send_secs,
+        sent,
+        lost: sent.saturating_sub(delivered),
+        latency_us,
+        cpu_cores: cpu_secs / total_secs,
+        cpu_us_per_message: cpu_secs * 1e6 / delivered.max(1) as f64,
+        generator_cores: gen_secs / total_secs,
+        cpu_by_group,
+    };
+    println!("{}: {}", system.name, format_phase(&report));
+    println!("{}  (load average {})", format_cpu(&report), load_average());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(report)
+}
+
+/// Runs the benchmark against a started cluster and prints its figures as it goes.
+pub async fn run(
+    cluster: &Cluster,
+    config: &BenchConfig,
+) -> Result<(Option<MemoryReport>, Vec<PhaseReport>)> {
+    let system = prepare(cluster, config).await?;
+    let mut reports = Vec::new();
+    for (i, &rate) in config.rates.iter().enumerate() {
+        reports.push(run_phase(&system, config, i as u64 + 1, rate).await?);
     }
-    Ok((memory, reports))
+    Ok((system.memory.clone(), reports))
 }
 
 fn ms(us: u64) -> String {
@@ -641,6 +762,70 @@ pub fn format_summary(memory: Option<&MemoryReport>, phases: &[PhaseReport]) -> 
     out
 }
 
+/// What one system did over a run.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// Memory per idle connection, if measured.
+    pub memory: Option<MemoryReport>,
+    /// One report per phase.
+    pub phases: Vec<PhaseReport>,
+}
+
+impl PhaseReport {
+    /// Whether the system held the rate: nothing lost, at least 98% of the offered rate
+    /// delivered, p99 under 100 ms (past that, a queue is growing).
+    pub fn holds(&self) -> bool {
+        self.lost == 0
+            && self.delivered_rate >= 0.98 * f64::from(self.offered)
+            && self.latency_us[2] < 100_000
+    }
+}
+
+/// The two systems' figures side by side, rate by rate, with the ratios the project is
+/// judged by.
+pub fn format_comparison(ours: &Outcome, peer: &Outcome) -> String {
+    let mut out = String::from(
+        "side by side (ours vs socket.io + redis adapter; same generator, phases interleaved):\n\
+         \x20 rate/s  p99 ours  p99 peer  µs/msg ours  µs/msg peer  cpu ours/peer  held ours  held peer\n",
+    );
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    for (o, p) in ours.phases.iter().zip(&peer.phases) {
+        out.push_str(&format!(
+            "{:>8} {:>9} {:>9} {:>12.1} {:>12.1} {:>14.2} {:>10} {:>10}\n",
+            o.offered,
+            ms(o.latency_us[2]),
+            ms(p.latency_us[2]),
+            o.cpu_us_per_message,
+            p.cpu_us_per_message,
+            o.cpu_us_per_message / p.cpu_us_per_message.max(f64::MIN_POSITIVE),
+            yes(o.holds()),
+            yes(p.holds()),
+        ));
+    }
+    let best = |o: &Outcome| {
+        o.phases
+            .iter()
+            .filter(|r| r.holds())
+            .map(|r| r.offered)
+            .max()
+            .unwrap_or(0)
+    };
+    out.push_str(&format!(
+        "highest rate held: ours {}/s, socket.io {}/s\n",
+        best(ours),
+        best(peer)
+    ));
+    if let (Some(o), Some(p)) = (&ours.memory, &peer.memory) {
+        out.push_str(&format!(
+            "memory per idle connection (one more): ours {:.2} KiB, socket.io {:.2} KiB (ours/peer {:.2})\n",
+            o.marginal() / 1024.0,
+            p.marginal() / 1024.0,
+            o.marginal() / p.marginal().max(f64::MIN_POSITIVE)
+        ));
+    }
+    out
+}
+
 /// One line per phase.
 pub fn format_phase(r: &PhaseReport) -> String {
     format!(
@@ -658,4 +843,70 @@ pub fn format_phase(r: &PhaseReport) -> String {
         r.cpu_us_per_message,
         r.generator_cores,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_messages_of_the_current_phase_count() {
+        let r = Recorder::new().expect("recorder");
+        r.phase.store(2, Ordering::Relaxed);
+        let sent = now_us() - 1500;
+        r.record(&format!("b|2|{sent}"));
+        r.record(&format!("b|1|{sent}"));
+        r.record("hello");
+        r.record("b|2|garbage");
+        assert_eq!(r.delivered.load(Ordering::Relaxed), 1);
+        assert!(r.hist.lock().max() >= 1500);
+    }
+
+    fn report(offered: u32, delivered: f64, lost: u64, p99_us: u64, cpu: f64) -> PhaseReport {
+        PhaseReport {
+            offered,
+            sent_rate: f64::from(offered),
+            delivered_rate: delivered,
+            sent: u64::from(offered) * 10,
+            lost,
+            latency_us: [1000, 2000, p99_us, p99_us, p99_us],
+            cpu_cores: 1.0,
+            cpu_us_per_message: cpu,
+            generator_cores: 0.1,
+            cpu_by_group: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_rate_is_held_only_without_loss_backlog_or_a_growing_queue() {
+        assert!(report(1000, 1000.0, 0, 5_000, 1.0).holds());
+        assert!(!report(1000, 1000.0, 1, 5_000, 1.0).holds());
+        assert!(!report(1000, 900.0, 0, 5_000, 1.0).holds());
+        assert!(!report(1000, 1000.0, 0, 150_000, 1.0).holds());
+    }
+
+    #[test]
+    fn the_comparison_gives_the_cpu_ratio_and_the_highest_rates_held() {
+        let ours = Outcome {
+            memory: None,
+            phases: vec![
+                report(1000, 1000.0, 0, 2_000, 100.0),
+                report(2000, 2000.0, 0, 3_000, 80.0),
+            ],
+        };
+        let peer = Outcome {
+            memory: None,
+            phases: vec![
+                report(1000, 1000.0, 0, 4_000, 300.0),
+                report(2000, 1500.0, 0, 500_000, 320.0),
+            ],
+        };
+        let text = format_comparison(&ours, &peer);
+        assert!(text.contains("0.33"), "{text}");
+        assert!(text.contains("0.25"), "{text}");
+        assert!(
+            text.contains("highest rate held: ours 2000/s, socket.io 1000/s"),
+            "{text}"
+        );
+    }
 }

@@ -11,6 +11,8 @@
 //! - [`status`]: asking the controller (`/healthz`, `/v1/nodes`), polling it until a condition
 //!   holds, and formatting what it says.
 //! - [`bench`]: `lab bench`, the load generator and its figures.
+//! - [`peer`]: the Socket.IO + Redis-adapter cluster that `lab bench --peer` measures ours
+//!   against, side by side.
 //! - [`console`]: the interactive `lab up` session and `lab status` (the binary is a thin
 //!   wrapper around it).
 //!
@@ -34,6 +36,7 @@ pub mod cluster;
 pub mod console;
 mod error;
 pub mod find;
+pub mod peer;
 pub mod process;
 pub mod status;
 

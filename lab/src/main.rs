@@ -117,6 +117,17 @@ struct BenchArgs {
     /// variable of its own environment on): e.g. CHAT_WORKER_THREADS=0 to compare runtimes.
     #[arg(long = "server-env", value_parser = parse_env)]
     server_env: Vec<(String, String)>,
+    /// Also measure the Socket.IO + Redis-adapter peer (`bench/socketio-peer/`, installed with
+    /// `npm ci --prefix bench/socketio-peer`) with the same generator and workload, phases of
+    /// the two interleaved, and print the two side by side.
+    #[arg(long)]
+    peer: bool,
+    /// Where the peer's sources are.
+    #[arg(long, default_value_os_t = lab::peer::default_dir())]
+    peer_dir: std::path::PathBuf,
+    /// The Redis the peer's adapter uses.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    peer_redis: String,
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -127,6 +138,7 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
+    let nodes = args.cluster.nodes;
     let mut config = args.cluster.config();
     config.own_process_groups = false;
     config.controller_args = vec!["--password-hash".into(), "fast".into()];
@@ -145,14 +157,70 @@ async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
         idle: args.idle,
         external: args.external,
     };
-    let result = lab::bench::run(&cluster, &bench).await;
-    cluster.shutdown().await?;
-    let (memory, phases) = result?;
+    if !args.peer {
+        let result = lab::bench::run(&cluster, &bench).await;
+        cluster.shutdown().await?;
+        let (memory, phases) = result?;
+        println!(
+            "\nsummary:\n{}",
+            lab::bench::format_summary(memory.as_ref(), &phases)
+        );
+        return Ok(true);
+    }
+    let peer = match lab::peer::PeerCluster::start(&args.peer_dir, nodes, &args.peer_redis).await {
+        Ok(peer) => peer,
+        Err(e) => {
+            cluster.shutdown().await?;
+            return Err(e);
+        }
+    };
     println!(
-        "\nsummary:\n{}",
-        lab::bench::format_summary(memory.as_ref(), &phases)
+        "peer: socket.io nodes on ports {:?}, redis adapter on {}",
+        peer.ports(),
+        args.peer_redis
     );
+    let result = side_by_side(&cluster, &peer, &bench).await;
+    peer.shutdown().await;
+    cluster.shutdown().await?;
+    let (ours, theirs) = result?;
+    println!(
+        "\nsummary, ours:\n{}",
+        lab::bench::format_summary(ours.memory.as_ref(), &ours.phases)
+    );
+    println!(
+        "summary, socket.io + redis adapter:\n{}",
+        lab::bench::format_summary(theirs.memory.as_ref(), &theirs.phases)
+    );
+    println!("{}", lab::bench::format_comparison(&ours, &theirs));
     Ok(true)
+}
+
+/// Both systems prepared, then each rate's phase run on one and then on the other, so that
+/// a slow stretch of a noisy machine falls on both.
+async fn side_by_side(
+    cluster: &lab::Cluster,
+    peer: &lab::peer::PeerCluster,
+    bench: &lab::bench::BenchConfig,
+) -> anyhow::Result<(lab::bench::Outcome, lab::bench::Outcome)> {
+    let ours = lab::bench::prepare(cluster, bench).await?;
+    let theirs = lab::peer::prepare(peer, bench).await?;
+    let mut ours_phases = Vec::new();
+    let mut their_phases = Vec::new();
+    for (i, &rate) in bench.rates.iter().enumerate() {
+        let phase = i as u64 + 1;
+        ours_phases.push(lab::bench::run_phase(&ours, bench, phase, rate).await?);
+        their_phases.push(lab::bench::run_phase(&theirs, bench, phase, rate).await?);
+    }
+    Ok((
+        lab::bench::Outcome {
+            memory: ours.memory.clone(),
+            phases: ours_phases,
+        },
+        lab::bench::Outcome {
+            memory: theirs.memory.clone(),
+            phases: their_phases,
+        },
+    ))
 }
 
 #[tokio::main]
