@@ -118,7 +118,7 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
-    fn new() -> Result<Arc<Self>> {
+    pub(crate) fn new() -> Result<Arc<Self>> {
         Ok(Arc::new(Recorder {
             hist: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
             delivered: AtomicU64::new(0),
@@ -158,12 +158,12 @@ pub struct Prepared {
     pub name: String,
     /// Memory per idle connection, if measured.
     pub memory: Option<MemoryReport>,
-    recorder: Arc<Recorder>,
-    groups: CpuGroups,
+    pub(crate) recorder: Arc<Recorder>,
+    pub(crate) groups: CpuGroups,
     /// Each sender's socket and where it sends.
-    senders: Vec<(mpsc::UnboundedSender<Message>, Target)>,
+    pub(crate) senders: Vec<(mpsc::UnboundedSender<Message>, Target)>,
     /// Every talking user's socket, closed when this is dropped.
-    vusers: Vec<VUser>,
+    pub(crate) vusers: Vec<VUser>,
 }
 
 impl Drop for Prepared {
@@ -587,30 +587,6 @@ pub async fn prepare(cluster: &Cluster, config: &BenchConfig) -> Result<Prepared
     })
 }
 
-/// Puts a system's pieces together (for the peer's side).
-pub(crate) fn prepared(
-    name: &str,
-    memory: Option<MemoryReport>,
-    recorder: Arc<Recorder>,
-    groups: CpuGroups,
-    senders: Vec<(mpsc::UnboundedSender<Message>, Target)>,
-    vusers: Vec<VUser>,
-) -> Prepared {
-    Prepared {
-        name: name.into(),
-        memory,
-        recorder,
-        groups,
-        senders,
-        vusers,
-    }
-}
-
-/// A new recorder, for the peer's side.
-pub(crate) fn recorder() -> Result<Arc<Recorder>> {
-    Recorder::new()
-}
-
 /// One load phase at `rate` messages/s (`phase` numbers the phases of a run, from 1), and its
 /// figures, printed as it ends.
 pub async fn run_phase(
@@ -703,16 +679,38 @@ pub async fn run_phase(
 }
 
 /// Runs the benchmark against a started cluster and prints its figures as it goes.
-pub async fn run(
-    cluster: &Cluster,
-    config: &BenchConfig,
-) -> Result<(Option<MemoryReport>, Vec<PhaseReport>)> {
+pub async fn run(cluster: &Cluster, config: &BenchConfig) -> Result<Outcome> {
     let system = prepare(cluster, config).await?;
-    let mut reports = Vec::new();
+    let mut phases = Vec::new();
     for (i, &rate) in config.rates.iter().enumerate() {
-        reports.push(run_phase(&system, config, i as u64 + 1, rate).await?);
+        phases.push(run_phase(&system, config, i as u64 + 1, rate).await?);
     }
-    Ok((system.memory.clone(), reports))
+    Ok(Outcome {
+        memory: system.memory.clone(),
+        phases,
+    })
+}
+
+/// Runs both systems, prepared, rate by rate: each rate's phase on ours, then on the peer, so
+/// that a slow stretch of a noisy machine falls on both. Returns ours, then the peer's.
+pub async fn side_by_side(
+    ours: &Prepared,
+    peer: &Prepared,
+    config: &BenchConfig,
+) -> Result<(Outcome, Outcome)> {
+    let mut outcomes = [ours, peer].map(|p| Outcome {
+        memory: p.memory.clone(),
+        phases: Vec::new(),
+    });
+    for (i, &rate) in config.rates.iter().enumerate() {
+        for (system, outcome) in [ours, peer].into_iter().zip(&mut outcomes) {
+            outcome
+                .phases
+                .push(run_phase(system, config, i as u64 + 1, rate).await?);
+        }
+    }
+    let [ours, peer] = outcomes;
+    Ok((ours, peer))
 }
 
 fn ms(us: u64) -> String {

@@ -160,10 +160,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
     if !args.peer {
         let result = lab::bench::run(&cluster, &bench).await;
         cluster.shutdown().await?;
-        let (memory, phases) = result?;
+        let outcome = result?;
         println!(
             "\nsummary:\n{}",
-            lab::bench::format_summary(memory.as_ref(), &phases)
+            lab::bench::format_summary(outcome.memory.as_ref(), &outcome.phases)
         );
         return Ok(true);
     }
@@ -179,7 +179,12 @@ async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
         peer.ports(),
         args.peer_redis
     );
-    let result = side_by_side(&cluster, &peer, &bench).await;
+    let result = async {
+        let ours = lab::bench::prepare(&cluster, &bench).await?;
+        let theirs = lab::peer::prepare(&peer, &bench).await?;
+        lab::bench::side_by_side(&ours, &theirs, &bench).await
+    }
+    .await;
     peer.shutdown().await;
     cluster.shutdown().await?;
     let (ours, theirs) = result?;
@@ -193,34 +198,6 @@ async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
     );
     println!("{}", lab::bench::format_comparison(&ours, &theirs));
     Ok(true)
-}
-
-/// Both systems prepared, then each rate's phase run on one and then on the other, so that
-/// a slow stretch of a noisy machine falls on both.
-async fn side_by_side(
-    cluster: &lab::Cluster,
-    peer: &lab::peer::PeerCluster,
-    bench: &lab::bench::BenchConfig,
-) -> anyhow::Result<(lab::bench::Outcome, lab::bench::Outcome)> {
-    let ours = lab::bench::prepare(cluster, bench).await?;
-    let theirs = lab::peer::prepare(peer, bench).await?;
-    let mut ours_phases = Vec::new();
-    let mut their_phases = Vec::new();
-    for (i, &rate) in bench.rates.iter().enumerate() {
-        let phase = i as u64 + 1;
-        ours_phases.push(lab::bench::run_phase(&ours, bench, phase, rate).await?);
-        their_phases.push(lab::bench::run_phase(&theirs, bench, phase, rate).await?);
-    }
-    Ok((
-        lab::bench::Outcome {
-            memory: ours.memory.clone(),
-            phases: ours_phases,
-        },
-        lab::bench::Outcome {
-            memory: theirs.memory.clone(),
-            phases: their_phases,
-        },
-    ))
 }
 
 #[tokio::main]

@@ -218,7 +218,7 @@ pub async fn prepare(peer: &PeerCluster, config: &BenchConfig) -> Result<Prepare
     }
     let groups = CpuGroups::new(groups);
     let pids: Vec<u32> = peer.nodes.iter().map(|n| n.pid).collect();
-    let recorder = bench::recorder()?;
+    let recorder = Recorder::new()?;
     let node_of = |i: usize| &peer.nodes[i % peer.nodes.len()];
 
     let memory = if config.idle > 0 {
@@ -266,14 +266,14 @@ pub async fn prepare(peer: &PeerCluster, config: &BenchConfig) -> Result<Prepare
         senders.len()
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    Ok(bench::prepared(
-        "socket.io",
+    Ok(Prepared {
+        name: "socket.io".into(),
         memory,
         recorder,
         groups,
         senders,
         vusers,
-    ))
+    })
 }
 
 #[cfg(test)]

@@ -44,11 +44,11 @@ async fn ours_delivers_every_cross_node_message_of_a_phase() {
         .unwrap_or_else(|e| panic!("starting a cluster (is the server built?): {e}"));
     let result = bench::run(&cluster, &config()).await;
     cluster.shutdown().await.expect("shutdown");
-    let (memory, phases) = result.expect("bench run");
-    let memory = memory.expect("memory measured");
+    let outcome = result.expect("bench run");
+    let memory = outcome.memory.expect("memory measured");
     assert_eq!(memory.connections, 20);
-    assert_eq!(phases.len(), 1);
-    check("ours", &phases[0]);
+    assert_eq!(outcome.phases.len(), 1);
+    check("ours", &outcome.phases[0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
