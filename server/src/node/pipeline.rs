@@ -78,10 +78,10 @@ pub fn store_error_message(e: &StoreError) -> String {
 /// The committer, on a thread of its own.
 ///
 /// A commit holds the store's write lock (on SQLite, the lock every process of the machine
-/// queues on) across several statements, each answered by another thread. On the node's
-/// runtime, each answer would wait for its turn behind the sessions' work before the commit
-/// could go on, and every writer of every process would wait with it. On its own thread, with
-/// a runtime that runs nothing else, the commit goes on as soon as each answer is in.
+/// queues on) across several statements. SQLite's run right here, on this thread; PostgreSQL's
+/// are each a round trip to the server. On the node's runtime, the commit would wait for its
+/// turn behind the sessions' work at every step, and every writer of every process would wait
+/// with it. On its own thread, with a runtime that runs nothing else, it goes on at once.
 pub struct Committer {
     stop: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,

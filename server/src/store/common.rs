@@ -273,6 +273,33 @@ pub(crate) struct EventRow {
 }
 
 impl EventRow {
+    /// From a row of [`event_select!`] on SQLite's write connection.
+    pub(crate) fn from_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+        Ok(EventRow {
+            conv_id: r.get(0)?,
+            seq: r.get(1)?,
+            id: r.get(2)?,
+            at: r.get(3)?,
+            sender: r.get(4)?,
+            device: r.get(5)?,
+            client_id: r.get(6)?,
+            body_type: r.get(7)?,
+            msg_kind: r.get(8)?,
+            member_action: r.get(9)?,
+            member_user: r.get(10)?,
+            text: r.get(11)?,
+            reply_to: r.get(12)?,
+            target: r.get(13)?,
+            edited_at: r.get(14)?,
+            deleted: r.get(15)?,
+            att_id: r.get(16)?,
+            att_name: r.get(17)?,
+            att_mime: r.get(18)?,
+            att_size: r.get(19)?,
+            att_conv: r.get(20)?,
+        })
+    }
+
     /// The event, messages in their current state.
     pub(crate) fn into_event(self) -> StoreResult<Event> {
         let need = |v: Option<i64>, what: &str| {
@@ -431,6 +458,19 @@ pub(crate) struct DeviceRow {
 }
 
 impl DeviceRow {
+    /// From a row of SQLite's write connection, its columns in the struct's order.
+    pub(crate) fn from_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
+        Ok(DeviceRow {
+            user_id: r.get(0)?,
+            device_id: r.get(1)?,
+            name: r.get(2)?,
+            created_at: r.get(3)?,
+            last_login: r.get(4)?,
+            revoked: r.get(5)?,
+            generation: r.get(6)?,
+        })
+    }
+
     pub(crate) fn into_record(self) -> StoreResult<DeviceRecord> {
         Ok(DeviceRecord {
             user: UserId(self.user_id),

@@ -14,12 +14,14 @@
 //!   processes, on a kernel file lock (`flock` of `<file>.write-lock`) taken before `BEGIN
 //!   IMMEDIATE`, rather than on SQLite's busy handler, which sleeps and polls. Reads use a pool
 //!   of their own.
-//! - sqlx runs each statement on the connection's own thread, so every statement costs two
-//!   thread switches. An append batch therefore takes two: `BEGIN IMMEDIATE` with one `SELECT`
-//!   of the heads of its conversations, the member lists not cached and the keys already taken,
-//!   then, at the commit, one `INSERT` of all its events (a JSON array read by `json_each`), one
-//!   `UPDATE` of the heads and `COMMIT`, sent together. Plain messages run no statement in
-//!   between; an edit, a delete or a reply reads what it needs on the way.
+//! - Writes run on the calling thread, through rusqlite (on the same bundled SQLite as sqlx),
+//!   with prepared statements kept per connection. sqlx would run each statement on a thread of
+//!   its own and wake the caller with its answer: two thread switches per statement, with the
+//!   file's write lock held meanwhile. A node's committer has a thread of its own for this; the
+//!   controller's few writes (accounts, devices, uploads) each hold a runtime thread for a
+//!   moment, without waiting on another process: the kernel lock below is taken first, off
+//!   the runtime when it is contended, so `BEGIN IMMEDIATE` finds SQLite's lock free. Reads
+//!   stay on sqlx's pool.
 //! - sqlx takes no lock to run SQLite migrations, so they run inside a `BEGIN IMMEDIATE` too:
 //!   processes opening a new file at once apply them one after the other.
 //!
@@ -36,17 +38,16 @@ use protocol::model::{Attachment, ConversationSummary, Event};
 use protocol::{
     AttachmentId, ClientMsgId, ConvId, DeviceId, MessageId, Millis, NodeId, Seq, UserId,
 };
+use sqlx::Connection;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Connection, Sqlite};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::common::{
-    self, AttachmentRow, BatchStart, ConvHead, ConversationRow, DeviceRow, EventColumns, EventRow,
-    MemberCache, MemberRow, MessageRef, NewConversation, RoomRow, SummaryRow, TakenKeys, UserRow,
-    WriteOps, event_select,
+    self, AttachmentRow, ConvHead, ConversationRow, DeviceRow, EventColumns, EventRow, MemberCache,
+    MemberRow, MessageRef, NewConversation, RoomRow, SummaryRow, UserRow, WriteOps, event_select,
 };
 use super::{
     Appended, AttachmentBlob, ConversationRecord, DeviceRecord, MemberRecord, NewEvent, Page,
@@ -65,6 +66,9 @@ const READERS: u32 = 8;
 
 /// The write connection's page cache, in KiB (SQLite's default is 2 MiB).
 const WRITER_CACHE_KIB: u32 = 64 * 1024;
+
+/// Prepared statements the write connection keeps (the write path has about twenty).
+const WRITER_STATEMENTS: usize = 64;
 
 /// Each read connection's page cache, in KiB.
 const READER_CACHE_KIB: u32 = 256;
@@ -103,7 +107,7 @@ pub struct SqliteStore {
 /// the kernel, which wakes the next one the moment the lock is let go, so the file's write lock
 /// is always free when `BEGIN IMMEDIATE` asks for it.
 struct WriteConn {
-    conn: SqliteConnection,
+    conn: rusqlite::Connection,
     lock: FileLock,
     /// `BEGIN` was sent and neither `COMMIT` nor `ROLLBACK` went through: a caller went away
     /// (or failed) in the middle of a transaction. The next writer rolls it back first; until
@@ -180,15 +184,14 @@ impl FileLock {
 impl WriteConn {
     /// Rolls back a transaction left open. Its error is only logged: a failed `ROLLBACK` means
     /// SQLite already ended the transaction (it does so by itself after some errors).
-    async fn roll_back(&mut self) {
+    fn roll_back(&mut self) {
         if !self.open {
             return;
         }
-        if let Err(e) = sqlx::query("ROLLBACK").execute(&mut self.conn).await {
-            let msg = e.to_string();
-            if !msg.contains("no transaction is active") {
-                tracing::warn!(error = %msg, "SQLite rollback failed");
-            }
+        if !self.conn.is_autocommit()
+            && let Err(e) = self.conn.execute_batch("ROLLBACK")
+        {
+            tracing::warn!(error = %e, "SQLite rollback failed");
         }
         self.open = false;
     }
@@ -204,46 +207,43 @@ struct WriteTx {
 }
 
 impl std::ops::Deref for WriteTx {
-    type Target = SqliteConnection;
-    fn deref(&self) -> &SqliteConnection {
+    type Target = rusqlite::Connection;
+    fn deref(&self) -> &rusqlite::Connection {
         &self.conn.conn
     }
 }
 
 impl std::ops::DerefMut for WriteTx {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
+    fn deref_mut(&mut self) -> &mut rusqlite::Connection {
         &mut self.conn.conn
     }
 }
 
 impl WriteTx {
-    /// Sends `BEGIN IMMEDIATE` as a statement of its own.
-    async fn begin(&mut self) -> StoreResult<()> {
+    /// Begins the transaction (`BEGIN IMMEDIATE`: the file's write lock at once).
+    fn begin(&mut self) -> StoreResult<()> {
         self.conn.open = true;
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut self.conn.conn)
-            .await
-            .map_err(db_err)?;
-        Ok(())
+        self.conn
+            .conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(write_err)
     }
 
-    /// Runs `query`, which ends with `COMMIT`; the transaction is over once it went through.
-    async fn finish<'q>(
-        &mut self,
-        query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
-    ) -> Result<(), sqlx::Error> {
-        query.execute(&mut self.conn.conn).await?;
+    /// Commits; the transaction is over once this went through.
+    fn commit(mut self) -> StoreResult<()> {
+        self.commit_here()
+    }
+
+    /// Commits, keeping the connection and the file lock until dropped.
+    fn commit_here(&mut self) -> StoreResult<()> {
+        self.conn.conn.execute_batch("COMMIT").map_err(write_err)?;
         self.conn.open = false;
         Ok(())
     }
 
-    async fn commit(mut self) -> Result<(), sqlx::Error> {
-        self.finish(sqlx::query("COMMIT")).await
-    }
-
     /// Rolls back now (after a failed statement).
-    async fn roll_back(mut self) {
-        self.conn.roll_back().await;
+    fn roll_back(mut self) {
+        self.conn.roll_back();
     }
 }
 
@@ -261,7 +261,7 @@ impl Drop for WriteTx {
             Ok(rt) => {
                 rt.spawn(async move {
                     let mut conn = mutex.lock_owned().await;
-                    conn.roll_back().await;
+                    conn.roll_back();
                     conn.lock.release();
                 });
             }
@@ -304,19 +304,7 @@ impl SqliteStore {
         migrate(&mut setup).await?;
         setup.close().await.map_err(db_err)?;
 
-        // The writer's cache holds a whole batch's pages, so that none is spilled to the log
-        // before the commit. It never checkpoints: a commit that crosses the log's threshold
-        // would copy it back and sync the file while every writer of every process waits, so
-        // the checkpointer task does that beside them.
-        let writer = SqliteConnection::connect_with(
-            &options
-                .clone()
-                .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
-                .pragma("wal_autocheckpoint", "0")
-                .pragma("journal_size_limit", LOG_SIZE_LIMIT.to_string()),
-        )
-        .await
-        .map_err(db_err)?;
+        let writer = open_writer(path)?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -359,7 +347,7 @@ impl SqliteStore {
         let mut conn = tokio::time::timeout(ACQUIRE_TIMEOUT, mutex.clone().lock_owned())
             .await
             .map_err(|_| StoreError::Unavailable("the SQLite writer stayed busy".into()))?;
-        conn.roll_back().await;
+        conn.roll_back();
         conn.lock.acquire(&self.write_lock).await?;
         Ok(WriteTx { conn, mutex })
     }
@@ -367,7 +355,7 @@ impl SqliteStore {
     /// A write transaction, holding the writers' lock and the file's write lock.
     async fn write_tx(&self) -> StoreResult<WriteTx> {
         let mut tx = self.write_conn().await?;
-        tx.begin().await?;
+        tx.begin()?;
         Ok(tx)
     }
 
@@ -397,13 +385,13 @@ impl SqliteStore {
         mut tx: WriteTx,
         batch: Vec<NewEvent>,
     ) -> StoreResult<Vec<StoreResult<Appended>>> {
-        // Begun by the batch's first statement (see the module docs).
-        let mut writer = SqliteWriter::lazy(&mut tx);
-        let outcome = common::append_batch(&mut writer, &self.members, batch).await;
-        let outcome = match outcome {
-            Ok(outcome) => writer.commit().await.map(|()| outcome),
-            Err(e) => Err(e),
-        };
+        if let Err(e) = tx.begin() {
+            tx.roll_back();
+            return Err(e);
+        }
+        let outcome = common::append_batch(&mut SqliteWriter::new(&mut tx), &self.members, batch)
+            .await
+            .and_then(|outcome| tx.commit_here().map(|()| outcome));
         match outcome {
             Ok(outcome) => {
                 drop(tx);
@@ -411,7 +399,7 @@ impl SqliteStore {
                 Ok(outcome.results)
             }
             Err(e) => {
-                tx.roll_back().await;
+                tx.roll_back();
                 Err(e)
             }
         }
@@ -469,7 +457,7 @@ async fn checkpointer(
             _ = stop.cancelled() => break,
             w = writer.lock_owned() => w,
         };
-        w.roll_back().await;
+        w.roll_back();
         if let Err(e) = w.lock.acquire(&write_lock).await {
             tracing::debug!(error = %e, "checkpointer cannot take the writers' lock");
             continue;
@@ -578,293 +566,143 @@ fn db_err(e: sqlx::Error) -> StoreError {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The write path's statements
+// The write connection
 
-/// The start of an append batch, in one statement: the heads of its conversations (`$1`), the
-/// members of those whose list the process has not cached (`$2`), and which of its event ids
-/// (`$3`) and `(sender, client_id)` pairs (`$4`) are taken; each a JSON array. One row shape
-/// for all, told apart by `tag`: 0 head `(id, is_public, last_seq, last_msg_seq, last_activity,
-/// member_epoch, kind)`, 1 member `(conv, user)`, 2 key `(id, sender, client_id)`.
-macro_rules! batch_start {
-    () => {
-        "SELECT 0 AS tag, c.id AS v1, c.is_public AS v2, c.last_seq AS v3, c.last_msg_seq AS v4, \
-           c.last_activity AS v5, c.member_epoch AS v6, c.kind AS t \
-         FROM conversations c WHERE c.id IN (SELECT value FROM json_each($1)) \
-         UNION ALL SELECT 1, m.conv_id, m.user_id, 0, 0, 0, 0, NULL \
-         FROM members m WHERE m.conv_id IN (SELECT value FROM json_each($2)) \
-         UNION ALL SELECT 2, e.id, e.sender, 0, 0, 0, 0, e.client_id \
-         FROM events e WHERE e.id IN (SELECT value FROM json_each($3)) \
-         UNION ALL SELECT 2, e.id, e.sender, 0, 0, 0, 0, e.client_id \
-         FROM json_each($4) k CROSS JOIN events e \
-           ON e.sender = k.value ->> 0 AND e.client_id = k.value ->> 1 AND e.client_id IS NOT NULL"
-    };
+/// Opens the process's write connection (the file exists and is in WAL mode by now).
+///
+/// Its cache holds a whole batch's pages, so that none is spilled to the log before the
+/// commit. It never checkpoints: a commit that crosses the log's threshold would copy it back
+/// and sync the file while every writer of every process waits, so the checkpointer task does
+/// that beside them.
+fn open_writer(path: &Path) -> StoreResult<rusqlite::Connection> {
+    use rusqlite::OpenFlags;
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(write_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(write_err)?;
+    conn.execute_batch(&format!(
+        "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY; \
+         PRAGMA cache_size = -{WRITER_CACHE_KIB}; PRAGMA wal_autocheckpoint = 0; \
+         PRAGMA journal_size_limit = {LOG_SIZE_LIMIT};"
+    ))
+    .map_err(write_err)?;
+    conn.set_prepared_statement_cache_capacity(WRITER_STATEMENTS);
+    Ok(conn)
 }
 
-/// Inserts the events of a JSON array (`$1`) of rows in [`SqliteWriter::push_row`]'s order.
-macro_rules! insert_rows {
-    () => {
-        "INSERT INTO events (id, conv_id, seq, at, sender, device, client_id, origin, body_type, \
-           msg_kind, member_action, member_user, text, attachment_id, reply_to, target) \
-         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
-           value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11, \
-           value ->> 12, value ->> 13, value ->> 14, value ->> 15 \
-         FROM json_each($1)"
-    };
+/// The store's word for a failed write statement (the write connection's counterpart of
+/// [`db_err`], with the same mapping).
+fn write_err(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode;
+    use rusqlite::ffi;
+    if let rusqlite::Error::SqliteFailure(failure, _) = &e {
+        match failure.code {
+            ErrorCode::ConstraintViolation => {
+                return match failure.extended_code {
+                    ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
+                        StoreError::Conflict("already exists".into())
+                    }
+                    // Every foreign key names something the caller referred to.
+                    ffi::SQLITE_CONSTRAINT_FOREIGNKEY => StoreError::NotFound,
+                    ffi::SQLITE_CONSTRAINT_NOTNULL | ffi::SQLITE_CONSTRAINT_CHECK => {
+                        StoreError::Invalid("refused by the schema".into())
+                    }
+                    _ => StoreError::Internal(e.to_string()),
+                };
+            }
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::DiskFull
+            | ErrorCode::CannotOpen
+            | ErrorCode::FileLockingProtocolFailed => {
+                return StoreError::Unavailable(e.to_string());
+            }
+            _ => {}
+        }
+    }
+    StoreError::Internal(e.to_string())
 }
 
-/// The end of an append batch: its waiting events (`$1`), its heads (`$2`: `[id, last_seq,
-/// last_msg_seq, last_activity, member_epoch]` rows), and the commit.
-const FINISH_BATCH: &str = concat!(
-    insert_rows!(),
-    "; UPDATE conversations SET last_seq = h.value ->> 1, last_msg_seq = h.value ->> 2, \
-       last_activity = h.value ->> 3, member_epoch = h.value ->> 4 \
-     FROM json_each($2) AS h WHERE conversations.id = h.value ->> 0; \
-     COMMIT"
-);
+/// Whether `e` is a unique-constraint violation.
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+    )
+}
 
-/// A row of the batch start: tag and six numbers and a text.
-type StartRow = (i64, i64, i64, i64, i64, i64, i64, Option<String>);
-
-/// A write transaction as the shared write path drives it (see [`WriteOps`]).
+/// A write transaction as the shared write path drives it (see [`WriteOps`]): each statement
+/// runs at once on the calling thread, so the trait's defaults (a statement per conversation
+/// at a batch's start and end) cost no round trips.
 struct SqliteWriter<'t> {
-    tx: &'t mut WriteTx,
-    /// `BEGIN IMMEDIATE` is still to be sent, with the batch's first statement.
-    lazy: bool,
-    /// In a batch: its inserts, waiting to go in one statement.
-    deferred: Option<Deferred>,
-    /// The heads to write back with the commit, as a JSON array.
-    heads: Option<String>,
-}
-
-/// A batch's inserts, deferred: answered from the keys found taken when the batch began (and
-/// those of the waiting events), written before any statement that reads or changes events,
-/// and at the commit.
-struct Deferred {
-    keys: TakenKeys,
-    /// The waiting rows: a JSON array without its closing bracket.
-    rows: Vec<u8>,
-}
-
-impl Deferred {
-    fn is_empty(&self) -> bool {
-        self.rows.len() <= 1
-    }
-
-    /// The waiting rows as a JSON array; none wait afterwards.
-    fn take_rows(&mut self) -> StoreResult<String> {
-        let mut rows = std::mem::replace(&mut self.rows, b"[".to_vec());
-        rows.push(b']');
-        String::from_utf8(rows).map_err(|e| StoreError::Internal(format!("event rows: {e}")))
-    }
+    conn: &'t mut rusqlite::Connection,
 }
 
 impl<'t> SqliteWriter<'t> {
     /// Over a transaction begun already.
     fn new(tx: &'t mut WriteTx) -> Self {
-        SqliteWriter {
-            tx,
-            lazy: false,
-            deferred: None,
-            heads: None,
-        }
+        SqliteWriter { conn: &mut *tx }
     }
 
-    /// Over a connection whose transaction the batch's first statement begins.
-    fn lazy(tx: &'t mut WriteTx) -> Self {
-        SqliteWriter {
-            lazy: true,
-            ..SqliteWriter::new(tx)
-        }
+    /// Runs a cached statement that changes rows; how many it changed.
+    fn execute(&mut self, sql: &str, params: impl rusqlite::Params) -> StoreResult<usize> {
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut stmt| stmt.execute(params))
+            .map_err(write_err)
     }
 
-    fn conn(&mut self) -> &mut SqliteConnection {
-        &mut *self.tx
+    /// Runs a cached query for at most one row.
+    fn query_row<T>(
+        &mut self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> StoreResult<Option<T>> {
+        use rusqlite::OptionalExtension;
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut stmt| stmt.query_row(params, row).optional())
+            .map_err(write_err)
     }
-
-    /// Adds an event to the waiting rows, its columns in [`insert_rows!`]'s order.
-    fn push_row(rows: &mut Vec<u8>, event: &Event, origin: &NodeId) -> StoreResult<()> {
-        let c = EventColumns::of(&event.body);
-        let row = (
-            event.id.0,
-            event.conv.0,
-            common::seq_to_db(event.seq),
-            event.at,
-            event.sender.0,
-            event.device.as_ref().map(DeviceId::as_str),
-            event.client_id.as_ref().map(ClientMsgId::as_str),
-            origin.as_str(),
-            c.body_type,
-            c.msg_kind,
-            c.member_action,
-            c.member_user,
-            c.text,
-            c.attachment_id,
-            c.reply_to,
-            c.target,
-        );
-        if rows.len() > 1 {
-            rows.push(b',');
-        }
-        serde_json::to_writer(&mut *rows, &row)
-            .map_err(|e| StoreError::Internal(format!("event row: {e}")))
-    }
-
-    /// Inserts the waiting events, if any.
-    async fn flush(&mut self) -> StoreResult<()> {
-        let Some(deferred) = self.deferred.as_mut().filter(|d| !d.is_empty()) else {
-            return Ok(());
-        };
-        let rows = deferred.take_rows()?;
-        sqlx::query(insert_rows!())
-            .bind(rows)
-            .execute(self.conn())
-            .await
-            .map_err(db_err)?;
-        Ok(())
-    }
-
-    /// Whether `id` may be among the waiting events.
-    fn waits(&self, id: MessageId) -> bool {
-        self.deferred.as_ref().is_some_and(|d| d.keys.has_id(id))
-    }
-
-    /// Writes what waits and the heads, and commits.
-    async fn commit(mut self) -> StoreResult<()> {
-        let rows = match self.deferred.as_mut().filter(|d| !d.is_empty()) {
-            Some(d) => Some(d.take_rows()?),
-            None => None,
-        };
-        let query = match (rows, self.heads.take()) {
-            (None, None) => sqlx::query("COMMIT"),
-            (rows, heads) => sqlx::query(FINISH_BATCH)
-                .bind(rows.unwrap_or_else(|| "[]".into()))
-                .bind(heads.unwrap_or_else(|| "[]".into())),
-        };
-        self.tx.finish(query).await.map_err(db_err)
-    }
-}
-
-/// A list of numbers as a JSON array.
-fn json_ids(ids: impl IntoIterator<Item = i64>) -> String {
-    let mut out = String::from("[");
-    for (i, id) in ids.into_iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&id.to_string());
-    }
-    out.push(']');
-    out
 }
 
 impl WriteOps for SqliteWriter<'_> {
-    async fn begin_batch(
-        &mut self,
-        convs: &[ConvId],
-        members_of: &[ConvId],
-        batch: &[NewEvent],
-    ) -> StoreResult<BatchStart> {
-        let pairs: Vec<(i64, &str)> = batch
-            .iter()
-            .filter_map(|e| e.client_id.as_ref().map(|c| (e.sender.0, c.as_str())))
-            .collect();
-        let pairs = serde_json::to_string(&pairs)
-            .map_err(|e| StoreError::Internal(format!("client ids: {e}")))?;
-        let sql = if self.lazy {
-            // From here on a transaction may be open, whatever comes back.
-            self.tx.conn.open = true;
-            self.lazy = false;
-            concat!("BEGIN IMMEDIATE; ", batch_start!())
-        } else {
-            batch_start!()
-        };
-        let rows: Vec<StartRow> = sqlx::query_as(sql)
-            .bind(json_ids(convs.iter().map(|c| c.0)))
-            .bind(json_ids(members_of.iter().map(|c| c.0)))
-            .bind(json_ids(batch.iter().map(|e| e.id.0)))
-            .bind(pairs)
-            .fetch_all(self.conn())
-            .await
-            .map_err(db_err)?;
-        let mut start = BatchStart::default();
-        let mut taken = Vec::new();
-        for (tag, v1, v2, v3, v4, v5, v6, t) in rows {
-            match tag {
-                0 => start.heads.push((
-                    ConvId(v1),
-                    ConvHead {
-                        kind: common::parse_conv_kind(t.as_deref().unwrap_or_default())?,
-                        public: v2 != 0,
-                        last_seq: common::seq_from_db(v3)?,
-                        last_msg_seq: common::seq_from_db(v4)?,
-                        last_activity: v5,
-                        member_epoch: v6,
-                    },
-                )),
-                1 => start.members.push((ConvId(v1), UserId(v2))),
-                _ => taken.push((v1, v2, t)),
-            }
-        }
-        start.heads.sort_unstable_by_key(|(c, _)| *c);
-        self.deferred = Some(Deferred {
-            keys: TakenKeys::found(taken),
-            rows: b"[".to_vec(),
-        });
-        Ok(start)
-    }
-
-    async fn end_batch(&mut self, heads: &[(ConvId, ConvHead)]) -> StoreResult<()> {
-        if heads.is_empty() {
-            return Ok(());
-        }
-        let rows: Vec<(i64, i64, i64, i64, i64)> = heads
-            .iter()
-            .map(|(conv, h)| {
-                (
-                    conv.0,
-                    common::seq_to_db(h.last_seq),
-                    common::seq_to_db(h.last_msg_seq),
-                    h.last_activity,
-                    h.member_epoch,
-                )
-            })
-            .collect();
-        // Written with the commit, in the same round trip.
-        self.heads = Some(
-            serde_json::to_string(&rows)
-                .map_err(|e| StoreError::Internal(format!("heads: {e}")))?,
-        );
-        Ok(())
-    }
-
     async fn event_by_client_id(
         &mut self,
         sender: UserId,
         client_id: &ClientMsgId,
     ) -> StoreResult<Option<Event>> {
-        self.flush().await?;
-        sqlx::query_as::<_, EventRow>(concat!(
-            event_select!(),
-            " WHERE e.sender = $1 AND e.client_id = $2"
-        ))
-        .bind(sender.0)
-        .bind(client_id.as_str())
-        .fetch_optional(self.conn())
-        .await
-        .map_err(db_err)?
+        self.query_row(
+            concat!(event_select!(), " WHERE e.sender = ?1 AND e.client_id = ?2"),
+            rusqlite::params![sender.0, client_id.as_str()],
+            EventRow::from_sqlite,
+        )?
         .map(EventRow::into_event)
         .transpose()
     }
 
     async fn conv_head(&mut self, conv: ConvId) -> StoreResult<Option<ConvHead>> {
-        let row: Option<(String, bool, i64, i64, i64, i64)> = sqlx::query_as(
+        let row = self.query_row(
             "SELECT kind, is_public, last_seq, last_msg_seq, last_activity, member_epoch \
-             FROM conversations WHERE id = $1",
-        )
-        .bind(conv.0)
-        .fetch_optional(self.conn())
-        .await
-        .map_err(db_err)?;
+             FROM conversations WHERE id = ?1",
+            [conv.0],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, bool>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            },
+        )?;
         let Some((kind, public, last_seq, last_msg_seq, last_activity, member_epoch)) = row else {
             return Ok(None);
         };
@@ -879,31 +717,35 @@ impl WriteOps for SqliteWriter<'_> {
     }
 
     async fn member_ids(&mut self, conv: ConvId) -> StoreResult<Vec<UserId>> {
-        let ids: Vec<i64> =
-            sqlx::query_scalar("SELECT user_id FROM members WHERE conv_id = $1 ORDER BY user_id")
-                .bind(conv.0)
-                .fetch_all(self.conn())
-                .await
-                .map_err(db_err)?;
-        Ok(ids.into_iter().map(UserId).collect())
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT user_id FROM members WHERE conv_id = ?1 ORDER BY user_id")
+            .map_err(write_err)?;
+        let ids = stmt
+            .query_map([conv.0], |r| r.get::<_, i64>(0).map(UserId))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<UserId>>>())
+            .map_err(write_err)?;
+        Ok(ids)
     }
 
     async fn user_exists(&mut self, user: UserId) -> StoreResult<bool> {
-        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM users WHERE id = $1")
-            .bind(user.0)
-            .fetch_optional(self.conn())
-            .await
-            .map_err(db_err)?;
+        let found = self.query_row("SELECT 1 FROM users WHERE id = ?1", [user.0], |_| Ok(()))?;
         Ok(found.is_some())
     }
 
     async fn attachment_meta(&mut self, id: &AttachmentId) -> StoreResult<Option<Attachment>> {
-        let row: Option<(String, String, i64, i64)> =
-            sqlx::query_as("SELECT name, mime, size, conv_id FROM attachments WHERE id = $1")
-                .bind(id.as_str())
-                .fetch_optional(self.conn())
-                .await
-                .map_err(db_err)?;
+        let row = self.query_row(
+            "SELECT name, mime, size, conv_id FROM attachments WHERE id = ?1",
+            [id.as_str()],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            },
+        )?;
         let Some((name, mime, size, conv)) = row else {
             return Ok(None);
         };
@@ -918,17 +760,19 @@ impl WriteOps for SqliteWriter<'_> {
     }
 
     async fn message_ref(&mut self, id: MessageId) -> StoreResult<Option<MessageRef>> {
-        // Mostly an older message: the waiting events matter only if it is one of them.
-        if self.waits(id) {
-            self.flush().await?;
-        }
-        let row: Option<(i64, String, i64, bool, Option<String>)> = sqlx::query_as(
-            "SELECT conv_id, body_type, sender, deleted, attachment_id FROM events WHERE id = $1",
-        )
-        .bind(id.0)
-        .fetch_optional(self.conn())
-        .await
-        .map_err(db_err)?;
+        let row = self.query_row(
+            "SELECT conv_id, body_type, sender, deleted, attachment_id FROM events WHERE id = ?1",
+            [id.0],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, bool>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                ))
+            },
+        )?;
         let Some((conv, body_type, sender, deleted, attachment)) = row else {
             return Ok(None);
         };
@@ -947,52 +791,39 @@ impl WriteOps for SqliteWriter<'_> {
     }
 
     async fn insert_event(&mut self, event: &Event, origin: &NodeId) -> StoreResult<bool> {
-        if let Some(deferred) = &mut self.deferred {
-            if !deferred.keys.claim(event) {
-                return Ok(false);
-            }
-            Self::push_row(&mut deferred.rows, event, origin)?;
-            return Ok(true);
-        }
         let c = EventColumns::of(&event.body);
-        let done = sqlx::query(
+        let inserted = self.execute(
             "INSERT INTO events (id, conv_id, seq, at, sender, device, client_id, origin, body_type, \
              msg_kind, member_action, member_user, text, attachment_id, reply_to, target) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
              ON CONFLICT DO NOTHING",
-        )
-        .bind(event.id.0)
-        .bind(event.conv.0)
-        .bind(common::seq_to_db(event.seq))
-        .bind(event.at)
-        .bind(event.sender.0)
-        .bind(event.device.as_ref().map(DeviceId::as_str))
-        .bind(event.client_id.as_ref().map(ClientMsgId::as_str))
-        .bind(origin.as_str())
-        .bind(c.body_type)
-        .bind(c.msg_kind)
-        .bind(c.member_action)
-        .bind(c.member_user)
-        .bind(c.text)
-        .bind(c.attachment_id)
-        .bind(c.reply_to)
-        .bind(c.target)
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
-        Ok(done.rows_affected() == 1)
+            rusqlite::params![
+                event.id.0,
+                event.conv.0,
+                common::seq_to_db(event.seq),
+                event.at,
+                event.sender.0,
+                event.device.as_ref().map(DeviceId::as_str),
+                event.client_id.as_ref().map(ClientMsgId::as_str),
+                origin.as_str(),
+                c.body_type,
+                c.msg_kind,
+                c.member_action,
+                c.member_user,
+                c.text,
+                c.attachment_id,
+                c.reply_to,
+                c.target,
+            ],
+        )?;
+        Ok(inserted == 1)
     }
 
     async fn edit_message(&mut self, id: MessageId, text: &str, at: Millis) -> StoreResult<()> {
-        // The message may be waiting.
-        self.flush().await?;
-        sqlx::query("UPDATE events SET text = $2, edited_at = $3 WHERE id = $1")
-            .bind(id.0)
-            .bind(text)
-            .bind(at)
-            .execute(self.conn())
-            .await
-            .map_err(db_err)?;
+        self.execute(
+            "UPDATE events SET text = ?2, edited_at = ?3 WHERE id = ?1",
+            rusqlite::params![id.0, text, at],
+        )?;
         Ok(())
     }
 
@@ -1001,81 +832,61 @@ impl WriteOps for SqliteWriter<'_> {
         id: MessageId,
         attachment: Option<&AttachmentId>,
     ) -> StoreResult<()> {
-        // The message, edits of it and events that show its attachment may be waiting.
-        self.flush().await?;
-        sqlx::query(
-            "UPDATE events SET text = '', attachment_id = NULL, deleted = TRUE WHERE id = $1",
-        )
-        .bind(id.0)
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
-        sqlx::query("UPDATE events SET text = '' WHERE target = $1 AND body_type = 'edit'")
-            .bind(id.0)
-            .execute(self.conn())
-            .await
-            .map_err(db_err)?;
+        self.execute(
+            "UPDATE events SET text = '', attachment_id = NULL, deleted = TRUE WHERE id = ?1",
+            [id.0],
+        )?;
+        self.execute(
+            "UPDATE events SET text = '' WHERE target = ?1 AND body_type = 'edit'",
+            [id.0],
+        )?;
         if let Some(attachment) = attachment {
-            sqlx::query(
-                "DELETE FROM attachments WHERE id = $1 \
-                 AND NOT EXISTS (SELECT 1 FROM events WHERE attachment_id = $1)",
-            )
-            .bind(attachment.as_str())
-            .execute(self.conn())
-            .await
-            .map_err(db_err)?;
+            self.execute(
+                "DELETE FROM attachments WHERE id = ?1 \
+                 AND NOT EXISTS (SELECT 1 FROM events WHERE attachment_id = ?1)",
+                [attachment.as_str()],
+            )?;
         }
         Ok(())
     }
 
     async fn add_member(&mut self, conv: ConvId, user: UserId, seq: Seq) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO members (conv_id, user_id, joined_seq, read_seq) VALUES ($1, $2, $3, $3)",
-        )
-        .bind(conv.0)
-        .bind(user.0)
-        .bind(common::seq_to_db(seq))
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
+        self.execute(
+            "INSERT INTO members (conv_id, user_id, joined_seq, read_seq) VALUES (?1, ?2, ?3, ?3)",
+            rusqlite::params![conv.0, user.0, common::seq_to_db(seq)],
+        )?;
         Ok(())
     }
 
     async fn remove_member(&mut self, conv: ConvId, user: UserId) -> StoreResult<()> {
-        sqlx::query("DELETE FROM members WHERE conv_id = $1 AND user_id = $2")
-            .bind(conv.0)
-            .bind(user.0)
-            .execute(self.conn())
-            .await
-            .map_err(db_err)?;
+        self.execute(
+            "DELETE FROM members WHERE conv_id = ?1 AND user_id = ?2",
+            [conv.0, user.0],
+        )?;
         Ok(())
     }
 
     async fn save_head(&mut self, conv: ConvId, head: &ConvHead) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE conversations SET last_seq = $2, last_msg_seq = $3, last_activity = $4, member_epoch = $5 \
-             WHERE id = $1",
-        )
-        .bind(conv.0)
-        .bind(common::seq_to_db(head.last_seq))
-        .bind(common::seq_to_db(head.last_msg_seq))
-        .bind(head.last_activity)
-        .bind(head.member_epoch)
-        .execute(self.conn())
-        .await
-        .map_err(db_err)?;
+        self.execute(
+            "UPDATE conversations SET last_seq = ?2, last_msg_seq = ?3, last_activity = ?4, \
+             member_epoch = ?5 WHERE id = ?1",
+            [
+                conv.0,
+                common::seq_to_db(head.last_seq),
+                common::seq_to_db(head.last_msg_seq),
+                head.last_activity,
+                head.member_epoch,
+            ],
+        )?;
         Ok(())
     }
 
     async fn direct_between(&mut self, lo: UserId, hi: UserId) -> StoreResult<Option<ConvId>> {
-        let id: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM conversations WHERE direct_lo = $1 AND direct_hi = $2",
-        )
-        .bind(lo.0)
-        .bind(hi.0)
-        .fetch_optional(self.conn())
-        .await
-        .map_err(db_err)?;
+        let id = self.query_row(
+            "SELECT id FROM conversations WHERE direct_lo = ?1 AND direct_hi = ?2",
+            [lo.0, hi.0],
+            |r| r.get::<_, i64>(0),
+        )?;
         Ok(id.map(ConvId))
     }
 
@@ -1083,22 +894,22 @@ impl WriteOps for SqliteWriter<'_> {
         &mut self,
         conv: &NewConversation<'_>,
     ) -> StoreResult<Option<ConvId>> {
-        let id: Option<i64> = sqlx::query_scalar(
+        let id = self.query_row(
             "INSERT INTO conversations (kind, name, is_public, created_by, created_at, last_seq, \
              last_msg_seq, last_activity, member_epoch, direct_lo, direct_hi) \
-             VALUES ($1, $2, $3, $4, $5, 1, 0, $5, 1, $6, $7) \
+             VALUES (?1, ?2, ?3, ?4, ?5, 1, 0, ?5, 1, ?6, ?7) \
              ON CONFLICT (direct_lo, direct_hi) DO NOTHING RETURNING id",
-        )
-        .bind(common::conv_kind_str(conv.kind))
-        .bind(conv.name)
-        .bind(conv.public)
-        .bind(conv.created_by.0)
-        .bind(conv.created_at)
-        .bind(conv.direct.map(|(lo, _)| lo.0))
-        .bind(conv.direct.map(|(_, hi)| hi.0))
-        .fetch_optional(self.conn())
-        .await
-        .map_err(db_err)?;
+            rusqlite::params![
+                common::conv_kind_str(conv.kind),
+                conv.name,
+                conv.public,
+                conv.created_by.0,
+                conv.created_at,
+                conv.direct.map(|(lo, _)| lo.0),
+                conv.direct.map(|(_, hi)| hi.0),
+            ],
+            |r| r.get::<_, i64>(0),
+        )?;
         Ok(id.map(ConvId))
     }
 }
@@ -1118,25 +929,31 @@ impl Store for SqliteStore {
         password_hash: &str,
         now: Millis,
     ) -> StoreResult<UserRecord> {
-        let mut tx = self.write_tx().await?;
-        let row = sqlx::query_as::<_, UserRow>(
-            "INSERT INTO users (username, password_hash, created_at) VALUES ($1, $2, $3) \
-             RETURNING id, username, password_hash, created_at",
-        )
-        .bind(username)
-        .bind(password_hash)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| {
-            if common::is_unique_violation(&e) {
-                StoreError::Conflict(format!("username {username:?} is taken"))
-            } else {
-                db_err(e)
-            }
-        })?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(row.into())
+        let tx = self.write_tx().await?;
+        let id = tx
+            .prepare_cached(
+                "INSERT INTO users (username, password_hash, created_at) VALUES (?1, ?2, ?3) \
+                 RETURNING id",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(rusqlite::params![username, password_hash, now], |r| {
+                    r.get::<_, i64>(0)
+                })
+            })
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict(format!("username {username:?} is taken"))
+                } else {
+                    write_err(e)
+                }
+            })?;
+        tx.commit()?;
+        Ok(UserRecord {
+            id: UserId(id),
+            username: username.to_owned(),
+            password_hash: password_hash.to_owned(),
+            created_at: now,
+        })
     }
 
     async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>> {
@@ -1168,24 +985,25 @@ impl Store for SqliteStore {
         name: &str,
         now: Millis,
     ) -> StoreResult<DeviceRecord> {
-        let mut tx = self.write_tx().await?;
+        let tx = self.write_tx().await?;
         // A revoked device logging in again is active again, but keeps its bumped generation:
         // tokens issued before the revocation stay refused.
-        let row = sqlx::query_as::<_, DeviceRow>(
-            "INSERT INTO devices (user_id, device_id, name, created_at, last_login, revoked, generation) \
-             VALUES ($1, $2, $3, $4, $4, FALSE, 0) \
-             ON CONFLICT (user_id, device_id) DO UPDATE \
-             SET name = excluded.name, last_login = excluded.last_login, revoked = FALSE \
-             RETURNING user_id, device_id, name, created_at, last_login, revoked, generation",
-        )
-        .bind(user.0)
-        .bind(device.as_str())
-        .bind(name)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
+        let row = tx
+            .prepare_cached(
+                "INSERT INTO devices (user_id, device_id, name, created_at, last_login, revoked, generation) \
+                 VALUES (?1, ?2, ?3, ?4, ?4, FALSE, 0) \
+                 ON CONFLICT (user_id, device_id) DO UPDATE \
+                 SET name = excluded.name, last_login = excluded.last_login, revoked = FALSE \
+                 RETURNING user_id, device_id, name, created_at, last_login, revoked, generation",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(
+                    rusqlite::params![user.0, device.as_str(), name, now],
+                    DeviceRow::from_sqlite,
+                )
+            })
+            .map_err(write_err)?;
+        tx.commit()?;
         row.into_record()
     }
 
@@ -1219,18 +1037,16 @@ impl Store for SqliteStore {
 
     async fn revoke_device(&self, user: UserId, device: &DeviceId) -> StoreResult<DeviceRecord> {
         let mut tx = self.write_tx().await?;
-        let row = sqlx::query_as::<_, DeviceRow>(
-            "UPDATE devices SET revoked = TRUE, generation = generation + 1 \
-             WHERE user_id = $1 AND device_id = $2 \
-             RETURNING user_id, device_id, name, created_at, last_login, revoked, generation",
-        )
-        .bind(user.0)
-        .bind(device.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?
-        .ok_or(StoreError::NotFound)?;
-        tx.commit().await.map_err(db_err)?;
+        let row = SqliteWriter::new(&mut tx)
+            .query_row(
+                "UPDATE devices SET revoked = TRUE, generation = generation + 1 \
+                 WHERE user_id = ?1 AND device_id = ?2 \
+                 RETURNING user_id, device_id, name, created_at, last_login, revoked, generation",
+                rusqlite::params![user.0, device.as_str()],
+                DeviceRow::from_sqlite,
+            )?
+            .ok_or(StoreError::NotFound)?;
+        tx.commit()?;
         row.into_record()
     }
 
@@ -1267,7 +1083,7 @@ impl Store for SqliteStore {
             now,
         )
         .await?;
-        tx.commit().await.map_err(db_err)?;
+        tx.commit()?;
         Ok(opened)
     }
 
@@ -1291,7 +1107,7 @@ impl Store for SqliteStore {
             now,
         )
         .await?;
-        tx.commit().await.map_err(db_err)?;
+        tx.commit()?;
         Ok(created)
     }
 
@@ -1576,25 +1392,20 @@ impl Store for SqliteStore {
             return Ok(None);
         }
         let mut tx = self.write_tx().await?;
-        let now: Option<(i64, i64)> = sqlx::query_as(MARKERS)
-            .bind(conv.0)
-            .bind(user.0)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        let mut writer = SqliteWriter::new(&mut tx);
+        let now = writer.query_row(MARKERS, [conv.0, user.0], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+        })?;
         let (read, last) = now.ok_or(StoreError::NotMember)?;
         let target = wanted.min(last);
         if target <= read {
             return Ok(None);
         }
-        sqlx::query("UPDATE members SET read_seq = $3 WHERE conv_id = $1 AND user_id = $2")
-            .bind(conv.0)
-            .bind(user.0)
-            .bind(target)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
+        writer.execute(
+            "UPDATE members SET read_seq = ?3 WHERE conv_id = ?1 AND user_id = ?2",
+            [conv.0, user.0, target],
+        )?;
+        tx.commit()?;
         common::seq_from_db(target).map(Some)
     }
 
@@ -1606,29 +1417,31 @@ impl Store for SqliteStore {
                 blob.data.len()
             )));
         }
-        let mut tx = self.write_tx().await?;
-        sqlx::query(
+        let tx = self.write_tx().await?;
+        tx.prepare_cached(
             "INSERT INTO attachments (id, conv_id, uploader, name, mime, size, created_at, data) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )
-        .bind(blob.meta.id.as_str())
-        .bind(blob.meta.conv.0)
-        .bind(blob.uploader.0)
-        .bind(&blob.meta.name)
-        .bind(&blob.meta.mime)
-        .bind(i64::try_from(blob.meta.size).unwrap_or(i64::MAX))
-        .bind(blob.created_at)
-        .bind(&blob.data[..])
-        .execute(&mut *tx)
-        .await
+        .and_then(|mut stmt| {
+            stmt.execute(rusqlite::params![
+                blob.meta.id.as_str(),
+                blob.meta.conv.0,
+                blob.uploader.0,
+                &blob.meta.name,
+                &blob.meta.mime,
+                i64::try_from(blob.meta.size).unwrap_or(i64::MAX),
+                blob.created_at,
+                &blob.data[..],
+            ])
+        })
         .map_err(|e| {
-            if common::is_unique_violation(&e) {
+            if is_unique_violation(&e) {
                 StoreError::Conflict(format!("attachment {} exists already", blob.meta.id))
             } else {
-                db_err(e)
+                write_err(e)
             }
         })?;
-        tx.commit().await.map_err(db_err)
+        tx.commit()
     }
 
     async fn attachment(&self, id: &AttachmentId) -> StoreResult<Option<AttachmentBlob>> {
@@ -1956,12 +1769,11 @@ mod tests {
         // Another handle has a lock file descriptor of its own, as another process would.
         let other = SqliteStore::open(&db.path).await?;
         {
-            let mut tx = store.write_tx().await?;
-            sqlx::query(
+            let tx = store.write_tx().await?;
+            tx.execute(
                 "INSERT INTO users (username, password_hash, created_at) VALUES ('ghost', 'x', 0)",
-            )
-            .execute(&mut *tx)
-            .await?;
+                [],
+            )?;
         }
         tokio::time::timeout(Duration::from_secs(5), other.create_user("alive", "x", 0)).await??;
         assert_eq!(store.user_by_name("ghost").await?, None);
