@@ -464,6 +464,13 @@ async fn session(shared: &Arc<Shared>, ws: Ws, cancel: &CancellationToken) -> St
                     Err(e) => return format!("bad frame from controller: {e}"),
                 }
             }
+            // Envelopes the controller held for this node while it was away are handed over
+            // as it registers, and may come before the answer: they are deliveries like any.
+            Ok(Some(Ok(Message::Binary(b)))) => {
+                if shared.inbox_tx.send(b).await.is_err() {
+                    // Nobody consumes deliveries any more: the node is stopping.
+                }
+            }
             Ok(Some(Ok(_))) => continue,
             Ok(Some(Err(e))) => return e.to_string(),
             Ok(None) => return "closed during register".into(),

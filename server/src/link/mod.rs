@@ -190,6 +190,60 @@ mod tests {
         hub.stop();
     }
 
+    /// A controller hands over what it held for a node as the node registers, and those
+    /// envelopes can reach the node before the answer to its registration: they are delivered,
+    /// not taken for noise while the node waits for its lease.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn envelopes_before_the_registration_answer_are_delivered() {
+        use axum::extract::ws::Message;
+        use futures::{SinkExt, StreamExt};
+        use protocol::link::{LinkReply, LinkRequest, LinkServerFrame};
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        // A stand-in controller that sends a held envelope first, then the answer.
+        let app = axum::Router::new().route(
+            "/internal/link",
+            get(|ws: WebSocketUpgrade| async move {
+                ws.on_upgrade(|mut socket| async move {
+                    while let Some(Ok(msg)) = socket.next().await {
+                        let Message::Text(t) = msg else { continue };
+                        let Ok(req) = serde_json::from_str::<LinkRequest>(t.as_str()) else {
+                            break;
+                        };
+                        if !matches!(req.op, protocol::link::LinkOp::Register { .. }) {
+                            continue;
+                        }
+                        let answer = LinkServerFrame::Reply {
+                            id: req.id,
+                            reply: LinkReply::Registered {
+                                worker_id: 1,
+                                lease_ms: 60_000,
+                            },
+                        };
+                        let answer = serde_json::to_string(&answer).expect("answer");
+                        let held = Message::Binary(Bytes::from_static(b"held"));
+                        if socket.send(held).await.is_err()
+                            || socket.send(Message::Text(answer.into())).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                })
+            }),
+        );
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let (id, client) = registered(&url, "early").await;
+        let mut inbox = client.subscribe(&id).await.expect("subscribe");
+        let got = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
+            .await
+            .expect("the held envelope is delivered");
+        assert_eq!(got.as_deref(), Some(&b"held"[..]));
+        server.abort();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_restarted_controller_gets_registrations_devices_and_publishes_back() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
