@@ -196,7 +196,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn envelopes_before_the_registration_answer_are_delivered() {
         use axum::extract::ws::Message;
-        use futures::{SinkExt, StreamExt};
+        use futures::StreamExt;
         use protocol::link::{LinkReply, LinkRequest, LinkServerFrame};
 
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
