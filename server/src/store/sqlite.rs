@@ -73,8 +73,10 @@ const WRITER_STATEMENTS: usize = 64;
 /// Each read connection's page cache, in KiB.
 const READER_CACHE_KIB: u32 = 256;
 
-/// How often each process's checkpointer copies the log back into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// How often each process's checkpointer copies the log back into the database file. The log
+/// grows by what the writers write in between (a busy writer rewrites tens of MiB of pages a
+/// second), so this bounds its length.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// A log this long (frames of a page each, 4 MiB) is copied back under the writers' lock, so
 /// that it can start over.
