@@ -64,6 +64,7 @@ pub(crate) fn constraint_error(e: &sqlx::Error) -> Option<StoreError> {
 }
 
 /// Whether `e` is a unique-constraint violation.
+#[cfg(feature = "postgres")]
 pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
 }
@@ -956,12 +957,14 @@ pub(crate) struct BatchStart {
 
 /// The keys a batch's deferred inserts may not take: the event ids and `(sender, client_id)`
 /// pairs found taken when the batch began, and those of the events waiting to be inserted.
+#[cfg(feature = "postgres")]
 #[derive(Default)]
 pub(crate) struct TakenKeys {
     ids: HashSet<i64>,
     client_ids: HashSet<(i64, String)>,
 }
 
+#[cfg(feature = "postgres")]
 impl TakenKeys {
     /// Keys found in the database: `(id, sender, client_id)` rows.
     pub(crate) fn found(rows: impl IntoIterator<Item = (i64, i64, Option<String>)>) -> Self {
