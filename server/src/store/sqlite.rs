@@ -17,11 +17,12 @@
 //! - Writes run on the calling thread, through rusqlite (on the same bundled SQLite as sqlx),
 //!   with prepared statements kept per connection. sqlx would run each statement on a thread of
 //!   its own and wake the caller with its answer: two thread switches per statement, with the
-//!   file's write lock held meanwhile. A node's committer has a thread of its own for this; the
-//!   controller's few writes (accounts, devices, uploads) each hold a runtime thread for a
-//!   moment, without waiting on another process: the kernel lock below is taken first, off
-//!   the runtime when it is contended, so `BEGIN IMMEDIATE` finds SQLite's lock free. Reads
-//!   stay on sqlx's pool.
+//!   file's write lock held meanwhile. A node's committer (every append) has a thread of its
+//!   own for this. The other writes — accounts, devices and uploads on the controller, read
+//!   markers that move on a node — each hold a runtime thread while their statements run
+//!   (well under a millisecond; an upload's blob is written on a blocking thread), never while
+//!   waiting on another process: the kernel lock below is taken first, off the runtime when it
+//!   is contended, so `BEGIN IMMEDIATE` finds SQLite's lock free. Reads stay on sqlx's pool.
 //! - sqlx takes no lock to run SQLite migrations, so they run inside a `BEGIN IMMEDIATE` too:
 //!   processes opening a new file at once apply them one after the other.
 //!
@@ -1420,30 +1421,36 @@ impl Store for SqliteStore {
             )));
         }
         let tx = self.write_tx().await?;
-        tx.prepare_cached(
-            "INSERT INTO attachments (id, conv_id, uploader, name, mime, size, created_at, data) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .and_then(|mut stmt| {
-            stmt.execute(rusqlite::params![
-                blob.meta.id.as_str(),
-                blob.meta.conv.0,
-                blob.uploader.0,
-                &blob.meta.name,
-                &blob.meta.mime,
-                i64::try_from(blob.meta.size).unwrap_or(i64::MAX),
-                blob.created_at,
-                &blob.data[..],
-            ])
-        })
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict(format!("attachment {} exists already", blob.meta.id))
-            } else {
-                write_err(e)
-            }
-        })?;
-        tx.commit()
+        // A blob of megabytes takes milliseconds to write: not on a runtime thread.
+        let write = move || {
+            tx.prepare_cached(
+                "INSERT INTO attachments (id, conv_id, uploader, name, mime, size, created_at, data) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(rusqlite::params![
+                    blob.meta.id.as_str(),
+                    blob.meta.conv.0,
+                    blob.uploader.0,
+                    &blob.meta.name,
+                    &blob.meta.mime,
+                    i64::try_from(blob.meta.size).unwrap_or(i64::MAX),
+                    blob.created_at,
+                    &blob.data[..],
+                ])
+            })
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict(format!("attachment {} exists already", blob.meta.id))
+                } else {
+                    write_err(e)
+                }
+            })?;
+            tx.commit()
+        };
+        tokio::task::spawn_blocking(write)
+            .await
+            .map_err(|e| StoreError::Internal(format!("attachment write task: {e}")))?
     }
 
     async fn attachment(&self, id: &AttachmentId) -> StoreResult<Option<AttachmentBlob>> {
