@@ -629,16 +629,6 @@ fn write_err(e: rusqlite::Error) -> StoreError {
     StoreError::Internal(e.to_string())
 }
 
-/// Whether `e` is a unique-constraint violation.
-fn is_unique_violation(e: &rusqlite::Error) -> bool {
-    matches!(
-        e,
-        rusqlite::Error::SqliteFailure(f, _)
-            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
-    )
-}
-
 /// A write transaction as the shared write path drives it (see [`WriteOps`]): each statement
 /// runs at once on the calling thread, so the trait's defaults (a statement per conversation
 /// at a batch's start and end) cost no round trips.
@@ -932,24 +922,21 @@ impl Store for SqliteStore {
         password_hash: &str,
         now: Millis,
     ) -> StoreResult<UserRecord> {
-        let tx = self.write_tx().await?;
-        let id = tx
-            .prepare_cached(
+        let mut tx = self.write_tx().await?;
+        let id = SqliteWriter::new(&mut tx)
+            .query_row(
                 "INSERT INTO users (username, password_hash, created_at) VALUES (?1, ?2, ?3) \
                  RETURNING id",
+                rusqlite::params![username, password_hash, now],
+                |r| r.get::<_, i64>(0),
             )
-            .and_then(|mut stmt| {
-                stmt.query_row(rusqlite::params![username, password_hash, now], |r| {
-                    r.get::<_, i64>(0)
-                })
-            })
-            .map_err(|e| {
-                if is_unique_violation(&e) {
+            .map_err(|e| match e {
+                StoreError::Conflict(_) => {
                     StoreError::Conflict(format!("username {username:?} is taken"))
-                } else {
-                    write_err(e)
                 }
-            })?;
+                e => e,
+            })?
+            .ok_or_else(|| StoreError::Internal("the new user's id did not come back".into()))?;
         tx.commit()?;
         Ok(UserRecord {
             id: UserId(id),
@@ -988,24 +975,20 @@ impl Store for SqliteStore {
         name: &str,
         now: Millis,
     ) -> StoreResult<DeviceRecord> {
-        let tx = self.write_tx().await?;
+        let mut tx = self.write_tx().await?;
         // A revoked device logging in again is active again, but keeps its bumped generation:
         // tokens issued before the revocation stay refused.
-        let row = tx
-            .prepare_cached(
+        let row = SqliteWriter::new(&mut tx)
+            .query_row(
                 "INSERT INTO devices (user_id, device_id, name, created_at, last_login, revoked, generation) \
                  VALUES (?1, ?2, ?3, ?4, ?4, FALSE, 0) \
                  ON CONFLICT (user_id, device_id) DO UPDATE \
                  SET name = excluded.name, last_login = excluded.last_login, revoked = FALSE \
                  RETURNING user_id, device_id, name, created_at, last_login, revoked, generation",
-            )
-            .and_then(|mut stmt| {
-                stmt.query_row(
-                    rusqlite::params![user.0, device.as_str(), name, now],
-                    DeviceRow::from_sqlite,
-                )
-            })
-            .map_err(write_err)?;
+                rusqlite::params![user.0, device.as_str(), name, now],
+                DeviceRow::from_sqlite,
+            )?
+            .ok_or_else(|| StoreError::Internal("the logged-in device did not come back".into()))?;
         tx.commit()?;
         row.into_record()
     }
@@ -1420,32 +1403,31 @@ impl Store for SqliteStore {
                 blob.data.len()
             )));
         }
-        let tx = self.write_tx().await?;
+        let mut tx = self.write_tx().await?;
         // A blob of megabytes takes milliseconds to write: not on a runtime thread.
         let write = move || {
-            tx.prepare_cached(
-                "INSERT INTO attachments (id, conv_id, uploader, name, mime, size, created_at, data) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(rusqlite::params![
-                    blob.meta.id.as_str(),
-                    blob.meta.conv.0,
-                    blob.uploader.0,
-                    &blob.meta.name,
-                    &blob.meta.mime,
-                    i64::try_from(blob.meta.size).unwrap_or(i64::MAX),
-                    blob.created_at,
-                    &blob.data[..],
-                ])
-            })
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::Conflict(format!("attachment {} exists already", blob.meta.id))
-                } else {
-                    write_err(e)
-                }
-            })?;
+            SqliteWriter::new(&mut tx)
+                .execute(
+                    "INSERT INTO attachments (id, conv_id, uploader, name, mime, size, created_at, data) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    rusqlite::params![
+                        blob.meta.id.as_str(),
+                        blob.meta.conv.0,
+                        blob.uploader.0,
+                        &blob.meta.name,
+                        &blob.meta.mime,
+                        i64::try_from(blob.meta.size).unwrap_or(i64::MAX),
+                        blob.created_at,
+                        &blob.data[..],
+                    ],
+                )
+                .map_err(|e| match e {
+                    StoreError::Conflict(_) => StoreError::Conflict(format!(
+                        "attachment {} exists already",
+                        blob.meta.id
+                    )),
+                    e => e,
+                })?;
             tx.commit()
         };
         tokio::task::spawn_blocking(write)
