@@ -121,6 +121,12 @@ struct NodeArgs {
     fault: Option<Fault>,
 }
 
+/// mimalloc instead of the system allocator: a message's path allocates and frees small
+/// buffers on several threads, where glibc's malloc spent about 5% of the server's CPU
+/// (ARCHITECTURE.md has the comparison).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     // `CHAT_WORKER_THREADS`: 0 runs every task on one thread (no wakeups across threads); N
     // uses N worker threads; unset, one per core. The lab, which packs a controller and its
