@@ -86,6 +86,10 @@ const RESTART_FRAMES: i64 = 1000;
 /// Copies and flushes before the checkpointer takes the writers' lock.
 const LOCK_FREE_ROUNDS: usize = 2;
 
+/// A log this long at a checkpoint means writers outpace the checkpointer (an overload): it
+/// takes the lock at once, since then the log's length comes first.
+const OVERLOAD_FRAMES: i64 = 4 * RESTART_FRAMES;
+
 /// The size the log file is cut back to after it starts over.
 const LOG_SIZE_LIMIT: u64 = 64 << 20;
 
@@ -475,7 +479,12 @@ async fn checkpointer(
         // Each round copies what came in during the one before and flushes it: a round
         // takes less time than the one before, so less comes in during it. Unless the
         // writers outpace the copies (an overload): then waiting only lengthens the log.
-        for _ in 0..LOCK_FREE_ROUNDS {
+        let rounds = if log_frames < OVERLOAD_FRAMES {
+            LOCK_FREE_ROUNDS
+        } else {
+            0
+        };
+        for _ in 0..rounds {
             match passive_checkpoint(c).await {
                 Ok(now) if now - log_frames < RESTART_FRAMES => {}
                 Ok(_) => break,
@@ -529,13 +538,43 @@ async fn passive_checkpoint(conn: &mut SqliteConnection) -> Result<i64, sqlx::Er
 /// Flushes files' written pages to the disk (on a blocking thread: it takes milliseconds).
 async fn sync_files(paths: &[&Path]) -> std::io::Result<()> {
     let paths: Vec<std::path::PathBuf> = paths.iter().map(|p| p.to_path_buf()).collect();
-    tokio::task::spawn_blocking(move || {
-        paths
-            .iter()
-            .try_for_each(|p| std::fs::File::open(p)?.sync_data())
-    })
-    .await
-    .map_err(std::io::Error::other)?
+    tokio::task::spawn_blocking(move || paths.iter().try_for_each(|p| kept_open(p)?.sync_data()))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// A descriptor of `path` that stays open for the life of the process.
+///
+/// SQLite's locks on the database file are POSIX advisory locks, which belong to the process
+/// and the file, not to a descriptor: closing *any* descriptor of the file drops every lock
+/// the process's connections hold on it. Another process could then believe it is the file's
+/// last user, and checkpoint and remove the log while this one's writers still append to it,
+/// losing committed events (seen once in a test of four processes, when this closed what it
+/// had opened to flush). So what is opened here is never closed; a file replaced under the
+/// same name (a log removed and made again) gets a second descriptor, and the first is kept.
+fn kept_open(path: &Path) -> std::io::Result<Arc<std::fs::File>> {
+    use std::os::unix::fs::MetadataExt;
+    type Files =
+        std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Arc<std::fs::File>>>;
+    static FILES: std::sync::OnceLock<Files> = std::sync::OnceLock::new();
+    let mut files = FILES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = std::fs::metadata(path)?;
+    if let Some(file) = files.get(path)
+        && file
+            .metadata()
+            .is_ok_and(|m| m.ino() == now.ino() && m.dev() == now.dev())
+    {
+        return Ok(file.clone());
+    }
+    let file = Arc::new(std::fs::File::open(path)?);
+    if let Some(replaced) = files.insert(path.to_owned(), file.clone()) {
+        // Dropping it would close it.
+        std::mem::forget(replaced);
+    }
+    Ok(file)
 }
 
 /// Switches the file to WAL. Unlike other locks, the one this needs is not waited for by the
@@ -1778,6 +1817,25 @@ mod tests {
             log < 2 * DATA,
             "the log never started over: {log} bytes of log for {data} bytes of data"
         );
+        Ok(())
+    }
+
+    /// The checkpointer flushes through one descriptor per file that it never closes (closing
+    /// one would drop SQLite's locks); a file made again under the same name gets its own.
+    #[test]
+    fn flushed_files_keep_one_descriptor() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"one")?;
+        let first = kept_open(&path)?;
+        assert!(Arc::ptr_eq(&first, &kept_open(&path)?), "opened once");
+        std::fs::remove_file(&path)?;
+        std::fs::write(&path, b"two")?;
+        let second = kept_open(&path)?;
+        assert!(!Arc::ptr_eq(&first, &second), "the new file has its own");
+        assert!(Arc::ptr_eq(&second, &kept_open(&path)?));
+        // Both still open: the process holds more than the two handles here.
+        assert!(Arc::strong_count(&first) >= 2 && Arc::strong_count(&second) >= 2);
         Ok(())
     }
 
