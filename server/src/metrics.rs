@@ -3,12 +3,13 @@
 
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process-wide recorder (once; later calls reuse it) and returns a handle to
-/// render it. `None` if another recorder was installed first.
+/// render it. `None` if another recorder was installed first. Durations are bucketed from
+/// 100 µs to 2.5 s, batch sizes by powers of two.
 pub fn install() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
@@ -17,6 +18,12 @@ pub fn install() -> Option<PrometheusHandle> {
                     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                     0.5, 1.0, 2.5,
                 ])
+                .ok()?
+                // Counts, not durations: events per commit go up to the committer's batch cap.
+                .set_buckets_for_metric(
+                    Matcher::Full("chat_store_batch_size".into()),
+                    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+                )
                 .ok()?
                 .build_recorder();
             let handle = recorder.handle();
@@ -29,4 +36,27 @@ pub fn install() -> Option<PrometheusHandle> {
 /// The metrics page.
 pub fn render() -> String {
     install().map(|h| h.render()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn batch_sizes_get_count_buckets() {
+        assert!(super::install().is_some());
+        metrics::histogram!("chat_store_batch_size").record(3.0);
+        metrics::histogram!("chat_store_commit_seconds").record(0.002);
+        let page = super::render();
+        assert!(
+            page.contains("chat_store_batch_size_bucket{le=\"4\"} 1"),
+            "{page}"
+        );
+        assert!(
+            !page.contains("chat_store_batch_size_bucket{le=\"0.0001\"}"),
+            "{page}"
+        );
+        assert!(
+            page.contains("chat_store_commit_seconds_bucket{le=\"0.0025\"} 1"),
+            "{page}"
+        );
+    }
 }
