@@ -19,10 +19,10 @@ pub fn install() -> Option<PrometheusHandle> {
                     0.5, 1.0, 2.5,
                 ])
                 .ok()?
-                // Counts, not durations: events per commit go up to the committer's batch cap.
+                // Counts, not durations: events per commit, up to the committer's cap of 256.
                 .set_buckets_for_metric(
                     Matcher::Full("chat_store_batch_size".into()),
-                    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+                    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
                 )
                 .ok()?
                 .build_recorder();

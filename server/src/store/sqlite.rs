@@ -1763,9 +1763,8 @@ mod tests {
             convs.push((conv, a));
         }
         let convs = Arc::new(convs);
-        // Each batch rewrites pages all over the file, so a log that never starts over grows
-        // many times faster than the data (tens of times, measured); one that does stays
-        // about as long as what is written between two checkpoints.
+        // Each batch rewrites pages all over the file, so 16 MiB of data take the log past the
+        // checkpointer's restart threshold many times over.
         const DATA: u64 = 16 << 20;
         let deadline = std::time::Instant::now() + Duration::from_secs(90);
         let shm = {
@@ -1773,27 +1772,26 @@ mod tests {
             p.push("-shm");
             std::path::PathBuf::from(p)
         };
+        let shm = std::fs::File::open(shm)?;
         let done = CancellationToken::new();
         // The wal-index header starts the `-shm` file: `mxFrame`, the frames in the log, is
         // the native-endian u32 at byte 16. A torn read can only add or hide one drop.
         let sampler = tokio::spawn({
             let done = done.clone();
             async move {
+                use std::os::unix::fs::FileExt;
                 let (mut restarts, mut last) = (0u32, 0u32);
+                let mut frames = [0u8; 4];
                 while !done.is_cancelled() {
-                    if let Ok(bytes) = std::fs::read(&shm)
-                        && let Some(frames) = bytes.get(16..20)
-                    {
-                        let frames =
-                            u32::from_ne_bytes([frames[0], frames[1], frames[2], frames[3]]);
-                        if frames < last {
-                            restarts += 1;
-                        }
-                        last = frames;
+                    shm.read_exact_at(&mut frames, 16)?;
+                    let now = u32::from_ne_bytes(frames);
+                    if now < last {
+                        restarts += 1;
                     }
+                    last = now;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                restarts
+                std::io::Result::Ok(restarts)
             }
         });
         let mut writers = Vec::new();
@@ -1838,7 +1836,7 @@ mod tests {
             w.await??;
         }
         done.cancel();
-        let restarts = sampler.await?;
+        let restarts = sampler.await??;
         let data = std::fs::metadata(&db.path).map_or(0, |m| m.len());
         assert!(data >= DATA, "the writers stopped early: {data} bytes");
         assert!(
