@@ -775,9 +775,11 @@ pub(crate) struct ConvHead {
     pub kind: ConvKind,
     pub public: bool,
     pub last_seq: Seq,
-    /// `seq` of the last `message` event, for conversation lists.
+    /// `seq` of the last `message` event, for conversation lists. Only for a backend that keeps
+    /// it in the conversation's row (PostgreSQL); SQLite reads it from the events, and its
+    /// heads carry 0 here.
     pub last_msg_seq: Seq,
-    /// Time of the latest event, to order conversation lists.
+    /// Time of the latest event, to order conversation lists; kept as `last_msg_seq` is.
     pub last_activity: Millis,
     /// Bumped with every membership change: see [`MemberCache`].
     pub member_epoch: i64,
@@ -877,7 +879,8 @@ pub(crate) trait WriteOps: Send {
         conv: ConvId,
         user: UserId,
     ) -> impl Future<Output = StoreResult<()>> + Send;
-    /// Writes back `last_seq`, `last_msg_seq`, `last_activity` and `member_epoch`.
+    /// Writes back `last_seq`, `last_msg_seq`, `last_activity` and `member_epoch` (those of
+    /// them the backend keeps in the conversation's row).
     fn save_head(
         &mut self,
         conv: ConvId,

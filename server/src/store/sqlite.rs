@@ -95,6 +95,20 @@ const LOG_SIZE_LIMIT: u64 = 64 << 20;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// The `seq` of the last event of the conversation whose id is the SQL expression `$conv`: the
+/// right end of its range in `events_conv_seq`, one index seek (every conversation has its
+/// first event from the transaction that made it). A conversation's head is not kept in its row
+/// (see migration 0003).
+macro_rules! last_seq_of {
+    ($conv:literal) => {
+        concat!(
+            "(SELECT coalesce(max(h.seq), 0) FROM events h WHERE h.conv_id = ",
+            $conv,
+            ")"
+        )
+    };
+}
+
 /// The SQLite store. Cheap to clone: the pools and the member cache are shared.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -769,8 +783,11 @@ impl WriteOps for SqliteWriter<'_> {
 
     async fn conv_head(&mut self, conv: ConvId) -> StoreResult<Option<ConvHead>> {
         let row = self.query_row(
-            "SELECT kind, is_public, last_seq, last_msg_seq, last_activity, member_epoch \
-             FROM conversations WHERE id = ?1",
+            concat!(
+                "SELECT kind, is_public, ",
+                last_seq_of!("conversations.id"),
+                ", member_epoch FROM conversations WHERE id = ?1"
+            ),
             [conv.0],
             |r| {
                 Ok((
@@ -778,20 +795,19 @@ impl WriteOps for SqliteWriter<'_> {
                     r.get::<_, bool>(1)?,
                     r.get::<_, i64>(2)?,
                     r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, i64>(5)?,
                 ))
             },
         )?;
-        let Some((kind, public, last_seq, last_msg_seq, last_activity, member_epoch)) = row else {
+        let Some((kind, public, last_seq, member_epoch)) = row else {
             return Ok(None);
         };
         Ok(Some(ConvHead {
             kind: common::parse_conv_kind(&kind)?,
             public,
             last_seq: common::seq_from_db(last_seq)?,
-            last_msg_seq: common::seq_from_db(last_msg_seq)?,
-            last_activity,
+            // Not kept here: read from the events when a list is made (see the schema).
+            last_msg_seq: 0,
+            last_activity: 0,
             member_epoch,
         }))
     }
@@ -947,16 +963,11 @@ impl WriteOps for SqliteWriter<'_> {
     }
 
     async fn save_head(&mut self, conv: ConvId, head: &ConvHead) -> StoreResult<()> {
+        // The rest of the head is the events themselves. A row that would not change is not
+        // written: an update rewrites its page even with the same values.
         self.execute(
-            "UPDATE conversations SET last_seq = ?2, last_msg_seq = ?3, last_activity = ?4, \
-             member_epoch = ?5 WHERE id = ?1",
-            [
-                conv.0,
-                common::seq_to_db(head.last_seq),
-                common::seq_to_db(head.last_msg_seq),
-                head.last_activity,
-                head.member_epoch,
-            ],
+            "UPDATE conversations SET member_epoch = ?2 WHERE id = ?1 AND member_epoch <> ?2",
+            [conv.0, head.member_epoch],
         )?;
         Ok(())
     }
@@ -975,9 +986,9 @@ impl WriteOps for SqliteWriter<'_> {
         conv: &NewConversation<'_>,
     ) -> StoreResult<Option<ConvId>> {
         let id = self.query_row(
-            "INSERT INTO conversations (kind, name, is_public, created_by, created_at, last_seq, \
-             last_msg_seq, last_activity, member_epoch, direct_lo, direct_hi) \
-             VALUES (?1, ?2, ?3, ?4, ?5, 1, 0, ?5, 1, ?6, ?7) \
+            "INSERT INTO conversations (kind, name, is_public, created_by, created_at, \
+             member_epoch, direct_lo, direct_hi) \
+             VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7) \
              ON CONFLICT (direct_lo, direct_hi) DO NOTHING RETURNING id",
             rusqlite::params![
                 common::conv_kind_str(conv.kind),
@@ -1200,9 +1211,11 @@ impl Store for SqliteStore {
     }
 
     async fn conversation(&self, conv: ConvId) -> StoreResult<Option<ConversationRecord>> {
-        sqlx::query_as::<_, ConversationRow>(
-            "SELECT id, kind, name, is_public, last_seq, created_by, created_at FROM conversations WHERE id = $1",
-        )
+        sqlx::query_as::<_, ConversationRow>(concat!(
+            "SELECT id, kind, name, is_public, ",
+            last_seq_of!("conversations.id"),
+            " AS last_seq, created_by, created_at FROM conversations WHERE id = $1"
+        ))
         .bind(conv.0)
         .fetch_optional(&self.reader)
         .await
@@ -1284,8 +1297,10 @@ impl Store for SqliteStore {
         // Two statements whatever the number of conversations, in one read transaction so that
         // the summaries and their last messages are of the same moment.
         let mut tx = self.reader.begin().await.map_err(db_err)?;
-        let rows = sqlx::query_as::<_, SummaryRow>(
-            "SELECT c.id, c.kind, c.name, c.is_public, c.last_seq, c.created_at, m.read_seq, \
+        let rows = sqlx::query_as::<_, SummaryRow>(concat!(
+            "SELECT c.id, c.kind, c.name, c.is_public, ",
+            last_seq_of!("c.id"),
+            " AS last_seq, c.created_at, m.read_seq, \
                (SELECT COUNT(*) FROM members x WHERE x.conv_id = c.id) AS member_count, \
                (SELECT COUNT(*) FROM events e WHERE e.conv_id = c.id AND e.seq > m.read_seq \
                   AND e.body_type = 'message' AND e.deleted = FALSE AND e.sender <> m.user_id) AS unread, \
@@ -1295,16 +1310,18 @@ impl Store for SqliteStore {
              LEFT JOIN members p ON c.kind = 'direct' AND p.conv_id = c.id AND p.user_id <> m.user_id \
              LEFT JOIN users u ON u.id = p.user_id \
              WHERE m.user_id = $1 \
-             ORDER BY c.last_activity DESC, c.id DESC",
-        )
+             ORDER BY (SELECT l.at FROM events l WHERE l.conv_id = c.id ORDER BY l.seq DESC LIMIT 1) DESC, \
+               c.id DESC",
+        ))
         .bind(user.0)
         .fetch_all(&mut *tx)
         .await
         .map_err(db_err)?;
         let last = sqlx::query_as::<_, EventRow>(concat!(
             event_select!(),
-            " JOIN conversations c ON c.id = e.conv_id AND e.seq = c.last_msg_seq \
-             JOIN members m ON m.conv_id = c.id WHERE m.user_id = $1"
+            " JOIN members m ON m.conv_id = e.conv_id WHERE m.user_id = $1 AND e.seq = \
+               (SELECT l.seq FROM events l WHERE l.conv_id = m.conv_id AND l.body_type = 'message' \
+                ORDER BY l.seq DESC LIMIT 1)"
         ))
         .bind(user.0)
         .fetch_all(&mut *tx)
@@ -1449,8 +1466,11 @@ impl Store for SqliteStore {
     }
 
     async fn mark_read(&self, conv: ConvId, user: UserId, seq: Seq) -> StoreResult<Option<Seq>> {
-        const MARKERS: &str = "SELECT m.read_seq, c.last_seq FROM members m JOIN conversations c ON c.id = m.conv_id \
-                               WHERE m.conv_id = $1 AND m.user_id = $2";
+        const MARKERS: &str = concat!(
+            "SELECT m.read_seq, ",
+            last_seq_of!("m.conv_id"),
+            " FROM members m WHERE m.conv_id = $1 AND m.user_id = $2"
+        );
         let wanted = common::seq_to_db(seq);
         // Devices mark read often and mostly again: answer a marker that would not move without
         // taking the write lock.
