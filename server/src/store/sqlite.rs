@@ -1609,6 +1609,103 @@ mod tests {
         Ok(())
     }
 
+    /// A file written before conversations' heads came from their events (schema of
+    /// migrations 0001 and 0002, with history in it) opens, and its conversations keep their
+    /// last seq, last message, unread count and order; the next append takes the next seq.
+    #[tokio::test]
+    async fn a_file_of_the_schema_before_heads_from_events_is_upgraded() -> anyhow::Result<()> {
+        let db = temp_db().await?;
+        let old = tempfile::tempdir()?;
+        for (name, sql) in [
+            (
+                "0001_init.sql",
+                include_str!("../../migrations/sqlite/0001_init.sql"),
+            ),
+            (
+                "0002_append_friendly_indexes.sql",
+                include_str!("../../migrations/sqlite/0002_append_friendly_indexes.sql"),
+            ),
+        ] {
+            std::fs::write(old.path().join(name), sql)?;
+        }
+        let dir = db.path.parent().context("the database's directory")?;
+        std::fs::create_dir_all(dir)?;
+        let options = SqliteConnectOptions::new()
+            .filename(&db.path)
+            .create_if_missing(true);
+        let mut conn = SqliteConnection::connect_with(&options).await?;
+        Migrator::new(old.path()).await?.run(&mut conn).await?;
+        // Alice (1) and Bob (2); two direct conversations, each with its created event (1) and
+        // messages: conversation 1 with Bob's "one" (2) and "two" (3); conversation 2, with
+        // Carol (3), with Carol's "later" (2), more recent.
+        for statement in [
+            "INSERT INTO users (id, username, password_hash, created_at) VALUES \
+               (1, 'alice', 'x', 1), (2, 'bob', 'x', 1), (3, 'carol', 'x', 1)",
+            "INSERT INTO conversations (id, kind, created_by, created_at, last_seq, last_msg_seq, \
+               last_activity, member_epoch, direct_lo, direct_hi) VALUES \
+               (1, 'direct', 1, 10, 3, 3, 30, 1, 1, 2), (2, 'direct', 1, 10, 2, 2, 40, 1, 1, 3)",
+            "INSERT INTO members (conv_id, user_id, joined_seq, read_seq) VALUES \
+               (1, 1, 1, 1), (1, 2, 1, 3), (2, 1, 1, 2), (2, 3, 1, 2)",
+            "INSERT INTO events (id, conv_id, seq, at, sender, origin, body_type, member_action, \
+               member_user) VALUES (100, 1, 1, 10, 1, 'n1', 'member', 'created', 1), \
+               (200, 2, 1, 10, 1, 'n1', 'member', 'created', 1)",
+            "INSERT INTO events (id, conv_id, seq, at, sender, origin, body_type, msg_kind, text) \
+               VALUES (101, 1, 2, 20, 2, 'n1', 'message', 'text', 'one'), \
+               (102, 1, 3, 30, 2, 'n1', 'message', 'text', 'two'), \
+               (201, 2, 2, 40, 3, 'n1', 'message', 'text', 'later')",
+        ] {
+            sqlx::query(statement).execute(&mut conn).await?;
+        }
+        conn.close().await?;
+
+        let store = SqliteStore::open(&db.path).await?;
+        let list = store.conversations_of(UserId(1)).await?;
+        let seen: Vec<_> = list
+            .iter()
+            .map(|c| {
+                (
+                    c.id.0,
+                    c.last_seq,
+                    c.unread,
+                    c.last_message.as_ref().map(|e| e.seq),
+                )
+            })
+            .collect();
+        assert_eq!(seen, vec![(2, 2, 0, Some(2)), (1, 3, 2, Some(3))]);
+        let record = store
+            .conversation(ConvId(1))
+            .await?
+            .context("conversation 1")?;
+        assert_eq!(record.last_seq, 3);
+
+        let appended = store
+            .append(vec![NewEvent {
+                conv: ConvId(1),
+                id: MessageId(103),
+                at: 50,
+                sender: UserId(1),
+                device: None,
+                client_id: None,
+                body: crate::store::NewBody::Message {
+                    kind: protocol::model::MessageKind::Text,
+                    text: "three".into(),
+                    attachment: None,
+                    reply_to: None,
+                },
+                origin: NodeId::new("n2")?,
+            }])
+            .await
+            .into_iter()
+            .next()
+            .context("one result")??;
+        assert_eq!(appended.event.seq, 4);
+        let list = store.conversations_of(UserId(2)).await?;
+        assert_eq!(list[0].last_seq, 4);
+        assert_eq!(list[0].unread, 1);
+        assert_eq!(list[0].last_message.as_ref().map(|e| e.seq), Some(4));
+        Ok(())
+    }
+
     /// Where [`child_process_appends`] finds its database, when run by
     /// [`processes_share_one_file`].
     const CHILD_DB: &str = "CHAT_STORE_TEST_CHILD_DB";
