@@ -128,6 +128,12 @@ struct NodeArgs {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
+    // No transparent huge pages: the allocator asks for them on its arenas, and then a node's
+    // memory grows in steps of 2 MiB, each page resident in full however little of it is used
+    // and zeroed at the first touch, on whatever task touches it (ARCHITECTURE.md has the
+    // figures). A refusal (a kernel without the switch) only leaves the system's default.
+    #[cfg(target_os = "linux")]
+    let _ = nix::sys::prctl::set_thp_disable(true);
     // `CHAT_WORKER_THREADS`: 0 runs every task on one thread (no wakeups across threads); N
     // uses N worker threads; unset, one per core. The lab, which packs a controller and its
     // nodes onto one machine, gives each process its share of the cores.
