@@ -97,7 +97,12 @@ impl Committer {
         let stopped = stop.clone();
         let thread = std::thread::Builder::new()
             .name("committer".into())
-            .spawn(move || runtime.block_on(run_committer(ctx, rx, stopped)))?;
+            .spawn(move || {
+                // Nothing else runs on this thread: waiting here for another process's commit
+                // costs no thread switch.
+                crate::store::sqlite::wait_for_the_write_lock_in_place();
+                runtime.block_on(run_committer(ctx, rx, stopped))
+            })?;
         Ok(Committer {
             stop,
             thread: Some(thread),
