@@ -816,6 +816,11 @@ pub(crate) struct NewConversation<'a> {
 /// PostgreSQL a failed statement aborts the whole transaction, so one bad event would take its
 /// batch down. Unique keys are met with `ON CONFLICT DO NOTHING` (reported as `false`/`None`).
 pub(crate) trait WriteOps: Send {
+    /// Whether the backend keeps `last_seq`, `last_msg_seq` and `last_activity` in the
+    /// conversation's row. A backend that reads them from the events instead (SQLite) is asked
+    /// to save only the heads whose `member_epoch` changed.
+    const HEADS_IN_ROW: bool = true;
+
     /// The event `sender` sent with `client_id`, in its current state.
     fn event_by_client_id(
         &mut self,
@@ -1156,7 +1161,7 @@ pub(crate) async fn append_batch<T: WriteOps>(
         if state.members_changed {
             changed.push((conv, state.head.member_epoch, state.members));
         }
-        if state.dirty {
+        if state.dirty && (T::HEADS_IN_ROW || state.members_changed) {
             dirty.push((conv, state.head));
         }
     }

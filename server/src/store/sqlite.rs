@@ -109,6 +109,14 @@ macro_rules! last_seq_of {
     };
 }
 
+/// The file SQLite (or this store) keeps beside the database `path`: its name with `suffix`
+/// appended (`-wal`, `-shm`, `.write-lock`).
+fn beside(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
 /// The SQLite store. Cheap to clone: the pools and the member cache are shared.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -362,9 +370,7 @@ impl SqliteStore {
             )
             .await
             .map_err(db_err)?;
-        let mut lock = path.as_os_str().to_owned();
-        lock.push(".write-lock");
-        let write_lock: Arc<std::path::PathBuf> = Arc::new(lock.into());
+        let write_lock = Arc::new(beside(path, ".write-lock"));
         let writer = Arc::new(tokio::sync::Mutex::new(WriteConn {
             conn: writer,
             lock: FileLock::Closed,
@@ -480,9 +486,7 @@ async fn checkpointer(
     write_lock: Arc<std::path::PathBuf>,
     stop: CancellationToken,
 ) {
-    let mut log_path = db_path.as_os_str().to_owned();
-    log_path.push("-wal");
-    let log_path = std::path::PathBuf::from(log_path);
+    let log_path = beside(&db_path, "-wal");
     let mut conn: Option<SqliteConnection> = None;
     loop {
         tokio::select! {
@@ -788,6 +792,9 @@ impl<'t> SqliteWriter<'t> {
 }
 
 impl WriteOps for SqliteWriter<'_> {
+    // Read from the events (see migration 0003): only a membership change writes the row.
+    const HEADS_IN_ROW: bool = false;
+
     async fn event_by_client_id(
         &mut self,
         sender: UserId,
@@ -984,10 +991,9 @@ impl WriteOps for SqliteWriter<'_> {
     }
 
     async fn save_head(&mut self, conv: ConvId, head: &ConvHead) -> StoreResult<()> {
-        // The rest of the head is the events themselves. A row that would not change is not
-        // written: an update rewrites its page even with the same values.
+        // Only the epoch is kept in the row; the rest of the head is the events themselves.
         self.execute(
-            "UPDATE conversations SET member_epoch = ?2 WHERE id = ?1 AND member_epoch <> ?2",
+            "UPDATE conversations SET member_epoch = ?2 WHERE id = ?1",
             [conv.0, head.member_epoch],
         )?;
         Ok(())
@@ -1905,12 +1911,7 @@ mod tests {
         // checkpointer's restart threshold many times over.
         const DATA: u64 = 16 << 20;
         let deadline = std::time::Instant::now() + Duration::from_secs(90);
-        let shm = {
-            let mut p = db.path.as_os_str().to_owned();
-            p.push("-shm");
-            std::path::PathBuf::from(p)
-        };
-        let shm = std::fs::File::open(shm)?;
+        let shm = std::fs::File::open(beside(&db.path, "-shm"))?;
         let done = CancellationToken::new();
         // The wal-index header starts the `-shm` file: `mxFrame`, the frames in the log, is
         // the native-endian u32 at byte 16. A torn read can only add or hide one drop.
