@@ -150,6 +150,8 @@ pub(crate) enum Target {
     Conv(ConvId),
     /// The Socket.IO peer: the recipient's room.
     Room(Arc<str>),
+    /// The floor: the recipient's node and user.
+    Floor(Arc<str>),
 }
 
 /// A system under test with its users connected and paired, ready for load phases.
@@ -627,6 +629,7 @@ pub async fn run_phase(
                     reply_to: None,
                 }))?,
                 Target::Room(to) => crate::peer::dm_frame(sent, to, text)?,
+                Target::Floor(to) => crate::floor::message_frame(to, &text),
             };
             let _ = tx.send(Message::Text(frame.into()));
             sent += 1;
@@ -691,26 +694,24 @@ pub async fn run(cluster: &Cluster, config: &BenchConfig) -> Result<Outcome> {
     })
 }
 
-/// Runs both systems, prepared, rate by rate: each rate's phase on ours, then on the peer, so
-/// that a slow stretch of a noisy machine falls on both. Returns ours, then the peer's.
-pub async fn side_by_side(
-    ours: &Prepared,
-    peer: &Prepared,
-    config: &BenchConfig,
-) -> Result<(Outcome, Outcome)> {
-    let mut outcomes = [ours, peer].map(|p| Outcome {
-        memory: p.memory.clone(),
-        phases: Vec::new(),
-    });
+/// Runs the systems, prepared, rate by rate: each rate's phase on each system in turn, so that
+/// a slow stretch of a noisy machine falls on all of them. Returns their outcomes in order.
+pub async fn side_by_side(systems: &[&Prepared], config: &BenchConfig) -> Result<Vec<Outcome>> {
+    let mut outcomes: Vec<Outcome> = systems
+        .iter()
+        .map(|p| Outcome {
+            memory: p.memory.clone(),
+            phases: Vec::new(),
+        })
+        .collect();
     for (i, &rate) in config.rates.iter().enumerate() {
-        for (system, outcome) in [ours, peer].into_iter().zip(&mut outcomes) {
+        for (system, outcome) in systems.iter().zip(&mut outcomes) {
             outcome
                 .phases
                 .push(run_phase(system, config, i as u64 + 1, rate).await?);
         }
     }
-    let [ours, peer] = outcomes;
-    Ok((ours, peer))
+    Ok(outcomes)
 }
 
 fn ms(us: u64) -> String {
@@ -824,6 +825,47 @@ pub fn format_comparison(ours: &Outcome, peer: &Outcome) -> String {
     out
 }
 
+/// Ours against the floor (a bare relay that persists each message), rate by rate; with the
+/// peer's figures, also the floor against a third of the peer's CPU per message, the bar the
+/// project set itself. A ratio above 1 there means that even the floor spends more.
+pub fn format_floor(ours: &Outcome, floor: &Outcome, peer: Option<&Outcome>) -> String {
+    let mut out = String::from(
+        "against the floor (a bare relay persisting each message; same generator, phases interleaved):\n\
+         \x20 rate/s  µs/msg ours  µs/msg floor  ours/floor  p99 floor",
+    );
+    if peer.is_some() {
+        out.push_str("  peer/3 µs  floor/(peer/3)");
+    }
+    out.push('\n');
+    for (i, (o, f)) in ours.phases.iter().zip(&floor.phases).enumerate() {
+        out.push_str(&format!(
+            "{:>8} {:>12.1} {:>13.1} {:>11.2} {:>10}",
+            o.offered,
+            o.cpu_us_per_message,
+            f.cpu_us_per_message,
+            o.cpu_us_per_message / f.cpu_us_per_message.max(f64::MIN_POSITIVE),
+            ms(f.latency_us[2]),
+        ));
+        if let Some(p) = peer.and_then(|p| p.phases.get(i)) {
+            let allowance = p.cpu_us_per_message / 3.0;
+            out.push_str(&format!(
+                " {:>9.1} {:>15.2}",
+                allowance,
+                f.cpu_us_per_message / allowance.max(f64::MIN_POSITIVE)
+            ));
+        }
+        out.push('\n');
+    }
+    if let (Some(o), Some(f)) = (&ours.memory, &floor.memory) {
+        out.push_str(&format!(
+            "memory per idle connection (one more): ours {:.2} KiB, floor {:.2} KiB\n",
+            o.marginal() / 1024.0,
+            f.marginal() / 1024.0,
+        ));
+    }
+    out
+}
+
 /// One line per phase.
 pub fn format_phase(r: &PhaseReport) -> String {
     format!(
@@ -881,6 +923,22 @@ mod tests {
         assert!(!report(1000, 1000.0, 1, 5_000, 1.0).holds());
         assert!(!report(1000, 900.0, 0, 5_000, 1.0).holds());
         assert!(!report(1000, 1000.0, 0, 150_000, 1.0).holds());
+    }
+
+    #[test]
+    fn the_floor_comparison_sets_the_floor_against_a_third_of_the_peer() {
+        let outcome = |cpu: f64| Outcome {
+            memory: None,
+            phases: vec![report(1000, 1000.0, 0, 2_000, cpu)],
+        };
+        let (ours, floor, peer) = (outcome(120.0), outcome(60.0), outcome(150.0));
+        let text = format_floor(&ours, &floor, Some(&peer));
+        // ours/floor 2.00; a third of the peer 50.0; the floor spends 1.20 of it.
+        assert!(text.contains("2.00"), "{text}");
+        assert!(text.contains("50.0"), "{text}");
+        assert!(text.contains("1.20"), "{text}");
+        let without_peer = format_floor(&ours, &floor, None);
+        assert!(!without_peer.contains("peer/3"), "{without_peer}");
     }
 
     #[test]

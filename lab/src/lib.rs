@@ -13,6 +13,8 @@
 //! - [`bench`]: `lab bench`, the load generator and its figures.
 //! - [`peer`]: the Socket.IO + Redis-adapter cluster that `lab bench --peer` measures ours
 //!   against, side by side.
+//! - [`floor`]: the bare relay that `lab bench --floor` measures beside ours: the least a
+//!   cluster that persists each message before acknowledging it costs on this machine.
 //! - [`console`]: the interactive `lab up` session and `lab status` (the binary is a thin
 //!   wrapper around it).
 //!
@@ -36,6 +38,7 @@ pub mod cluster;
 pub mod console;
 mod error;
 pub mod find;
+pub mod floor;
 pub mod peer;
 pub mod process;
 pub mod status;

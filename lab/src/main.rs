@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use lab::{Backends, ClusterConfig, Routing};
 
@@ -33,6 +34,16 @@ enum Cmd {
         /// The controller's HTTP base.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         controller: String,
+    },
+    /// One node of the floor that `lab bench --floor` measures (started by the bench itself).
+    #[command(hide = true)]
+    FloorNode {
+        /// Its place among the floor's nodes, from 0.
+        #[arg(long)]
+        index: usize,
+        /// Its SQLite file.
+        #[arg(long)]
+        db: PathBuf,
     },
 }
 
@@ -128,6 +139,13 @@ struct BenchArgs {
     /// The Redis the peer's adapter uses.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     peer_redis: String,
+    /// Also measure the floor: as many bare relay nodes (this binary again) that persist each
+    /// message in a SQLite file of their own, acknowledge it and forward it to the recipient's
+    /// node, and nothing else: the least any cluster that persists before it acknowledges can
+    /// cost here. Phases interleaved with the others'; printed against ours and, with
+    /// `--peer`, against a third of the peer's CPU per message.
+    #[arg(long)]
+    floor: bool,
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -157,7 +175,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
         idle: args.idle,
         external: args.external,
     };
-    if !args.peer {
+    if !args.peer && !args.floor {
         let result = lab::bench::run(&cluster, &bench).await;
         cluster.shutdown().await?;
         let outcome = result?;
@@ -167,41 +185,118 @@ async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
         );
         return Ok(true);
     }
-    let peer = match lab::peer::PeerCluster::start(&args.peer_dir, nodes, &args.peer_redis).await {
-        Ok(peer) => peer,
+    let others = Others::start(
+        &args.peer_dir,
+        &args.peer_redis,
+        args.peer,
+        args.floor,
+        nodes,
+    )
+    .await;
+    let others = match others {
+        Ok(others) => others,
         Err(e) => {
             cluster.shutdown().await?;
             return Err(e);
         }
     };
-    println!(
-        "peer: socket.io nodes on ports {:?}, redis adapter on {}",
-        peer.ports(),
-        args.peer_redis
-    );
     let result = async {
-        let ours = lab::bench::prepare(&cluster, &bench).await?;
-        let theirs = lab::peer::prepare(&peer, &bench).await?;
-        lab::bench::side_by_side(&ours, &theirs, &bench).await
+        let mut systems = vec![lab::bench::prepare(&cluster, &bench).await?];
+        if let Some(peer) = &others.peer {
+            systems.push(lab::peer::prepare(peer, &bench).await?);
+        }
+        if let Some(floor) = &others.floor {
+            systems.push(lab::floor::prepare(floor, &bench).await?);
+        }
+        let refs: Vec<&lab::bench::Prepared> = systems.iter().collect();
+        lab::bench::side_by_side(&refs, &bench).await
     }
     .await;
-    peer.shutdown().await;
+    others.shutdown().await;
     cluster.shutdown().await?;
-    let (ours, theirs) = result?;
+    let outcomes = result?;
+    let mut outcomes = outcomes.iter();
+    let ours = outcomes.next().context("no outcome of ours")?;
+    let peer = if args.peer { outcomes.next() } else { None };
+    let floor = if args.floor { outcomes.next() } else { None };
     println!(
         "\nsummary, ours:\n{}",
         lab::bench::format_summary(ours.memory.as_ref(), &ours.phases)
     );
-    println!(
-        "summary, socket.io + redis adapter:\n{}",
-        lab::bench::format_summary(theirs.memory.as_ref(), &theirs.phases)
-    );
-    println!("{}", lab::bench::format_comparison(&ours, &theirs));
+    if let Some(peer) = peer {
+        println!(
+            "summary, socket.io + redis adapter:\n{}",
+            lab::bench::format_summary(peer.memory.as_ref(), &peer.phases)
+        );
+        println!("{}", lab::bench::format_comparison(ours, peer));
+    }
+    if let Some(floor) = floor {
+        println!(
+            "summary, floor:\n{}",
+            lab::bench::format_summary(floor.memory.as_ref(), &floor.phases)
+        );
+        println!("{}", lab::bench::format_floor(ours, floor, peer));
+    }
     Ok(true)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// The systems measured beside ours: the Socket.IO peer and the floor, as asked.
+struct Others {
+    peer: Option<lab::peer::PeerCluster>,
+    floor: Option<lab::floor::FloorCluster>,
+}
+
+impl Others {
+    async fn start(
+        peer_dir: &std::path::Path,
+        peer_redis: &str,
+        peer: bool,
+        floor: bool,
+        nodes: usize,
+    ) -> anyhow::Result<Others> {
+        let mut others = Others {
+            peer: None,
+            floor: None,
+        };
+        if peer {
+            let started = lab::peer::PeerCluster::start(peer_dir, nodes, peer_redis).await?;
+            println!(
+                "peer: socket.io nodes on ports {:?}, redis adapter on {}",
+                started.ports(),
+                peer_redis
+            );
+            others.peer = Some(started);
+        }
+        if floor {
+            let started = match std::env::current_exe() {
+                Ok(me) => lab::floor::FloorCluster::start(&me, nodes).await,
+                Err(e) => Err(anyhow::Error::from(e).context("the lab's own path")),
+            };
+            match started {
+                Ok(started) => {
+                    println!("floor: bare relay nodes on ports {:?}", started.ports());
+                    others.floor = Some(started);
+                }
+                Err(e) => {
+                    others.shutdown().await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(others)
+    }
+
+    async fn shutdown(self) {
+        if let Some(peer) = self.peer {
+            peer.shutdown().await;
+        }
+        if let Some(floor) = self.floor {
+            floor.shutdown().await;
+        }
+    }
+}
+
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -209,6 +304,24 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
+        // A floor node runs on a runtime of one thread of its own (see `lab::floor`).
+        Cmd::FloorNode { index, db } => lab::floor::run_node(index, &db).map(|()| true),
+        command => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(run(command))),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("lab: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Cmd) -> anyhow::Result<bool> {
+    match command {
         Cmd::Up(args) => {
             let plain = args.plain;
             lab::console::up(args.config(), lab::console::UpOptions { plain })
@@ -220,13 +333,7 @@ async fn main() -> ExitCode {
             .await
             .map(|()| true)
             .map_err(anyhow::Error::from),
-    };
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("lab: {e}");
-            ExitCode::FAILURE
-        }
+        // Taken by `main` before any runtime starts.
+        Cmd::FloorNode { .. } => anyhow::bail!("a floor node needs a runtime of its own"),
     }
 }

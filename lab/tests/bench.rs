@@ -1,12 +1,14 @@
-//! `lab bench`'s generator against both systems it measures, briefly: this project's cluster
-//! (embedded stack) and the Socket.IO peer on the real Redis. Every message sent in a phase must
-//! reach its recipient, on another node, and the figures must say so. The peer needs its
+//! `lab bench`'s generator against the systems it measures, briefly: this project's cluster
+//! (embedded stack), the Socket.IO peer on the real Redis, and the floor (bare relay nodes that
+//! persist each message). Every message sent in a phase must reach its recipient, on another
+//! node, and the figures must say so. The peer needs its
 //! packages (`npm ci --prefix bench/socketio-peer`, which `scripts/test` runs) and Redis on
 //! 127.0.0.1:6379 (`scripts/services.sh`); without them these tests fail saying so.
 
 use std::time::Duration;
 
 use lab::bench::{self, BenchConfig, PhaseReport};
+use lab::floor::{self, FloorCluster};
 use lab::peer::{self, PeerCluster};
 use lab::{Cluster, ClusterConfig};
 
@@ -75,4 +77,24 @@ async fn the_socketio_peer_delivers_every_cross_node_message_of_a_phase() {
     let (memory, report) = result.expect("peer bench run");
     assert_eq!(memory.expect("memory measured").connections, 20);
     check("socket.io peer", &report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_floor_delivers_every_cross_node_message_of_a_phase() {
+    let lab_bin = std::path::Path::new(env!("CARGO_BIN_EXE_lab"));
+    let cluster = FloorCluster::start(lab_bin, 3)
+        .await
+        .unwrap_or_else(|e| panic!("starting the floor: {e:#}"));
+    assert_eq!(cluster.ports().len(), 3);
+    let config = config();
+    let result = async {
+        let system = floor::prepare(&cluster, &config).await?;
+        let report = bench::run_phase(&system, &config, 1, 200).await?;
+        anyhow::Ok((system.memory.clone(), report))
+    }
+    .await;
+    cluster.shutdown().await;
+    let (memory, report) = result.expect("floor bench run");
+    assert_eq!(memory.expect("memory measured").connections, 20);
+    check("floor", &report);
 }
