@@ -421,7 +421,8 @@ impl Log {
 
 /// Group commit: takes every message waiting, commits them, then acknowledges and forwards
 /// each. What queues during a commit makes the next batch; waiting on purpose for a bigger one
-/// (a window of 1, 2 or 4 ms was measured) spends on timers what it saves on commits.
+/// (windows of 1, 2 and 4 ms were measured) saved a tenth at most, about the spread between
+/// runs, for that much more latency.
 async fn commit(
     mut log: Log,
     mut rx: mpsc::UnboundedReceiver<Accepted>,
