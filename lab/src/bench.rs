@@ -312,22 +312,52 @@ where
     S: futures::Sink<Message> + Unpin + Send + 'static,
 {
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
-    tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
+    tokio::spawn(async move { write_queued(&mut sink, &mut rx).await });
+    tx
+}
+
+/// Writes what is queued for a socket until the queue or the socket closes: everything waiting
+/// at once, then one flush.
+pub(crate) async fn write_queued<S>(sink: &mut S, rx: &mut mpsc::UnboundedReceiver<Message>)
+where
+    S: futures::Sink<Message> + Unpin,
+{
+    while let Some(m) = rx.recv().await {
+        if sink.feed(m).await.is_err() {
+            return;
+        }
+        while let Ok(m) = rx.try_recv() {
             if sink.feed(m).await.is_err() {
                 return;
             }
-            while let Ok(m) = rx.try_recv() {
-                if sink.feed(m).await.is_err() {
-                    return;
-                }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
         }
-    });
-    tx
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Stops the processes of a cluster measured beside ours: SIGTERM to each, then SIGKILL to what
+/// is still running after `grace`.
+pub(crate) async fn stop_processes(
+    processes: impl Iterator<Item = (u32, &mut tokio::process::Child)>,
+    grace: Duration,
+) {
+    let mut children = Vec::new();
+    for (pid, child) in processes {
+        if let Ok(pid) = i32::try_from(pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        children.push(child);
+    }
+    for child in children {
+        if tokio::time::timeout(grace, child.wait()).await.is_err() {
+            let _ = child.kill().await;
+        }
+    }
 }
 
 /// The client side's WebSocket settings, for every system measured: small buffers, as a

@@ -26,8 +26,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use futures::{SinkExt, StreamExt};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
@@ -120,19 +118,8 @@ impl FloorCluster {
 
     /// Stops every node (SIGTERM, then SIGKILL after a second).
     pub async fn shutdown(mut self) {
-        for n in &self.nodes {
-            if let Ok(pid) = i32::try_from(n.pid) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            }
-        }
-        for n in &mut self.nodes {
-            if tokio::time::timeout(Duration::from_secs(1), n.child.wait())
-                .await
-                .is_err()
-            {
-                let _ = n.child.kill().await;
-            }
-        }
+        let nodes = self.nodes.iter_mut().map(|n| (n.pid, &mut n.child));
+        bench::stop_processes(nodes, Duration::from_secs(1)).await;
     }
 }
 
@@ -545,21 +532,7 @@ async fn session(stream: TcpStream, users: Users, accepted: mpsc::UnboundedSende
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
     users.lock().insert(me, tx.clone());
     if sink.send(Message::Text("ready".into())).await.is_ok() {
-        let writer = async {
-            while let Some(m) = rx.recv().await {
-                if sink.feed(m).await.is_err() {
-                    return;
-                }
-                while let Ok(m) = rx.try_recv() {
-                    if sink.feed(m).await.is_err() {
-                        return;
-                    }
-                }
-                if sink.flush().await.is_err() {
-                    return;
-                }
-            }
-        };
+        let writer = bench::write_queued(&mut sink, &mut rx);
         let reader = async {
             while let Some(Ok(msg)) = stream.next().await {
                 let Message::Text(t) = msg else { continue };

@@ -16,8 +16,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use futures::{SinkExt, StreamExt};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -102,19 +100,8 @@ impl PeerCluster {
 
     /// Stops every node with SIGTERM, waiting a few seconds before killing what is left.
     pub async fn shutdown(mut self) {
-        for n in &self.nodes {
-            if let Ok(pid) = i32::try_from(n.pid) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            }
-        }
-        for n in &mut self.nodes {
-            if tokio::time::timeout(Duration::from_secs(3), n.child.wait())
-                .await
-                .is_err()
-            {
-                let _ = n.child.kill().await;
-            }
-        }
+        let nodes = self.nodes.iter_mut().map(|n| (n.pid, &mut n.child));
+        bench::stop_processes(nodes, Duration::from_secs(3)).await;
     }
 }
 
