@@ -6,8 +6,8 @@
 //!   with the same `id`;
 //! - publishes as binary frames ([`encode_publish`]): a publish number, the target nodes and
 //!   the bus envelope. The controller acknowledges cumulatively with
-//!   [`LinkServerFrame::PubAck`]; the node keeps what is unacknowledged and publishes it again
-//!   after a reconnect.
+//!   [`LinkServerFrame::PubAck`], along with its next frame to the node or within 20 ms; the
+//!   node keeps what is unacknowledged and publishes it again after a reconnect.
 //! - deliveries to the node as binary frames holding one bus envelope each.
 //!
 //! The link's first request must be [`LinkOp::Register`]; closing the link (or missing

@@ -190,6 +190,38 @@ mod tests {
         hub.stop();
     }
 
+    /// The controller acknowledges publishes even when nothing else goes to the publisher to
+    /// carry the acknowledgement: the node's resend buffer empties, and its oldest unpublished
+    /// time (which a survivor would start from if it died) goes back to none.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publishes_are_acknowledged_with_nothing_to_ride_on() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let hub = TestHub::start(listener).await;
+        let (_a, ca) = registered(&hub.url, "pa").await;
+        let (b, cb) = registered(&hub.url, "pb").await;
+        let mut inbox = cb.subscribe(&b).await.expect("subscribe");
+        for text in [&b"one"[..], b"two", b"three"] {
+            ca.publish(&Targets::Nodes(vec![b.clone()]), Bytes::from_static(text))
+                .await
+                .expect("publish");
+        }
+        for _ in 0..3 {
+            tokio::time::timeout(Duration::from_secs(5), inbox.recv())
+                .await
+                .expect("delivered")
+                .expect("inbox open");
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while ca.oldest_unacked().is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "publishes still unacknowledged after 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        hub.stop();
+    }
+
     /// A controller hands over what it held for a node as the node registers, and those
     /// envelopes can reach the node before the answer to its registration: they are delivered,
     /// not taken for noise while the node waits for its lease.
