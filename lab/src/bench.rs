@@ -523,6 +523,38 @@ where
     Ok(report)
 }
 
+/// Connects `count` talking users, a hundred at a time (`open(i)` opens user `i`), pairs them
+/// across nodes, and makes each pair's two senders: each sends to the other, at `target(i)` for
+/// user `i`. For the systems whose users need nothing more than a connection (the peer, the
+/// floor).
+pub(crate) async fn talkers<F, Fut>(
+    config: &BenchConfig,
+    open: F,
+    target: impl Fn(usize) -> Target,
+) -> Result<(Vec<VUser>, Vec<(mpsc::UnboundedSender<Message>, Target)>)>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<VUser>>,
+{
+    let mut vusers = Vec::with_capacity(config.users);
+    let indices: Vec<usize> = (0..config.users).collect();
+    for chunk in indices.chunks(100) {
+        for c in futures::future::join_all(chunk.iter().map(|i| open(*i))).await {
+            vusers.push(c?);
+        }
+    }
+    let pairs = pair_across_nodes(&vusers);
+    if pairs.is_empty() && !config.rates.is_empty() {
+        bail!("could not pair users across nodes (is there more than one?)");
+    }
+    let mut senders = Vec::with_capacity(pairs.len() * 2);
+    for (a, b) in pairs {
+        senders.push((vusers[a].tx.clone(), target(b)));
+        senders.push((vusers[b].tx.clone(), target(a)));
+    }
+    Ok((vusers, senders))
+}
+
 /// Pairs users of different nodes, walking the nodes round-robin, and prints the spread.
 pub(crate) fn pair_across_nodes(vusers: &[VUser]) -> Vec<(usize, usize)> {
     let mut by_node: HashMap<&str, Vec<usize>> = HashMap::new();

@@ -222,35 +222,15 @@ pub async fn prepare(floor: &FloorCluster, config: &BenchConfig) -> Result<Prepa
         "load: {} users on the floor, paired across nodes…",
         config.users
     );
-    let mut vusers = Vec::with_capacity(config.users);
-    let indices: Vec<usize> = (0..config.users).collect();
-    for chunk in indices.chunks(100) {
-        let conns = chunk.iter().map(|i| {
-            let n = node_of(*i);
-            connect(&n.name, n.port, *i as u32, recorder.clone())
-        });
-        for c in futures::future::join_all(conns).await {
-            vusers.push(c?);
-        }
-    }
-    let pairs = bench::pair_across_nodes(&vusers);
-    if pairs.is_empty() && !config.rates.is_empty() {
-        bail!("could not pair users across the floor's nodes");
-    }
-    let mut senders = Vec::with_capacity(pairs.len() * 2);
-    for (a, b) in &pairs {
-        senders.push((
-            vusers[*a].tx.clone(),
-            Target::Floor(target(b % count, *b as u32)),
-        ));
-        senders.push((
-            vusers[*b].tx.clone(),
-            Target::Floor(target(a % count, *a as u32)),
-        ));
-    }
+    let open = |i: usize| {
+        let n = node_of(i);
+        connect(&n.name, n.port, i as u32, recorder.clone())
+    };
+    let (vusers, senders) =
+        bench::talkers(config, open, |i| Target::Floor(target(i % count, i as u32))).await?;
     println!(
         "load: {} cross-node pairs on the floor, {} senders",
-        pairs.len(),
+        senders.len() / 2,
         senders.len()
     );
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -227,29 +227,15 @@ pub async fn prepare(peer: &PeerCluster, config: &BenchConfig) -> Result<Prepare
     let names: Vec<Arc<str>> = (0..config.users)
         .map(|i| Arc::from(format!("talker-{i}")))
         .collect();
-    let mut vusers = Vec::with_capacity(names.len());
-    let indices: Vec<usize> = (0..names.len()).collect();
-    for chunk in indices.chunks(100) {
-        let conns = chunk.iter().map(|i| {
-            let n = node_of(*i);
-            connect(&n.name, n.port, names[*i].clone(), recorder.clone())
-        });
-        for c in futures::future::join_all(conns).await {
-            vusers.push(c?);
-        }
-    }
-    let pairs = bench::pair_across_nodes(&vusers);
-    if pairs.is_empty() && !config.rates.is_empty() {
-        bail!("could not pair users across the peer's nodes (is there more than one?)");
-    }
-    let mut senders = Vec::with_capacity(pairs.len() * 2);
-    for (a, b) in &pairs {
-        senders.push((vusers[*a].tx.clone(), Target::Room(names[*b].clone())));
-        senders.push((vusers[*b].tx.clone(), Target::Room(names[*a].clone())));
-    }
+    let open = |i: usize| {
+        let n = node_of(i);
+        connect(&n.name, n.port, names[i].clone(), recorder.clone())
+    };
+    let (vusers, senders) =
+        bench::talkers(config, open, |i| Target::Room(names[i].clone())).await?;
     println!(
         "load: {} cross-node pairs on the peer, {} senders",
-        pairs.len(),
+        senders.len() / 2,
         senders.len()
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
