@@ -406,18 +406,30 @@ async fn commit(
             let _ = m.from.send(Message::Text("ack".into()));
             match links.get(m.node) {
                 Some(Some(link)) => {
-                    let len = 4 + m.text.len();
-                    let mut frame = Vec::with_capacity(4 + len);
-                    frame.extend_from_slice(&(len as u32).to_le_bytes());
-                    frame.extend_from_slice(&m.user.to_le_bytes());
-                    frame.extend_from_slice(m.text.as_bytes());
-                    let _ = link.send(frame);
+                    let _ = link.send(link_frame(m.user, &m.text));
                 }
                 Some(None) => deliver(&users, m.user, m.text),
                 None => {}
             }
         }
     }
+}
+
+/// A message for `user` as one node forwards it to another: `len: u32, user: u32, text`.
+fn link_frame(user: u32, text: &str) -> Vec<u8> {
+    let len = 4 + text.len();
+    let mut frame = Vec::with_capacity(4 + len);
+    frame.extend_from_slice(&(len as u32).to_le_bytes());
+    frame.extend_from_slice(&user.to_le_bytes());
+    frame.extend_from_slice(text.as_bytes());
+    frame
+}
+
+/// The user and the text of a link frame's body (what follows its length).
+fn parse_link_body(mut body: Vec<u8>) -> Option<(u32, String)> {
+    let user = u32::from_le_bytes(body.get(..4)?.try_into().ok()?);
+    let text = String::from_utf8(body.split_off(4)).ok()?;
+    Some((user, text))
 }
 
 fn deliver(users: &Users, user: u32, text: String) {
@@ -468,12 +480,11 @@ async fn accept_links(listener: TcpListener, users: Users) {
                     eprintln!("floor node: bad link frame of {len} bytes; closing the link");
                     return;
                 }
-                let mut frame = vec![0u8; len];
-                if r.read_exact(&mut frame).await.is_err() {
+                let mut body = vec![0u8; len];
+                if r.read_exact(&mut body).await.is_err() {
                     return;
                 }
-                let user = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]);
-                if let Ok(text) = String::from_utf8(frame.split_off(4)) {
+                if let Some((user, text)) = parse_link_body(body) {
                     deliver(&users, user, text);
                 }
             }
@@ -551,6 +562,18 @@ mod tests {
         assert_eq!(parse_message(&frame), Some((2, 17, "b|1|42 with spaces")));
         assert_eq!(parse_message("2 x hi"), None);
         assert_eq!(parse_message("2 17"), None);
+    }
+
+    #[test]
+    fn a_link_frame_carries_its_length_the_user_and_the_text() {
+        let frame = link_frame(17, "b|1|42");
+        assert_eq!(frame[..4], 10u32.to_le_bytes());
+        assert_eq!(
+            parse_link_body(frame[4..].to_vec()),
+            Some((17, "b|1|42".to_owned()))
+        );
+        assert_eq!(parse_link_body(vec![1, 2]), None);
+        assert_eq!(parse_link_body(vec![1, 0, 0, 0, 0xff]), None);
     }
 
     #[test]
