@@ -2,7 +2,8 @@
 # Builds the desktop app and runs all of its tests on a Debian/Ubuntu machine:
 #   - installs what is missing (apt packages for WebKitGTK and Xvfb, tauri-driver, npm deps);
 #   - UI: type check, vitest, production build;
-#   - Rust: the server sidecar, the app, its unit tests;
+#   - Rust: the server sidecar, the app's lints (clippy, warnings denied), the app, its unit
+#     tests;
 #   - end to end: the real app under Xvfb, driven by tauri-driver + WebKitWebDriver through
 #     the scenarios in ui/e2e/ (screenshots and logs in artifacts/desktop/).
 #
@@ -83,6 +84,9 @@ step "UI: type check, unit tests, build"
 # 4. Rust ------------------------------------------------------------------------------------
 step "server sidecar"
 scripts/desktop-sidecar.sh debug
+# Its build script needs the built UI and the sidecar, so its lints come only now.
+step "desktop app lints (cargo clippy -p src-tauri, warnings denied)"
+cargo clippy -p src-tauri --all-targets -- -D warnings
 step "desktop app (cargo build -p src-tauri)"
 cargo build -p src-tauri
 step "desktop app unit tests"

@@ -45,6 +45,7 @@ impl Tracer {
     }
 
     /// A message went through `hop` here.
+    // One argument per field of `Trace::Hop`, which callers would otherwise spell out whole.
     #[allow(clippy::too_many_arguments)]
     pub fn hop(
         &self,

@@ -154,6 +154,7 @@ where
 macro_rules! bus_suite {
     ($factory:expr) => {
         mod bus_suite {
+            // The factory may name items of the calling module, or none of them.
             #[allow(unused_imports)]
             use super::*;
             use $crate::bus::suite;

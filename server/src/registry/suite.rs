@@ -281,6 +281,7 @@ where
 macro_rules! registry_suite {
     ($factory:expr) => {
         mod registry_suite {
+            // The factory may name items of the calling module, or none of them.
             #[allow(unused_imports)]
             use super::*;
             use $crate::registry::suite;
