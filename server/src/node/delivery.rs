@@ -104,15 +104,21 @@ impl Cursors {
     /// Gaps to fill from the store now: `(conv, after, upto)` asks for the events with
     /// `after < seq < upto`.
     pub fn due_gaps(&self, now: Instant) -> Vec<(ConvId, Seq, Seq)> {
-        self.convs
-            .iter()
-            .filter_map(|(conv, c)| {
-                let since = c.gap_since?;
-                let first = *c.pending.keys().next()?;
-                let due = now.duration_since(since) >= GAP_WAIT || c.pending.len() >= MAX_PENDING;
-                due.then_some((*conv, c.seq, first))
-            })
-            .collect()
+        self.due(now).collect()
+    }
+
+    /// Whether any gap is to be filled now (see [`Cursors::due_gaps`]).
+    pub fn gaps_due(&self, now: Instant) -> bool {
+        self.due(now).next().is_some()
+    }
+
+    fn due(&self, now: Instant) -> impl Iterator<Item = (ConvId, Seq, Seq)> + '_ {
+        self.convs.iter().filter_map(move |(conv, c)| {
+            let since = c.gap_since?;
+            let first = *c.pending.keys().next()?;
+            let due = now.duration_since(since) >= GAP_WAIT || c.pending.len() >= MAX_PENDING;
+            due.then_some((*conv, c.seq, first))
+        })
     }
 
     /// When the next gap falls due.

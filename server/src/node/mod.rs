@@ -2,7 +2,7 @@
 //! to every device of every member, here and on other nodes through the bus.
 //!
 //! Code map:
-//! - [`session`]: one device's socket (reader and writer tasks), hello, resync, limits.
+//! - [`session`]: one device's socket: its lifecycle, reader, writer and rate limit.
 //! - [`delivery`]: per-device `seq` ordering, duplicate dropping and gap detection.
 //! - [`devices`]: the connected devices by user, and each one's bounded queue.
 //! - [`pipeline`]: group commit, acks, local fan-out and the publisher.
