@@ -1,0 +1,835 @@
+//! The embedded store: one SQLite file that every process on the machine (the controller and
+//! its chat nodes) opens at the same time. The rules of appending live in [`super::common`];
+//! this module is the SQL and the way processes share the file.
+//!
+//! Sharing one file between processes:
+//! - WAL journal: readers never wait for the writer nor it for them. `synchronous = NORMAL`:
+//!   a commit is durable against a process crash at once and against power loss from the next
+//!   checkpoint on, which is what WAL mode is designed for.
+//! - Every write transaction starts with `BEGIN IMMEDIATE`, which takes the file's write lock
+//!   first, waiting up to [`BUSY_TIMEOUT`] for it. A deferred transaction that read first and
+//!   writes later can instead fail at once with `SQLITE_BUSY` when another process wrote in
+//!   between, without waiting.
+//! - Within a process, writes queue on one connection (behind a FIFO async mutex); between
+//!   processes, on a kernel file lock (`flock` of `<file>.write-lock`) taken before `BEGIN
+//!   IMMEDIATE`, rather than on SQLite's busy handler, which sleeps and polls. Reads use a pool
+//!   of their own.
+//! - Writes run on the calling thread, through rusqlite (on the same bundled SQLite as sqlx),
+//!   with prepared statements kept per connection. sqlx would run each statement on a thread of
+//!   its own and wake the caller with its answer: two thread switches per statement, with the
+//!   file's write lock held meanwhile. A node's committer (every append) has a thread of its
+//!   own for this. The other writes — accounts, devices and uploads on the controller, read
+//!   markers that move on a node — each hold a runtime thread while their statements run
+//!   (well under a millisecond; an upload's blob is written on a blocking thread), never while
+//!   waiting on another process: the kernel lock below is taken first, off the runtime when it
+//!   is contended, so `BEGIN IMMEDIATE` finds SQLite's lock free. Reads stay on sqlx's pool.
+//! - sqlx takes no lock to run SQLite migrations, so they run inside a `BEGIN IMMEDIATE` too:
+//!   processes opening a new file at once apply them one after the other.
+//!
+//! Busy, locked and I/O errors become [`StoreError::Unavailable`] (retry later); constraint
+//! violations become the store's own words (see [`common::constraint_error`]).
+//!
+//! Code map: this file opens the store and keeps the contract; `lock` is the writers' file
+//! lock, `writer` the write connection with its transactions and the write path's statements,
+//! `checkpoint` the task that keeps the log short, `errors` what SQLite's errors mean, `tests`
+//! the suite and SQLite's own tests.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use protocol::http::RoomListing;
+use protocol::model::{ConversationSummary, Event};
+use protocol::{AttachmentId, ConvId, DeviceId, MessageId, Millis, NodeId, Seq, UserId};
+use sqlx::Connection;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::common::{
+    self, AttachmentRow, ConversationRow, DeviceRow, EventRow, MemberCache, MemberRow, RoomRow,
+    SummaryRow, UserRow, event_select,
+};
+use super::{
+    Appended, AttachmentBlob, ConversationRecord, DeviceRecord, MemberRecord, NewEvent, Page,
+    Store, StoreError, StoreResult, TopUp, UserRecord,
+};
+
+mod checkpoint;
+mod errors;
+mod lock;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+use checkpoint::checkpointer;
+use errors::{db_err, is_busy};
+use lock::FileLock;
+pub use lock::wait_for_the_write_lock_in_place;
+use writer::{SqliteWriter, WriteConn, WriteTx, open_writer};
+
+/// How long a connection waits for another process's lock before giving up (then the call is
+/// [`StoreError::Unavailable`]).
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a call waits for a connection of this process's pools.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connections for reads: WAL lets them all read while one writes.
+const READERS: u32 = 8;
+
+/// Each read connection's page cache, in KiB.
+const READER_CACHE_KIB: u32 = 256;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The `seq` of the last event of the conversation whose id is the SQL expression `$conv`: the
+/// right end of its range in `events_conv_seq`, one index seek (every conversation has its
+/// first event from the transaction that made it). A conversation's head is not kept in its row
+/// (see migration 0003).
+macro_rules! last_seq_of {
+    ($conv:literal) => {
+        concat!(
+            "(SELECT coalesce(max(h.seq), 0) FROM events h WHERE h.conv_id = ",
+            $conv,
+            ")"
+        )
+    };
+}
+pub(crate) use last_seq_of;
+
+/// The file SQLite (or this store) keeps beside the database `path`: its name with `suffix`
+/// appended (`-wal`, `-shm`, `.write-lock`).
+fn beside(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
+/// The SQLite store. Cheap to clone: the pools and the member cache are shared.
+#[derive(Clone)]
+pub struct SqliteStore {
+    /// Reads only.
+    reader: SqlitePool,
+    /// This process's writes queue here, each in a `BEGIN IMMEDIATE` transaction.
+    writer: Arc<tokio::sync::Mutex<WriteConn>>,
+    members: Arc<MemberCache>,
+    /// `<file>.write-lock`: writers of every process take it (flock) before `BEGIN IMMEDIATE`.
+    write_lock: Arc<std::path::PathBuf>,
+    /// Stops the checkpointer when the last handle goes.
+    _checkpointer: Arc<DropGuard>,
+}
+
+impl SqliteStore {
+    /// Opens (creating it and its directory if missing) the database file at `path`, switches
+    /// it to WAL and brings its schema up to date. Any number of processes may do this at once.
+    pub async fn open(path: impl AsRef<Path>) -> StoreResult<SqliteStore> {
+        let path = path.as_ref();
+        if path.as_os_str().is_empty() {
+            return Err(StoreError::Invalid("empty SQLite path".into()));
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir).await.map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            // Statement journals (a multi-row INSERT keeps one, to undo itself alone) and temp
+            // tables in memory: on disk they cost a write per page an append touches.
+            .pragma("temp_store", "MEMORY");
+
+        // The journal mode is a property of the file: set once here, the pools' connections
+        // find it. Then the schema, before any pool serves.
+        let mut setup = SqliteConnection::connect_with(&options)
+            .await
+            .map_err(db_err)?;
+        enable_wal(&mut setup).await?;
+        migrate(&mut setup).await?;
+        setup.close().await.map_err(db_err)?;
+
+        let writer = open_writer(path)?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            // A small cache each: it starts over whenever another process writes, which under
+            // load is all the time, so a big one only holds memory (the OS caches the file).
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("cache_size", format!("-{READER_CACHE_KIB}")),
+            )
+            .await
+            .map_err(db_err)?;
+        let write_lock = Arc::new(beside(path, ".write-lock"));
+        let writer = Arc::new(tokio::sync::Mutex::new(WriteConn {
+            conn: writer,
+            lock: FileLock::Closed,
+            open: false,
+        }));
+        let checkpoints = CancellationToken::new();
+        tokio::spawn(checkpointer(
+            options.clone(),
+            path.to_owned(),
+            Arc::downgrade(&writer),
+            write_lock.clone(),
+            checkpoints.clone(),
+        ));
+        Ok(SqliteStore {
+            _checkpointer: Arc::new(checkpoints.drop_guard()),
+            reader,
+            writer,
+            members: Arc::new(MemberCache::default()),
+            write_lock,
+        })
+    }
+
+    /// The write connection with the writers' lock, no transaction begun yet.
+    async fn write_conn(&self) -> StoreResult<WriteTx> {
+        let mutex = self.writer.clone();
+        let mut conn = tokio::time::timeout(ACQUIRE_TIMEOUT, mutex.clone().lock_owned())
+            .await
+            .map_err(|_| StoreError::Unavailable("the SQLite writer stayed busy".into()))?;
+        conn.roll_back();
+        conn.lock.acquire(&self.write_lock).await?;
+        Ok(WriteTx { conn, mutex })
+    }
+
+    /// A write transaction, holding the writers' lock and the file's write lock.
+    async fn write_tx(&self) -> StoreResult<WriteTx> {
+        let mut tx = self.write_conn().await?;
+        tx.begin()?;
+        Ok(tx)
+    }
+
+    async fn append_batch(
+        &self,
+        mut batch: Vec<NewEvent>,
+        top_up: TopUp<'_>,
+    ) -> Vec<StoreResult<Appended>> {
+        let tx = self.write_conn().await;
+        top_up(&mut batch);
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        let n = batch.len();
+        let outcome = match tx {
+            Ok(tx) => self.append_in(tx, batch).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(results) => results,
+            Err(e) => (0..n).map(|_| Err(common::copy_error(&e))).collect(),
+        }
+    }
+
+    async fn append_in(
+        &self,
+        mut tx: WriteTx,
+        batch: Vec<NewEvent>,
+    ) -> StoreResult<Vec<StoreResult<Appended>>> {
+        if let Err(e) = tx.begin() {
+            tx.roll_back();
+            return Err(e);
+        }
+        let outcome = common::append_batch(&mut SqliteWriter::new(&mut tx), &self.members, batch)
+            .await
+            .and_then(|outcome| tx.commit_here().map(|()| outcome));
+        match outcome {
+            Ok(outcome) => {
+                drop(tx);
+                outcome.remember_members(&self.members);
+                Ok(outcome.results)
+            }
+            Err(e) => {
+                tx.roll_back();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Switches the file to WAL. Unlike other locks, the one this needs is not waited for by the
+/// busy handler, so several processes creating the file at once retry here.
+async fn enable_wal(conn: &mut SqliteConnection) -> StoreResult<()> {
+    let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        let outcome = sqlx::query_scalar::<_, String>("PRAGMA journal_mode = WAL")
+            .fetch_one(&mut *conn)
+            .await;
+        let retry = match outcome {
+            Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
+            Ok(mode) => format!("journal mode stayed {mode}"),
+            Err(e) if is_busy(&e) => e.to_string(),
+            Err(e) => return Err(db_err(e)),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StoreError::Unavailable(format!(
+                "cannot switch SQLite to WAL: {retry}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Applies the migrations under the write lock (see the module docs).
+async fn migrate(conn: &mut SqliteConnection) -> StoreResult<()> {
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
+    // Nested in our transaction: sqlx makes its own a savepoint.
+    common::apply_migrations(&mut *tx, &MIGRATOR, "SQLite", db_err).await?;
+    tx.commit().await.map_err(db_err)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        now: Millis,
+    ) -> StoreResult<UserRecord> {
+        let mut tx = self.write_tx().await?;
+        let id = SqliteWriter::new(&mut tx)
+            .query_row(
+                "INSERT INTO users (username, password_hash, created_at) VALUES (?1, ?2, ?3) \
+                 RETURNING id",
+                rusqlite::params![username, password_hash, now],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(|e| match e {
+                StoreError::Conflict(_) => {
+                    StoreError::Conflict(format!("username {username:?} is taken"))
+                }
+                e => e,
+            })?
+            .ok_or_else(|| StoreError::Internal("the new user's id did not come back".into()))?;
+        tx.commit()?;
+        Ok(UserRecord {
+            id: UserId(id),
+            username: username.to_owned(),
+            password_hash: password_hash.to_owned(),
+            created_at: now,
+        })
+    }
+
+    async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>> {
+        let row = sqlx::query_as::<_, UserRow>(
+            "SELECT id, username, password_hash, created_at FROM users WHERE username = $1",
+        )
+        .bind(username)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db_err)?;
+        Ok(row.map(Into::into))
+    }
+
+    async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
+        let row = sqlx::query_as::<_, UserRow>(
+            "SELECT id, username, password_hash, created_at FROM users WHERE id = $1",
+        )
+        .bind(id.0)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db_err)?;
+        Ok(row.map(Into::into))
+    }
+
+    async fn login_device(
+        &self,
+        user: UserId,
+        device: &DeviceId,
+        name: &str,
+        now: Millis,
+    ) -> StoreResult<DeviceRecord> {
+        let mut tx = self.write_tx().await?;
+        // A revoked device logging in again is active again, but keeps its bumped generation:
+        // tokens issued before the revocation stay refused.
+        let row = SqliteWriter::new(&mut tx)
+            .query_row(
+                "INSERT INTO devices (user_id, device_id, name, created_at, last_login, revoked, generation) \
+                 VALUES (?1, ?2, ?3, ?4, ?4, FALSE, 0) \
+                 ON CONFLICT (user_id, device_id) DO UPDATE \
+                 SET name = excluded.name, last_login = excluded.last_login, revoked = FALSE \
+                 RETURNING user_id, device_id, name, created_at, last_login, revoked, generation",
+                rusqlite::params![user.0, device.as_str(), name, now],
+                DeviceRow::from_sqlite,
+            )?
+            .ok_or_else(|| StoreError::Internal("the logged-in device did not come back".into()))?;
+        tx.commit()?;
+        row.into_record()
+    }
+
+    async fn device(&self, user: UserId, device: &DeviceId) -> StoreResult<Option<DeviceRecord>> {
+        sqlx::query_as::<_, DeviceRow>(
+            "SELECT user_id, device_id, name, created_at, last_login, revoked, generation \
+             FROM devices WHERE user_id = $1 AND device_id = $2",
+        )
+        .bind(user.0)
+        .bind(device.as_str())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db_err)?
+        .map(DeviceRow::into_record)
+        .transpose()
+    }
+
+    async fn devices(&self, user: UserId) -> StoreResult<Vec<DeviceRecord>> {
+        sqlx::query_as::<_, DeviceRow>(
+            "SELECT user_id, device_id, name, created_at, last_login, revoked, generation \
+             FROM devices WHERE user_id = $1 ORDER BY last_login DESC, device_id",
+        )
+        .bind(user.0)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .map(DeviceRow::into_record)
+        .collect()
+    }
+
+    async fn revoke_device(&self, user: UserId, device: &DeviceId) -> StoreResult<DeviceRecord> {
+        let mut tx = self.write_tx().await?;
+        let row = SqliteWriter::new(&mut tx)
+            .query_row(
+                "UPDATE devices SET revoked = TRUE, generation = generation + 1 \
+                 WHERE user_id = ?1 AND device_id = ?2 \
+                 RETURNING user_id, device_id, name, created_at, last_login, revoked, generation",
+                rusqlite::params![user.0, device.as_str()],
+                DeviceRow::from_sqlite,
+            )?
+            .ok_or(StoreError::NotFound)?;
+        tx.commit()?;
+        row.into_record()
+    }
+
+    async fn open_direct(
+        &self,
+        a: UserId,
+        b: UserId,
+        created_id: MessageId,
+        origin: &NodeId,
+        now: Millis,
+    ) -> StoreResult<(ConvId, Option<Appended>)> {
+        if a != b {
+            // Most opens find the conversation: answer those without queueing for the write lock.
+            let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+            let existing: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM conversations WHERE direct_lo = $1 AND direct_hi = $2",
+            )
+            .bind(lo.0)
+            .bind(hi.0)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(db_err)?;
+            if let Some(id) = existing {
+                return Ok((ConvId(id), None));
+            }
+        }
+        let mut tx = self.write_tx().await?;
+        let opened = common::open_direct(
+            &mut SqliteWriter::new(&mut tx),
+            a,
+            b,
+            created_id,
+            origin,
+            now,
+        )
+        .await?;
+        tx.commit()?;
+        Ok(opened)
+    }
+
+    async fn create_room(
+        &self,
+        creator: UserId,
+        name: &str,
+        public: bool,
+        created_id: MessageId,
+        origin: &NodeId,
+        now: Millis,
+    ) -> StoreResult<(ConvId, Appended)> {
+        let mut tx = self.write_tx().await?;
+        let created = common::create_room(
+            &mut SqliteWriter::new(&mut tx),
+            creator,
+            name,
+            public,
+            created_id,
+            origin,
+            now,
+        )
+        .await?;
+        tx.commit()?;
+        Ok(created)
+    }
+
+    async fn append(&self, batch: Vec<NewEvent>) -> Vec<StoreResult<Appended>> {
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        self.append_batch(batch, &mut |_| {}).await
+    }
+
+    async fn append_topped_up(
+        &self,
+        batch: Vec<NewEvent>,
+        top_up: TopUp<'_>,
+    ) -> Vec<StoreResult<Appended>> {
+        self.append_batch(batch, top_up).await
+    }
+
+    async fn conversation(&self, conv: ConvId) -> StoreResult<Option<ConversationRecord>> {
+        sqlx::query_as::<_, ConversationRow>(concat!(
+            "SELECT id, kind, name, is_public, ",
+            last_seq_of!("conversations.id"),
+            " AS last_seq, created_by, created_at FROM conversations WHERE id = $1"
+        ))
+        .bind(conv.0)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db_err)?
+        .map(ConversationRow::into_record)
+        .transpose()
+    }
+
+    async fn is_member(&self, conv: ConvId, user: UserId) -> StoreResult<bool> {
+        Ok(self.joined_seq(conv, user).await?.is_some())
+    }
+
+    async fn joined_seq(&self, conv: ConvId, user: UserId) -> StoreResult<Option<Seq>> {
+        let seq: Option<i64> = sqlx::query_scalar(
+            "SELECT joined_seq FROM members WHERE conv_id = $1 AND user_id = $2",
+        )
+        .bind(conv.0)
+        .bind(user.0)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db_err)?;
+        seq.map(common::seq_from_db).transpose()
+    }
+
+    async fn members(&self, conv: ConvId) -> StoreResult<Vec<MemberRecord>> {
+        sqlx::query_as::<_, MemberRow>(
+            "SELECT m.user_id, u.username, m.joined_seq, m.read_seq \
+             FROM members m JOIN users u ON u.id = m.user_id \
+             WHERE m.conv_id = $1 ORDER BY u.username",
+        )
+        .bind(conv.0)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .map(MemberRow::into_record)
+        .collect()
+    }
+
+    async fn recipients(&self, conv: ConvId) -> StoreResult<Arc<[UserId]>> {
+        let epoch: Option<i64> =
+            sqlx::query_scalar("SELECT member_epoch FROM conversations WHERE id = $1")
+                .bind(conv.0)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(db_err)?;
+        let epoch = epoch.ok_or(StoreError::NotFound)?;
+        if let Some(members) = self.members.get(conv, epoch) {
+            return Ok(members);
+        }
+        // Epoch and list in one statement, so the list cached is the one of that epoch.
+        let rows: Vec<(i64, Option<i64>)> = sqlx::query_as(
+            "SELECT c.member_epoch, m.user_id FROM conversations c \
+             LEFT JOIN members m ON m.conv_id = c.id WHERE c.id = $1 ORDER BY m.user_id",
+        )
+        .bind(conv.0)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        let epoch = rows.first().map(|(e, _)| *e).ok_or(StoreError::NotFound)?;
+        let members: Arc<[UserId]> = rows.iter().filter_map(|(_, u)| u.map(UserId)).collect();
+        self.members.put(conv, epoch, members.clone());
+        Ok(members)
+    }
+
+    async fn contacts(&self, user: UserId) -> StoreResult<Vec<UserId>> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT DISTINCT o.user_id FROM members m JOIN members o ON o.conv_id = m.conv_id \
+             WHERE m.user_id = $1 AND o.user_id <> $1 ORDER BY o.user_id",
+        )
+        .bind(user.0)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        Ok(ids.into_iter().map(UserId).collect())
+    }
+
+    async fn conversations_of(&self, user: UserId) -> StoreResult<Vec<ConversationSummary>> {
+        // Two statements whatever the number of conversations, in one read transaction so that
+        // the summaries and their last messages are of the same moment.
+        let mut tx = self.reader.begin().await.map_err(db_err)?;
+        let rows = sqlx::query_as::<_, SummaryRow>(concat!(
+            "SELECT c.id, c.kind, c.name, c.is_public, ",
+            last_seq_of!("c.id"),
+            " AS last_seq, c.created_at, m.read_seq, \
+               (SELECT COUNT(*) FROM members x WHERE x.conv_id = c.id) AS member_count, \
+               (SELECT COUNT(*) FROM events e WHERE e.conv_id = c.id AND e.seq > m.read_seq \
+                  AND e.body_type = 'message' AND e.deleted = FALSE AND e.sender <> m.user_id) AS unread, \
+               p.user_id AS peer_id, u.username AS peer_name, p.read_seq AS peer_read_seq \
+             FROM members m \
+             JOIN conversations c ON c.id = m.conv_id \
+             LEFT JOIN members p ON c.kind = 'direct' AND p.conv_id = c.id AND p.user_id <> m.user_id \
+             LEFT JOIN users u ON u.id = p.user_id \
+             WHERE m.user_id = $1 \
+             ORDER BY (SELECT l.at FROM events l WHERE l.conv_id = c.id ORDER BY l.seq DESC LIMIT 1) DESC, \
+               c.id DESC",
+        ))
+        .bind(user.0)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let last = sqlx::query_as::<_, EventRow>(concat!(
+            event_select!(),
+            " JOIN members m ON m.conv_id = e.conv_id WHERE m.user_id = $1 AND e.seq = \
+               (SELECT l.seq FROM events l WHERE l.conv_id = m.conv_id AND l.body_type = 'message' \
+                ORDER BY l.seq DESC LIMIT 1)"
+        ))
+        .bind(user.0)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+
+        let mut last_by_conv = std::collections::HashMap::with_capacity(last.len());
+        for row in last {
+            let event = row.into_event()?;
+            last_by_conv.insert(event.conv, event);
+        }
+        rows.into_iter()
+            .map(|row| {
+                let last_message = last_by_conv.remove(&row.conv());
+                row.into_summary(last_message)
+            })
+            .collect()
+    }
+
+    async fn public_rooms(&self, query: &str, limit: u32) -> StoreResult<Vec<RoomListing>> {
+        // instr, not LIKE: the query is matched as typed, `%` and `_` included.
+        let rows = sqlx::query_as::<_, RoomRow>(
+            "SELECT c.id, c.name, (SELECT COUNT(*) FROM members x WHERE x.conv_id = c.id) AS member_count \
+             FROM conversations c \
+             WHERE c.kind = 'room' AND c.is_public = TRUE AND instr(lower(c.name), lower($1)) > 0 \
+             ORDER BY c.name, c.id LIMIT $2",
+        )
+        .bind(query)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_err)?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn events(
+        &self,
+        conv: ConvId,
+        page: Page,
+        limit: u32,
+    ) -> StoreResult<(Vec<Event>, bool)> {
+        // One row more than asked says whether there are more.
+        let fetch = i64::from(limit) + 1;
+        let (query, newest_first) = match page {
+            Page::Latest => (
+                sqlx::query_as::<_, EventRow>(concat!(
+                    event_select!(),
+                    " WHERE e.conv_id = $1 ORDER BY e.seq DESC LIMIT $2"
+                ))
+                .bind(conv.0)
+                .bind(fetch),
+                true,
+            ),
+            Page::Before(seq) => (
+                sqlx::query_as::<_, EventRow>(concat!(
+                    event_select!(),
+                    " WHERE e.conv_id = $1 AND e.seq < $3 ORDER BY e.seq DESC LIMIT $2"
+                ))
+                .bind(conv.0)
+                .bind(fetch)
+                .bind(common::seq_to_db(seq)),
+                true,
+            ),
+            Page::After(seq) => (
+                sqlx::query_as::<_, EventRow>(concat!(
+                    event_select!(),
+                    " WHERE e.conv_id = $1 AND e.seq > $3 ORDER BY e.seq ASC LIMIT $2"
+                ))
+                .bind(conv.0)
+                .bind(fetch)
+                .bind(common::seq_to_db(seq)),
+                false,
+            ),
+        };
+        let rows = query.fetch_all(&self.reader).await.map_err(db_err)?;
+        let has_more = rows.len() > limit as usize;
+        let mut events = rows
+            .into_iter()
+            .take(limit as usize)
+            .map(EventRow::into_event)
+            .collect::<StoreResult<Vec<_>>>()?;
+        if newest_first {
+            events.reverse();
+        }
+        Ok((events, has_more))
+    }
+
+    async fn events_by_origin(
+        &self,
+        origin: &NodeId,
+        since: Millis,
+        limit: u32,
+    ) -> StoreResult<Vec<Appended>> {
+        let mut tx = self.reader.begin().await.map_err(db_err)?;
+        let rows = sqlx::query_as::<_, EventRow>(concat!(
+            event_select!(),
+            " WHERE e.origin = $1 AND e.at >= $2 ORDER BY e.at, e.conv_id, e.seq LIMIT $3"
+        ))
+        .bind(origin.as_str())
+        .bind(since)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let events = rows
+            .into_iter()
+            .map(EventRow::into_event)
+            .collect::<StoreResult<Vec<_>>>()?;
+
+        // One member query per conversation involved (a recovery path, not a hot one).
+        let mut members_of = std::collections::HashMap::<ConvId, Vec<(UserId, Seq)>>::new();
+        for event in &events {
+            if members_of.contains_key(&event.conv) {
+                continue;
+            }
+            let rows: Vec<(i64, i64)> =
+                sqlx::query_as("SELECT user_id, joined_seq FROM members WHERE conv_id = $1")
+                    .bind(event.conv.0)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+            let members = rows
+                .into_iter()
+                .map(|(u, j)| Ok((UserId(u), common::seq_from_db(j)?)))
+                .collect::<StoreResult<Vec<_>>>()?;
+            members_of.insert(event.conv, members);
+        }
+        tx.commit().await.map_err(db_err)?;
+
+        Ok(events
+            .into_iter()
+            .map(|event| {
+                let members = members_of.get(&event.conv).map_or(&[][..], Vec::as_slice);
+                Appended {
+                    recipients: common::replay_recipients(&event, members),
+                    event,
+                    duplicate: false,
+                }
+            })
+            .collect())
+    }
+
+    async fn mark_read(&self, conv: ConvId, user: UserId, seq: Seq) -> StoreResult<Option<Seq>> {
+        const MARKERS: &str = concat!(
+            "SELECT m.read_seq, ",
+            last_seq_of!("m.conv_id"),
+            " FROM members m WHERE m.conv_id = $1 AND m.user_id = $2"
+        );
+        let wanted = common::seq_to_db(seq);
+        // Devices mark read often and mostly again: answer a marker that would not move without
+        // taking the write lock.
+        let now: Option<(i64, i64)> = sqlx::query_as(MARKERS)
+            .bind(conv.0)
+            .bind(user.0)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(db_err)?;
+        let (read, last) = now.ok_or(StoreError::NotMember)?;
+        if wanted.min(last) <= read {
+            return Ok(None);
+        }
+        let mut tx = self.write_tx().await?;
+        let mut writer = SqliteWriter::new(&mut tx);
+        let now = writer.query_row(MARKERS, [conv.0, user.0], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        let (read, last) = now.ok_or(StoreError::NotMember)?;
+        let target = wanted.min(last);
+        if target <= read {
+            return Ok(None);
+        }
+        writer.execute(
+            "UPDATE members SET read_seq = ?3 WHERE conv_id = ?1 AND user_id = ?2",
+            [conv.0, user.0, target],
+        )?;
+        tx.commit()?;
+        common::seq_from_db(target).map(Some)
+    }
+
+    async fn put_attachment(&self, blob: AttachmentBlob) -> StoreResult<()> {
+        if blob.meta.size != blob.data.len() as u64 {
+            return Err(StoreError::Invalid(format!(
+                "attachment says {} bytes but has {}",
+                blob.meta.size,
+                blob.data.len()
+            )));
+        }
+        let mut tx = self.write_tx().await?;
+        // A blob of megabytes takes milliseconds to write: not on a runtime thread.
+        let write = move || {
+            SqliteWriter::new(&mut tx)
+                .execute(
+                    "INSERT INTO attachments (id, conv_id, uploader, name, mime, size, created_at, data) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    rusqlite::params![
+                        blob.meta.id.as_str(),
+                        blob.meta.conv.0,
+                        blob.uploader.0,
+                        &blob.meta.name,
+                        &blob.meta.mime,
+                        i64::try_from(blob.meta.size).unwrap_or(i64::MAX),
+                        blob.created_at,
+                        &blob.data[..],
+                    ],
+                )
+                .map_err(|e| match e {
+                    StoreError::Conflict(_) => StoreError::Conflict(format!(
+                        "attachment {} exists already",
+                        blob.meta.id
+                    )),
+                    e => e,
+                })?;
+            tx.commit()
+        };
+        tokio::task::spawn_blocking(write)
+            .await
+            .map_err(|e| StoreError::Internal(format!("attachment write task: {e}")))?
+    }
+
+    async fn attachment(&self, id: &AttachmentId) -> StoreResult<Option<AttachmentBlob>> {
+        sqlx::query_as::<_, AttachmentRow>(
+            "SELECT id, conv_id, uploader, name, mime, size, created_at, data FROM attachments WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db_err)?
+        .map(AttachmentRow::into_blob)
+        .transpose()
+    }
+}
