@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the services the tests use are installed and running on 127.0.0.1:
-# Redis (6379), RabbitMQ (5672, guest/guest) and PostgreSQL (5432, trust auth, database `test`).
+# Redis (6379), RabbitMQ (5672, guest/guest), PostgreSQL (5432, trust auth, database `test`)
+# and ZooKeeper (2181, see scripts/zookeeper.sh).
 # Installs a missing one with apt, starts a stopped one, and waits until each answers.
 # Idempotent: on a machine where everything runs it only checks.
 set -euo pipefail
@@ -62,3 +63,6 @@ if ! psql -h 127.0.0.1 -U postgres -d test -Atc 'select 1' >/dev/null 2>&1; then
     || su postgres -c "createdb test"
 fi
 log "PostgreSQL: $(psql -h 127.0.0.1 -U postgres -d test -Atc 'select version()' | cut -d' ' -f1-2)"
+
+# ZooKeeper
+"$(dirname "$0")/zookeeper.sh" start

@@ -66,7 +66,7 @@ pub struct Backends {
     /// History store URL (`sqlite://…`, `postgres://…`); `None` lets the server use SQLite in
     /// the data dir.
     pub store: Option<String>,
-    /// `embedded` or `redis://…`.
+    /// `embedded`, `redis://…` or `zookeeper://…`.
     pub registry: String,
     /// `embedded`, `redis://…` or `amqp://…`.
     pub bus: String,

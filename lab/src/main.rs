@@ -64,7 +64,7 @@ struct UpArgs {
     /// History store: sqlite://PATH or postgres://… (default: SQLite in the data dir).
     #[arg(long)]
     store: Option<String>,
-    /// Registry: embedded or redis://HOST:PORT.
+    /// Registry: embedded, redis://HOST:PORT or zookeeper://HOST:PORT.
     #[arg(long, default_value = "embedded")]
     registry: String,
     /// Bus between nodes: embedded, redis://… or amqp://….

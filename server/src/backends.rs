@@ -1,6 +1,7 @@
 //! Choosing backends from URLs: `embedded` (the controller hosts registry and bus; nothing to
-//! install), `redis://…` for the registry and the bus, `amqp://…` for the bus. One place turns
-//! the choice into trait objects, for nodes and for the controller alike.
+//! install), `redis://…` for the registry and the bus, `zookeeper://…` for the registry,
+//! `amqp://…` for the bus. One place turns the choice into trait objects, for nodes and for the
+//! controller alike.
 //!
 //! The combinations that work:
 //!
@@ -9,18 +10,21 @@
 //! | `embedded` | `embedded` | one machine, nothing installed: the controller hosts both |
 //! | `redis://…` | `redis://…` | many machines: Redis holds the registry and carries envelopes |
 //! | `redis://…` | `amqp://…` | many machines: Redis holds the registry, RabbitMQ carries envelopes |
+//! | `zookeeper://…` | any real bus | many machines: ZooKeeper holds the registry (ephemeral znodes) |
 //!
 //! The embedded bus runs through the controller, which routes by its own (embedded) registry,
-//! so it cannot be paired with Redis; a real bus needs a registry every node can read for
+//! so it cannot be paired with a shared registry; a real bus needs a registry every node can read for
 //! routed delivery, so it cannot be paired with the embedded one.
 //!
 //! A URL may end in `?prefix=NAME` to keep a cluster's keys, channels, exchanges and queues
-//! apart from another's on the same server (default `chat:` in Redis, `chat.` in RabbitMQ).
+//! apart from another's on the same server (default `chat:` in Redis, `chat.` in RabbitMQ, the
+//! root znode `/chat` in ZooKeeper).
 
 use std::str::FromStr;
 use std::sync::Arc;
-#[cfg(feature = "redis")]
 use std::time::Duration;
+
+use async_trait::async_trait;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -29,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Secret;
 use crate::bus::SharedBus;
 use crate::link::LinkClient;
-use crate::registry::{Lease, SharedRegistry};
+use crate::registry::{Lease, RegistryResult, SharedRegistry};
 
 /// Where the registry lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +42,8 @@ pub enum RegistryChoice {
     Embedded,
     /// In Redis.
     Redis(String),
+    /// In ZooKeeper.
+    ZooKeeper(String),
 }
 
 /// Which bus carries envelopes between nodes.
@@ -81,7 +87,7 @@ pub enum BackendError {
     #[error(
         "registry {registry} with bus {bus} is not supported: {why}. Combinations that work: \
          --registry embedded --bus embedded (one machine), or --registry redis://HOST:PORT \
-         with --bus redis://HOST:PORT or --bus amqp://USER:PASS@HOST:PORT"
+         or zookeeper://HOST:PORT with --bus redis://HOST:PORT or --bus amqp://USER:PASS@HOST:PORT"
     )]
     Mismatch {
         /// The registry chosen.
@@ -103,11 +109,13 @@ impl FromStr for RegistryChoice {
             Ok(RegistryChoice::Embedded)
         } else if s.starts_with("redis://") || s.starts_with("rediss://") {
             Ok(RegistryChoice::Redis(s.to_owned()))
+        } else if s.starts_with("zookeeper://") {
+            Ok(RegistryChoice::ZooKeeper(s.to_owned()))
         } else {
             Err(BackendError::Unsupported {
                 what: "registry",
                 url: s.to_owned(),
-                expected: "embedded or redis://HOST:PORT",
+                expected: "embedded, redis://HOST:PORT or zookeeper://HOST:PORT",
             })
         }
     }
@@ -138,6 +146,7 @@ impl RegistryChoice {
         match self {
             RegistryChoice::Embedded => "embedded",
             RegistryChoice::Redis(_) => "redis",
+            RegistryChoice::ZooKeeper(_) => "zookeeper",
         }
     }
 }
@@ -196,9 +205,10 @@ fn mismatch(registry: &RegistryChoice, bus: &BusChoice) -> BackendError {
         bus: bus.name(),
         why: match registry {
             RegistryChoice::Embedded => {
-                "a real bus needs a registry every node can read (Redis) to route envelopes"
+                "a real bus needs a registry every node can read (Redis, ZooKeeper) to route \
+                 envelopes"
             }
-            RegistryChoice::Redis(_) => {
+            RegistryChoice::Redis(_) | RegistryChoice::ZooKeeper(_) => {
                 "the embedded bus runs through the controller, which routes by its own embedded \
                  registry"
             }
@@ -206,22 +216,58 @@ fn mismatch(registry: &RegistryChoice, bus: &BusChoice) -> BackendError {
     }
 }
 
-/// Opens the Redis registry. A controller passes the cluster's lease (nodes take it from
-/// Redis when they register); nodes pass `None`.
-#[cfg(feature = "redis")]
-async fn redis_registry(
-    url: &str,
+/// Opens a shared registry (Redis or ZooKeeper). A controller passes the cluster's lease
+/// (nodes take it from the registry when they register) and gets the source of its worker id;
+/// nodes pass `None`.
+async fn shared_registry(
+    registry: &RegistryChoice,
     cluster_lease_ms: Option<u64>,
-) -> Result<crate::registry::redis::RedisRegistry, BackendError> {
-    let (url, prefix) = split_prefix(url, crate::registry::redis::DEFAULT_PREFIX);
-    crate::registry::redis::RedisRegistry::connect(&url, &prefix, cluster_lease_ms)
-        .await
-        .map_err(|e| BackendError::Connect(e.to_string()))
+) -> Result<(SharedRegistry, Arc<dyn ControllerWorkers>), BackendError> {
+    let _ = cluster_lease_ms;
+    match registry {
+        RegistryChoice::Embedded => Err(BackendError::Unsupported {
+            what: "registry",
+            url: "embedded".into(),
+            expected: "redis://HOST:PORT or zookeeper://HOST:PORT",
+        }),
+        #[cfg(feature = "redis")]
+        RegistryChoice::Redis(url) => {
+            let (url, prefix) = split_prefix(url, crate::registry::redis::DEFAULT_PREFIX);
+            let r = Arc::new(
+                crate::registry::redis::RedisRegistry::connect(&url, &prefix, cluster_lease_ms)
+                    .await
+                    .map_err(|e| BackendError::Connect(e.to_string()))?,
+            );
+            Ok((r.clone(), r))
+        }
+        #[cfg(not(feature = "redis"))]
+        RegistryChoice::Redis(url) => Err(BackendError::NotBuilt {
+            what: "registry",
+            url: url.clone(),
+            feature: "redis",
+        }),
+        #[cfg(feature = "zookeeper")]
+        RegistryChoice::ZooKeeper(url) => {
+            let (url, prefix) = split_prefix(url, crate::registry::zookeeper::DEFAULT_PREFIX);
+            let r = Arc::new(
+                crate::registry::zookeeper::ZkRegistry::connect(&url, &prefix, cluster_lease_ms)
+                    .await
+                    .map_err(|e| BackendError::Connect(e.to_string()))?,
+            );
+            Ok((r.clone(), r))
+        }
+        #[cfg(not(feature = "zookeeper"))]
+        RegistryChoice::ZooKeeper(url) => Err(BackendError::NotBuilt {
+            what: "registry",
+            url: url.clone(),
+            feature: "zookeeper",
+        }),
+    }
 }
 
-/// Opens a real bus (Redis pub/sub or RabbitMQ). Real buses go with the Redis registry only,
-/// so without that feature nothing calls this.
-#[cfg_attr(not(feature = "redis"), allow(dead_code, unused_variables))]
+/// Opens a real bus (Redis pub/sub or RabbitMQ). Real buses go with a shared registry only,
+/// so without one nothing calls this.
+#[cfg_attr(not(any(feature = "redis", feature = "zookeeper")), allow(dead_code))]
 /// The real bus named by `bus`; `me` (a node or controller id) names its broker connection, so
 /// that an operator (or a fault test) can find it.
 async fn real_bus(
@@ -229,6 +275,8 @@ async fn real_bus(
     me: &protocol::NodeId,
     cancel: CancellationToken,
 ) -> Result<SharedBus, BackendError> {
+    // Builds without some buses leave these unused.
+    let _ = (me, &cancel);
     match bus {
         BusChoice::Embedded => Err(BackendError::Unsupported {
             what: "bus",
@@ -277,8 +325,6 @@ pub async fn for_node(
     secret: &Secret,
     cancel: CancellationToken,
 ) -> Result<NodeBackends, BackendError> {
-    // Only the real buses use it (to name their connection).
-    let _ = me;
     match (registry, bus) {
         (RegistryChoice::Embedded, BusChoice::Embedded) => {
             let controller = controller.ok_or(BackendError::NoController)?;
@@ -291,24 +337,17 @@ pub async fn for_node(
             })
         }
         (RegistryChoice::Embedded, _) | (_, BusChoice::Embedded) => Err(mismatch(registry, bus)),
-        #[cfg(feature = "redis")]
-        (RegistryChoice::Redis(url), _) => {
-            let registry = redis_registry(url, None).await?;
+        (registry, bus) => {
+            let (registry, _) = shared_registry(registry, None).await?;
             Ok(NodeBackends {
-                registry: Arc::new(registry),
+                registry,
                 bus: real_bus(bus, me, cancel).await?,
-                // The node's heartbeat registers again if Redis forgot it.
+                // The node's heartbeat registers again if the registry forgot it.
                 lease_changes: None,
                 // A shared registry has no single owner: every node reaps it too.
                 node_reaps: true,
             })
         }
-        #[cfg(not(feature = "redis"))]
-        (RegistryChoice::Redis(url), _) => Err(BackendError::NotBuilt {
-            what: "registry",
-            url: url.clone(),
-            feature: "redis",
-        }),
     }
 }
 
@@ -332,33 +371,57 @@ pub async fn for_controller(
     lease_ms: u64,
     cancel: CancellationToken,
 ) -> Result<ControllerBackends, BackendError> {
-    // Only the real buses use it (to name their connection).
-    let _ = me;
     match (registry, bus) {
         (RegistryChoice::Embedded, BusChoice::Embedded) => Err(BackendError::Unsupported {
             what: "registry",
             url: "embedded".into(),
-            expected: "redis://HOST:PORT (the controller hosts the embedded pair itself)",
+            expected: "redis://HOST:PORT or zookeeper://HOST:PORT (the controller hosts the \
+                       embedded pair itself)",
         }),
         (RegistryChoice::Embedded, _) | (_, BusChoice::Embedded) => Err(mismatch(registry, bus)),
-        #[cfg(feature = "redis")]
-        (RegistryChoice::Redis(url), _) => {
-            let registry = Arc::new(redis_registry(url, Some(lease_ms)).await?);
+        (registry, bus) => {
+            let (registry, workers) = shared_registry(registry, Some(lease_ms)).await?;
             Ok(ControllerBackends {
-                registry: registry.clone(),
+                registry,
                 bus: real_bus(bus, me, cancel).await?,
-                workers: Some(WorkerClaims { registry, lease_ms }),
+                workers: Some(WorkerClaims {
+                    source: workers,
+                    lease_ms,
+                }),
             })
         }
-        #[cfg(not(feature = "redis"))]
-        (RegistryChoice::Redis(url), _) => {
-            let _ = (lease_ms, cancel);
-            Err(BackendError::NotBuilt {
-                what: "registry",
-                url: url.clone(),
-                feature: "redis",
-            })
-        }
+    }
+}
+
+/// Where a controller of a shared registry takes its Snowflake worker id: an id no node and no
+/// other controller uses, held like a node's lease.
+#[async_trait]
+pub trait ControllerWorkers: Send + Sync + 'static {
+    /// Takes (or renews) the id of `owner`; the lease is also the cluster's node lease.
+    async fn claim_controller_worker(&self, owner: &str, lease_ms: u64) -> RegistryResult<u16>;
+    /// Gives it back.
+    async fn release_controller_worker(&self, owner: &str) -> RegistryResult<()>;
+}
+
+#[cfg(feature = "redis")]
+#[async_trait]
+impl ControllerWorkers for crate::registry::redis::RedisRegistry {
+    async fn claim_controller_worker(&self, owner: &str, lease_ms: u64) -> RegistryResult<u16> {
+        crate::registry::redis::RedisRegistry::claim_controller_worker(self, owner, lease_ms).await
+    }
+    async fn release_controller_worker(&self, owner: &str) -> RegistryResult<()> {
+        crate::registry::redis::RedisRegistry::release_controller_worker(self, owner).await
+    }
+}
+
+#[cfg(feature = "zookeeper")]
+#[async_trait]
+impl ControllerWorkers for crate::registry::zookeeper::ZkRegistry {
+    async fn claim_controller_worker(&self, owner: &str, lease_ms: u64) -> RegistryResult<u16> {
+        crate::registry::zookeeper::ZkRegistry::claim_controller_worker(self, owner, lease_ms).await
+    }
+    async fn release_controller_worker(&self, owner: &str) -> RegistryResult<()> {
+        crate::registry::zookeeper::ZkRegistry::release_controller_worker(self, owner).await
     }
 }
 
@@ -366,38 +429,14 @@ pub async fn for_controller(
 /// each needs an id no node and no other controller uses. The claim is a lease like a node's,
 /// kept by [`WorkerClaims::keep`].
 pub struct WorkerClaims {
-    #[cfg(feature = "redis")]
-    registry: Arc<crate::registry::redis::RedisRegistry>,
-    #[cfg(feature = "redis")]
+    source: Arc<dyn ControllerWorkers>,
     lease_ms: u64,
-    /// Without a shared registry there is nothing to claim from: no value exists.
-    #[cfg(not(feature = "redis"))]
-    never: std::convert::Infallible,
 }
 
-#[cfg(not(feature = "redis"))]
-impl WorkerClaims {
-    /// Takes a worker id for `owner`.
-    pub async fn claim(&self, _owner: &str) -> Result<u16, BackendError> {
-        match self.never {}
-    }
-
-    /// Renews the claim until `cancel` fires.
-    pub fn keep(
-        self,
-        _owner: String,
-        _switch: impl Fn(u16) + Send + 'static,
-        _cancel: CancellationToken,
-    ) -> JoinHandle<()> {
-        match self.never {}
-    }
-}
-
-#[cfg(feature = "redis")]
 impl WorkerClaims {
     /// Takes a worker id for `owner`.
     pub async fn claim(&self, owner: &str) -> Result<u16, BackendError> {
-        self.registry
+        self.source
             .claim_controller_worker(owner, self.lease_ms)
             .await
             .map_err(|e| BackendError::Connect(e.to_string()))
@@ -416,7 +455,7 @@ impl WorkerClaims {
             let mut current: Option<u16> = None;
             loop {
                 match self
-                    .registry
+                    .source
                     .claim_controller_worker(&owner, self.lease_ms)
                     .await
                 {
@@ -434,7 +473,7 @@ impl WorkerClaims {
                     _ = tokio::time::sleep(period) => {}
                 }
             }
-            if let Err(e) = self.registry.release_controller_worker(&owner).await {
+            if let Err(e) = self.source.release_controller_worker(&owner).await {
                 tracing::warn!(error = %e, "could not give the worker id back; it lapses");
             }
         })

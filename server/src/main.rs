@@ -45,7 +45,8 @@ struct Common {
     /// History store: sqlite://PATH or postgres://… (default: SQLite in the data dir).
     #[arg(long, env = "CHAT_STORE")]
     store: Option<String>,
-    /// Registry: embedded (in the controller) or redis://HOST:PORT.
+    /// Registry: embedded (in the controller), redis://HOST:PORT or
+    /// zookeeper://HOST:PORT.
     #[arg(long, env = "CHAT_REGISTRY", default_value = "embedded")]
     registry: String,
     /// Bus between nodes: embedded (through the controller), redis://… or amqp://….

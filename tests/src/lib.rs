@@ -18,6 +18,9 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+/// The ZooKeeper of the `zookeeper` stack.
+pub const ZOOKEEPER_URL: &str = "zookeeper://127.0.0.1:2181";
+
 /// The password every test user has.
 pub const PASSWORD: &str = "correct horse battery";
 
@@ -27,7 +30,8 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 /// The backends the process-level tests run on, from `CHAT_TEST_STACK`:
 /// - `embedded` (default): registry and bus in the controller, SQLite history;
 /// - `redis`: Redis registry, Redis pub/sub bus, PostgreSQL history;
-/// - `rabbitmq`: Redis registry, RabbitMQ bus, PostgreSQL history.
+/// - `rabbitmq`: Redis registry, RabbitMQ bus, PostgreSQL history;
+/// - `zookeeper`: ZooKeeper registry, RabbitMQ bus, PostgreSQL history.
 ///
 /// `scripts/test` runs the tests once per stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +42,8 @@ pub enum Stack {
     Redis,
     /// Redis for the registry, RabbitMQ for the bus, PostgreSQL for history.
     RabbitMq,
+    /// ZooKeeper for the registry, RabbitMQ for the bus, PostgreSQL for history.
+    ZooKeeper,
 }
 
 impl Stack {
@@ -47,16 +53,21 @@ impl Stack {
             Err(_) | Ok("") | Ok("embedded") => Ok(Stack::Embedded),
             Ok("redis") => Ok(Stack::Redis),
             Ok("rabbitmq") => Ok(Stack::RabbitMq),
-            Ok(other) => bail!("CHAT_TEST_STACK={other:?}: expected embedded, redis or rabbitmq"),
+            Ok("zookeeper") => Ok(Stack::ZooKeeper),
+            Ok(other) => {
+                bail!("CHAT_TEST_STACK={other:?}: expected embedded, redis, rabbitmq or zookeeper")
+            }
         }
     }
 }
 
 /// What a test cluster leaves in shared services, removed when the cluster is dropped: its
-/// Redis keys and its PostgreSQL schema (RabbitMQ queues expire by themselves).
+/// Redis keys, its ZooKeeper tree and its PostgreSQL schema (RabbitMQ queues expire by
+/// themselves).
 #[derive(Debug, Default)]
 pub struct Leftovers {
     redis_prefix: Option<String>,
+    zookeeper_root: Option<String>,
     pg_schema: Option<String>,
 }
 
@@ -72,6 +83,20 @@ impl Drop for Leftovers {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
+        }
+        if let Some(root) = self.zookeeper_root.clone() {
+            // A thread and runtime of its own: this may run inside or outside a runtime.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(server::registry::zookeeper::remove_tree(
+                    ZOOKEEPER_URL,
+                    &root,
+                ))
+                .map_err(anyhow::Error::from)
+            })
+            .join();
         }
         if let Some(schema) = &self.pg_schema {
             let _ = Command::new("psql")
@@ -182,7 +207,13 @@ pub async fn config(nodes: usize) -> Result<(ClusterConfig, Leftovers)> {
         c.backends.store = Some(format!(
             "postgres://postgres@127.0.0.1:5432/test?options[search_path]={schema}"
         ));
-        c.backends.registry = format!("redis://127.0.0.1:6379/?prefix={redis_prefix}");
+        c.backends.registry = match stack {
+            Stack::ZooKeeper => {
+                leftovers.zookeeper_root = Some(tag.clone());
+                format!("{ZOOKEEPER_URL}/?prefix={tag}")
+            }
+            _ => format!("redis://127.0.0.1:6379/?prefix={redis_prefix}"),
+        };
         c.backends.bus = match stack {
             Stack::Redis => format!("redis://127.0.0.1:6379/?prefix={redis_prefix}"),
             _ => format!("amqp://guest:guest@127.0.0.1:5672/%2f?prefix={tag}."),

@@ -1,12 +1,12 @@
 //! Faults of the real services while every member of a room is sending: Redis restarted,
-//! RabbitMQ restarted, PostgreSQL restarted, and one node's connection to the bus cut while it
-//! keeps serving its devices. After each, every acknowledged message must reach every member
+//! RabbitMQ restarted, PostgreSQL restarted, ZooKeeper restarted, and one node's connection to
+//! the bus cut while it keeps serving its devices. After each, every acknowledged message must reach every member
 //! device exactly once, in order, within a bounded time after the service is back; nothing may
 //! hang; a send during the outage either succeeds or gets an error the outbox retries.
 //!
 //! These tests restart services that every other test shares, so they run alone, in a phase of
 //! their own (`cargo nextest run --profile faults`, see `.config/nextest.toml` and
-//! `scripts/test`), once per stack: `CHAT_TEST_STACK=redis` and `CHAT_TEST_STACK=rabbitmq`.
+//! `scripts/test`), once per stack: `CHAT_TEST_STACK=redis`, `rabbitmq` and `zookeeper`.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -63,6 +63,7 @@ enum Fault {
     RedisRestart,
     RabbitRestart,
     PostgresRestart,
+    ZooKeeperRestart,
     /// One node's subscription to the bus is cut (the broker closes its connection).
     BusCut,
 }
@@ -115,6 +116,17 @@ async fn inject(fault: Fault, cluster: &TestCluster, stack: Stack) -> Result<Ins
             )?;
             wait_port(5432, "PostgreSQL").await?;
         }
+        Fault::ZooKeeperRestart => {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/zookeeper.sh");
+            ensure!(
+                port_open(2181),
+                "ZooKeeper is not running on 127.0.0.1:2181; start it with `{script} start`"
+            );
+            sh("stopping ZooKeeper", &format!("{script} stop"))?;
+            tokio::time::sleep(OUTAGE).await;
+            sh("starting ZooKeeper", &format!("{script} start"))?;
+            wait_port(2181, "ZooKeeper").await?;
+        }
         Fault::BusCut => {
             let node = cluster.node(1)?.id;
             match stack {
@@ -133,7 +145,7 @@ async fn inject(fault: Fault, cluster: &TestCluster, stack: Stack) -> Result<Ins
                         &format!("redis-cli -h 127.0.0.1 client kill name '{name}' >/dev/null"),
                     )?;
                 }
-                Stack::RabbitMq => {
+                Stack::RabbitMq | Stack::ZooKeeper => {
                     let tag = format!("chat-bus:{}{node}", amqp_prefix(cluster));
                     sh(
                         "cutting a node's bus connection",
@@ -289,4 +301,14 @@ async fn rabbitmq_restarted_during_traffic() -> Result<()> {
         );
     }
     traffic_through(Fault::RabbitRestart).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zookeeper_restarted_during_traffic() -> Result<()> {
+    if require_stack()? != Stack::ZooKeeper {
+        bail!(
+            "ZooKeeper is not the registry of this stack: run with CHAT_TEST_STACK=zookeeper (the other phases of scripts/test filter this test out)"
+        );
+    }
+    traffic_through(Fault::ZooKeeperRestart).await
 }

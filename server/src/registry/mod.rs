@@ -5,7 +5,8 @@
 //! [`Registry`] is the contract. [`memory::MemoryRegistry`] keeps it in one process (the
 //! controller, in the embedded setup); [`crate::link::LinkClient`] is a node's handle on the
 //! controller's memory registry over the link; [`redis::RedisRegistry`] (feature `redis`) keeps
-//! it in Redis for many machines.
+//! it in Redis for many machines; [`zookeeper::ZkRegistry`] (feature `zookeeper`) keeps it in
+//! ZooKeeper, each node an ephemeral znode.
 //! The behavioural suite in [`suite`] runs against each.
 //!
 //! Invariants:
@@ -29,6 +30,8 @@ pub mod memory;
 pub mod redis;
 #[cfg(test)]
 pub mod suite;
+#[cfg(feature = "zookeeper")]
+pub mod zookeeper;
 
 /// Default lease of a node: gone from answers this long after its last heartbeat.
 pub const DEFAULT_LEASE_MS: u64 = 5_000;
