@@ -240,6 +240,7 @@ impl Client {
                 waiters: Default::default(),
             }),
             wake: Notify::new(),
+            retry: Notify::new(),
             status: status_tx,
         });
         let cancel = CancellationToken::new();
@@ -461,6 +462,12 @@ impl Client {
     /// The current status.
     pub fn status(&self) -> Status {
         self.inner.status.borrow().clone()
+    }
+
+    /// Ends a wait between reconnection attempts now (a person pressed "Retry now"). Does
+    /// nothing while connected or connecting: only a wait that is under way is cut short.
+    pub fn retry_now(&self) {
+        self.inner.shared.retry.notify_waiters();
     }
 
     /// The node of the current session, if connected.

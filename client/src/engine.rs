@@ -54,6 +54,8 @@ pub(crate) struct Shared {
     pub inner: Mutex<Inner>,
     /// Poked by the handle when it queued something to write.
     pub wake: Notify,
+    /// Poked by the handle to end a reconnection wait early ([`crate::Client::retry_now`]).
+    pub retry: Notify,
     pub status: watch::Sender<Status>,
 }
 
@@ -160,12 +162,18 @@ impl Engine {
                         in_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                         reason: ended,
                     };
+                    // Listening for "retry now" before the status says we wait, so a request
+                    // made by anyone who saw that status is never missed.
+                    let retry = self.shared.retry.notified();
+                    tokio::pin!(retry);
+                    retry.as_mut().enable();
                     if self.set_status(status).await.is_err() {
                         break StopReason::Shutdown;
                     }
                     tokio::select! {
                         _ = self.cancel.cancelled() => break StopReason::Shutdown,
                         _ = tokio::time::sleep(delay) => {}
+                        _ = retry => info!("retrying now, as asked"),
                     }
                 }
             }

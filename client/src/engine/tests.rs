@@ -800,6 +800,29 @@ async fn no_live_node_backs_off_until_one_appears() {
 }
 
 #[tokio::test]
+async fn retry_now_ends_a_long_backoff() {
+    let fake = Fake::start(vec![Behavior::default()]).await;
+    fake.world.lock().nodes[0].alive = false;
+    // A wait far longer than the test's patience: only `retry_now` can end it in time.
+    let config = ClientConfig {
+        backoff: BackoffPolicy {
+            base: Duration::from_secs(60),
+            cap: Duration::from_secs(60),
+        },
+        ..fast_config()
+    };
+    let (client, mut events) =
+        Client::start(&fake.session(GOOD_TOKEN), ClientState::default(), config).expect("start");
+    until(&mut events, "a long wait after no_node", |e| {
+        matches!(e, ClientEvent::Status(Status::Reconnecting { in_ms, .. }) if *in_ms >= 30_000)
+    })
+    .await;
+    fake.world.lock().nodes[0].alive = true;
+    client.retry_now();
+    assert_eq!(client.wait_live(WAIT).await.expect("live").as_str(), "n1");
+}
+
+#[tokio::test]
 async fn gap_in_a_replay_is_filled_from_history() {
     let fake = Fake::start(vec![Behavior {
         replay_newest_only: true,
