@@ -25,7 +25,7 @@ pub struct Cli {
 /// What to do.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create an account.
+    /// Create an account, and log this profile's device in with it (one password prompt).
     Register {
         /// Controller URL, e.g. http://127.0.0.1:8080.
         #[arg(long, env = "CHAT_SERVER")]
@@ -34,6 +34,12 @@ pub enum Command {
         user: String,
         #[command(flatten)]
         password: PasswordArg,
+        /// A name for this device, shown in `chat devices`.
+        #[arg(long, default_value = "chat-cli")]
+        device_name: String,
+        /// Only create the account; do not log this profile in.
+        #[arg(long)]
+        no_login: bool,
     },
     /// Log in on this profile's device and save the session in the profile.
     Login {

@@ -4,6 +4,7 @@
 use anyhow::{Context, Result, bail};
 use client::{Api, HistoryRange};
 use protocol::http::{CreateRoomRequest, DeviceInfoState, NodeState};
+use protocol::model::UserInfo;
 use protocol::{ConvId, DeviceId, limits};
 
 use crate::cli::{ConvRef, PasswordArg, RoomCommand};
@@ -52,7 +53,9 @@ pub fn password(arg: PasswordArg, confirm: bool) -> Result<String> {
     Ok(first)
 }
 
-pub async fn register(ctx: &Ctx, server: &str, user: &str, password: &str) -> Result<()> {
+/// Creates an account; prints it for people (with `--json`, the login that follows
+/// prints the user).
+pub async fn register(ctx: &Ctx, server: &str, user: &str, password: &str) -> Result<UserInfo> {
     if !limits::username_valid(user) {
         bail!(
             "{user:?} is not a valid user name: 3 to 32 of a-z, 0-9, '_', '.', '-', starting with a letter or digit"
@@ -65,12 +68,10 @@ pub async fn register(ctx: &Ctx, server: &str, user: &str, password: &str) -> Re
         );
     }
     let info = client::register(server, user, password).await?;
-    if ctx.json {
-        out_json(&info)?;
-    } else {
+    if !ctx.json {
         out(&format!("registered {} (id {})", info.username, info.id))?;
     }
-    Ok(())
+    Ok(info)
 }
 
 pub async fn login(

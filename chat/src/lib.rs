@@ -69,8 +69,21 @@ fn run(cli: Cli, clock: Clock) -> Result<()> {
 
 async fn dispatch(ctx: &Ctx, command: Command, password: String) -> Result<()> {
     match command {
-        Command::Register { server, user, .. } => {
-            commands::register(ctx, &server, &user, &password).await
+        Command::Register {
+            server,
+            user,
+            device_name,
+            no_login,
+            ..
+        } => {
+            let info = commands::register(ctx, &server, &user, &password).await?;
+            if no_login {
+                if ctx.json {
+                    render::out_json(&info)?;
+                }
+                return Ok(());
+            }
+            commands::login(ctx, &server, &user, &password, &device_name).await
         }
         Command::Login {
             server,
