@@ -1,45 +1,14 @@
-//! Build script: checks that the UI is built and the server sidecar is in place, then runs
-//! tauri-build with an app manifest naming every command, so the capability files can grant
-//! exactly those.
+//! Build script: checks that the UI is built and the server sidecar is in place, reads the
+//! list of commands from `src/commands/mod.rs` (the `generate_handler!` there is the one list),
+//! writes the capability that grants every window exactly those (`capabilities/chat.json`),
+//! and runs tauri-build with an app manifest naming them, which makes their permissions.
 
 use std::path::Path;
 
-/// Every command the UI may invoke (see `src/commands.rs`); `capabilities/` grants them.
-const COMMANDS: &[&str] = &[
-    "bootstrap",
-    "choose_server",
-    "forget_server",
-    "server_state",
-    "server_info",
-    "register",
-    "login",
-    "logout",
-    "connect",
-    "send_message",
-    "edit_message",
-    "delete_message",
-    "send_attachment",
-    "save_attachment",
-    "typing",
-    "mark_read",
-    "history",
-    "cached_events",
-    "conversations",
-    "conversation",
-    "members",
-    "open_direct",
-    "create_room",
-    "public_rooms",
-    "join_room",
-    "leave_room",
-    "invite",
-    "devices",
-    "revoke_device",
-    "open_device_window",
-    "cluster_status",
-    "kill_node",
-    "restart_node",
-];
+/// Where the list of commands is kept.
+const COMMAND_LIST: &str = "src/commands/mod.rs";
+/// The capability granting them, written from the list.
+const CAPABILITY: &str = "capabilities/chat.json";
 
 fn main() {
     let triple = std::env::var("TARGET").unwrap_or_default();
@@ -58,10 +27,73 @@ fn main() {
             ));
         }
     }
+    println!("cargo:rerun-if-changed={COMMAND_LIST}");
+    let commands = match std::fs::read_to_string(COMMAND_LIST) {
+        Ok(source) => command_names(&source),
+        Err(e) => fail(&format!("cannot read {COMMAND_LIST}: {e}")),
+    };
+    if commands.is_empty() {
+        fail(&format!(
+            "no generate_handler! list found in {COMMAND_LIST}"
+        ));
+    }
+    write_capability(&commands);
+    // tauri-build keeps the names for the whole build: a build script may leak them.
+    let names: &'static [&'static str] = Vec::leak(
+        commands
+            .into_iter()
+            .map(|c| &*String::leak(c))
+            .collect::<Vec<_>>(),
+    );
     let attributes = tauri_build::Attributes::new()
-        .app_manifest(tauri_build::AppManifest::new().commands(COMMANDS));
+        .app_manifest(tauri_build::AppManifest::new().commands(names));
     if let Err(error) = tauri_build::try_build(attributes) {
         fail(&format!("tauri-build failed: {error:#}"));
+    }
+}
+
+/// The command names in the `generate_handler![...]` list of `source`: the last segment of
+/// each path (`session::login` is the command `login`).
+fn command_names(source: &str) -> Vec<String> {
+    let Some(start) = source.find("generate_handler![") else {
+        return Vec::new();
+    };
+    let list = &source[start + "generate_handler![".len()..];
+    let list = &list[..list.find(']').unwrap_or(list.len())];
+    list.split(',')
+        .map(|path| path.trim())
+        .filter(|path| !path.is_empty())
+        .filter_map(|path| path.rsplit("::").next().map(str::to_owned))
+        .collect()
+}
+
+/// Writes the capability of the chat windows from the command list, if it changed (an
+/// unchanged file keeps its timestamp, so tauri-build does not run again for nothing).
+fn write_capability(commands: &[String]) {
+    let permissions: Vec<String> = commands
+        .iter()
+        .map(|c| format!("    \"allow-{}\"", c.replace('_', "-")))
+        .collect();
+    let text = format!(
+        r#"{{
+  "$schema": "../gen/schemas/desktop-schema.json",
+  "identifier": "chat-windows",
+  "description": "What every chat window may do: the app's own commands, nothing else. Each window is a device (main, device-2, ...); the webview has no network, file system or shell access of its own. Written by build.rs from the list in src/commands/mod.rs: do not edit.",
+  "windows": [
+    "main",
+    "device-*"
+  ],
+  "permissions": [
+{}
+  ]
+}}
+"#,
+        permissions.join(",\n")
+    );
+    if std::fs::read_to_string(CAPABILITY).ok().as_deref() != Some(text.as_str())
+        && let Err(e) = std::fs::write(CAPABILITY, text)
+    {
+        fail(&format!("cannot write {CAPABILITY}: {e}"));
     }
 }
 

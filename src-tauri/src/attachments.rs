@@ -75,7 +75,7 @@ pub async fn fetch(state: &AppState, device: &Device, id: &str) -> Result<(Strin
     ) {
         return Ok((mime, bytes));
     }
-    let api = device.api(&state.backend, &state.http).await?;
+    let api = device.api().await?;
     let download = api.download(&id).await?;
     let bytes = download.bytes.to_vec();
     if let Err(e) = cache_put(&dir, id.as_str(), &download.mime, &bytes) {

@@ -337,6 +337,11 @@ impl Backend {
         Ok(())
     }
 
+    /// Back to "no server chosen" (after [`Backend::shutdown`], when the user changes server).
+    pub fn reset(&self) {
+        self.state.send_replace(ServerState::Unset);
+    }
+
     /// Stops the local cluster, if the app started one: gracefully within a few seconds, then
     /// by SIGKILL (dropping the cluster).
     pub async fn shutdown(&self) {

@@ -17,6 +17,20 @@ use rusqlite::{Connection, OptionalExtension, params};
 /// Messages kept per conversation; older ones are dropped (the server still has them).
 const KEEP_PER_CONVERSATION: i64 = 2_000;
 
+/// Marks around the matched words in a search hit's snippet (never in a message's text).
+pub const MATCH_START: char = '\u{2}';
+/// See [`MATCH_START`].
+pub const MATCH_END: char = '\u{3}';
+
+/// One message found by [`Cache::search`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SearchHit {
+    /// The message, in its current state.
+    pub event: Event,
+    /// Its text around the matches, each match between [`MATCH_START`] and [`MATCH_END`].
+    pub snippet: String,
+}
+
 /// A cheap handle on one device's cache.
 pub struct Cache {
     conn: Mutex<Connection>,
@@ -59,6 +73,7 @@ impl Cache {
                  username TEXT NOT NULL
              );",
         )?;
+        init_search(&conn)?;
         Ok(Cache {
             conn: Mutex::new(conn),
         })
@@ -137,6 +152,9 @@ impl Cache {
         let mut conn = self.conn.lock();
         let tx = conn.transaction()?;
         put_event(&tx, e)?;
+        // A delete of a message from someone else that I had not read takes it out of the
+        // unread count (the server's count leaves deleted messages out too).
+        let mut unread_gone = None;
         match &e.body {
             EventBody::Edit { target, text } => {
                 update_message(&tx, target.0, |m| {
@@ -145,6 +163,18 @@ impl Cache {
                 })?;
             }
             EventBody::Delete { target } => {
+                let before = message_event(&tx, target.0)?;
+                if let Some(Event {
+                    seq,
+                    sender,
+                    body: EventBody::Message(m),
+                    ..
+                }) = &before
+                    && *sender != me
+                    && !m.deleted
+                {
+                    unread_gone = Some(*seq);
+                }
                 update_message(&tx, target.0, |m| {
                     m.deleted = true;
                     m.text.clear();
@@ -170,6 +200,17 @@ impl Cache {
                 if e.sender != me && e.seq > summary.read_seq {
                     summary.unread += 1;
                 }
+            }
+            if let Some(seq) = unread_gone
+                && seq > summary.read_seq
+            {
+                summary.unread = summary.unread.saturating_sub(1);
+            }
+            if let (EventBody::Delete { target }, Some(last)) = (&e.body, &summary.last_message)
+                && last.id == *target
+            {
+                // The list shows the message before it, when the cache has it.
+                summary.last_message = last_message_before(&tx, e.conv, last.seq)?;
             }
             put_summary(&tx, &summary)?;
         }
@@ -258,12 +299,100 @@ impl Cache {
         rows.collect()
     }
 
+    /// The cached messages (text and attachment names) matching every word of `query` (each
+    /// word also matches as a prefix, accents ignored), newest first.
+    pub fn search(&self, query: &str, limit: u32) -> rusqlite::Result<Vec<SearchHit>> {
+        let Some(expr) = match_expression(query) else {
+            return Ok(Vec::new());
+        };
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare(
+            "SELECT e.event, snippet(events_text, 0, ?2, ?3, '…', 16)
+             FROM events_text JOIN events e ON e.rowid = events_text.rowid
+             WHERE events_text MATCH ?1
+             ORDER BY e.id DESC LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                expr,
+                MATCH_START.to_string(),
+                MATCH_END.to_string(),
+                i64::from(limit)
+            ],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (event, snippet) = row?;
+            if let Ok(event) = serde_json::from_str(&event) {
+                out.push(SearchHit { event, snippet });
+            }
+        }
+        Ok(out)
+    }
+
     /// Forgets everything (another user signed in on this device).
     pub fn clear(&self) -> rusqlite::Result<()> {
         self.conn
             .lock()
             .execute_batch("DELETE FROM conversations; DELETE FROM events; DELETE FROM users;")
     }
+}
+
+/// What a message's searchable text is: its text and its attachment's name; nothing for
+/// deleted messages and other events.
+const SEARCHABLE: &str = "CASE WHEN json_extract(NEW.event, '$.body.type') = 'message'
+        AND coalesce(json_extract(NEW.event, '$.body.deleted'), 0) = 0
+    THEN trim(coalesce(json_extract(NEW.event, '$.body.text'), '') || ' ' ||
+              coalesce(json_extract(NEW.event, '$.body.attachment.name'), ''))
+    ELSE '' END";
+
+/// The full-text index of cached messages, kept by triggers on `events` (so every way a
+/// message is stored, edited or deleted keeps it right), filled once from what is cached
+/// when an older cache first opens.
+fn init_search(conn: &Connection) -> rusqlite::Result<()> {
+    let exists: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'events_text'",
+        [],
+        |r| r.get(0),
+    )?;
+    let text = SEARCHABLE;
+    conn.execute_batch(&format!(
+        "CREATE VIRTUAL TABLE IF NOT EXISTS events_text USING fts5(
+             text, conv UNINDEXED, seq UNINDEXED, tokenize = 'unicode61 remove_diacritics 2'
+         );
+         CREATE TRIGGER IF NOT EXISTS events_text_insert AFTER INSERT ON events BEGIN
+             INSERT INTO events_text (rowid, text, conv, seq)
+             SELECT NEW.rowid, t, NEW.conv, NEW.seq FROM (SELECT {text} AS t) WHERE t <> '';
+         END;
+         CREATE TRIGGER IF NOT EXISTS events_text_update AFTER UPDATE ON events BEGIN
+             DELETE FROM events_text WHERE rowid = OLD.rowid;
+             INSERT INTO events_text (rowid, text, conv, seq)
+             SELECT NEW.rowid, t, NEW.conv, NEW.seq FROM (SELECT {text} AS t) WHERE t <> '';
+         END;
+         CREATE TRIGGER IF NOT EXISTS events_text_delete AFTER DELETE ON events BEGIN
+             DELETE FROM events_text WHERE rowid = OLD.rowid;
+         END;"
+    ))?;
+    if !exists {
+        let backfill = SEARCHABLE.replace("NEW.", "");
+        conn.execute_batch(&format!(
+            "INSERT INTO events_text (rowid, text, conv, seq)
+             SELECT rowid, t, conv, seq FROM (SELECT rowid, conv, seq, {backfill} AS t FROM events)
+             WHERE t <> '';"
+        ))?;
+    }
+    Ok(())
+}
+
+/// A search box's words as an FTS5 query: every word must match, each as a prefix too.
+/// Quoting each word makes any character in it literal. `None` when there is no word.
+fn match_expression(query: &str) -> Option<String> {
+    let words: Vec<String> = query
+        .split_whitespace()
+        .map(|w| format!("\"{}\"*", w.replace('"', "\"\"")))
+        .collect();
+    (!words.is_empty()).then(|| words.join(" "))
 }
 
 fn put_summary(conn: &Connection, c: &ConversationSummary) -> rusqlite::Result<()> {
@@ -288,6 +417,37 @@ fn put_event(conn: &Connection, e: &Event) -> rusqlite::Result<()> {
         params![e.conv.0, seq, e.id.0, text],
     )?;
     Ok(())
+}
+
+/// The cached event with this id, if any.
+fn message_event(conn: &Connection, id: i64) -> rusqlite::Result<Option<Event>> {
+    let text: Option<String> = conn
+        .query_row("SELECT event FROM events WHERE id = ?1", params![id], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+}
+
+/// The latest message of `conv` before `seq` that is not deleted, if the cache has one.
+fn last_message_before(
+    conn: &Connection,
+    conv: ConvId,
+    seq: Seq,
+) -> rusqlite::Result<Option<Event>> {
+    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    let mut stmt =
+        conn.prepare("SELECT event FROM events WHERE conv = ?1 AND seq < ?2 ORDER BY seq DESC")?;
+    let rows = stmt.query_map(params![conv.0, seq], |r| r.get::<_, String>(0))?;
+    for row in rows {
+        if let Ok(e) = serde_json::from_str::<Event>(&row?)
+            && let EventBody::Message(m) = &e.body
+            && !m.deleted
+        {
+            return Ok(Some(e));
+        }
+    }
+    Ok(None)
 }
 
 fn update_message(
@@ -396,6 +556,68 @@ mod tests {
             .conversation(ConvId(1))?
             .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
         assert_eq!(s.unread, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn deleting_an_unread_message_takes_it_off_the_count_and_the_list() -> rusqlite::Result<()> {
+        let cache = Cache::in_memory()?;
+        cache.replace_conversations(&[summary(1)])?;
+        cache.apply_event(&message(1, 1, 2, "first"), UserId(1))?;
+        cache.apply_event(&message(1, 2, 2, "oops"), UserId(1))?;
+        let delete = Event {
+            body: EventBody::Delete {
+                target: MessageId(1002),
+            },
+            ..message(1, 3, 2, "")
+        };
+        cache.apply_event(&delete, UserId(1))?;
+        let s = cache
+            .conversation(ConvId(1))?
+            .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+        assert_eq!(s.unread, 1);
+        let last = s.last_message.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+        assert_eq!(last.seq, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn search_finds_words_across_conversations_and_follows_edits() -> rusqlite::Result<()> {
+        let cache = Cache::in_memory()?;
+        cache.apply_event(&message(1, 1, 2, "Lunch at the café?"), UserId(1))?;
+        let elsewhere = |seq, text| Event {
+            id: MessageId(2000 + i64::try_from(seq).unwrap_or(0)),
+            ..message(2, seq, 3, text)
+        };
+        cache.apply_event(&elsewhere(1, "the cafeteria is closed"), UserId(1))?;
+        cache.apply_event(&elsewhere(2, "nothing here"), UserId(1))?;
+        let hits = cache.search("cafe", 10)?;
+        let mut found: Vec<(i64, Seq)> =
+            hits.iter().map(|h| (h.event.conv.0, h.event.seq)).collect();
+        found.sort();
+        assert_eq!(found, vec![(1, 1), (2, 1)]);
+        assert!(hits.iter().any(|h| h.snippet.contains(MATCH_START)));
+        // Words are literal, whatever they contain.
+        assert!(cache.search("\"(* NEAR", 10)?.is_empty());
+        // An edit changes what is found; a delete removes it.
+        let edit = Event {
+            body: EventBody::Edit {
+                target: MessageId(1001),
+                text: "dinner instead".into(),
+            },
+            ..message(1, 2, 2, "")
+        };
+        cache.apply_event(&edit, UserId(1))?;
+        assert_eq!(cache.search("lunch", 10)?.len(), 0);
+        assert_eq!(cache.search("dinner", 10)?.len(), 1);
+        let delete = Event {
+            body: EventBody::Delete {
+                target: MessageId(1001),
+            },
+            ..message(1, 3, 2, "")
+        };
+        cache.apply_event(&delete, UserId(1))?;
+        assert_eq!(cache.search("dinner", 10)?.len(), 0);
         Ok(())
     }
 

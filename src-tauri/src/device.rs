@@ -2,9 +2,9 @@
 //! cache and saved state, all under `profiles/<window label>/`. This is what makes "Open another
 //! device" real: a second window is a second device of the cluster, possibly on another node.
 //!
-//! The device's *pump* task reads the client core's events, applies them to the cache, raises
-//! a notification when a message arrives while the window is not focused, and forwards every
-//! event to the window's channel. It saves the client's state (cursors and outbox) after
+//! The device's *pump* task reads the client core's events, applies them to the cache, and
+//! forwards every event to the window's channel (the window decides what deserves a
+//! notification). It saves the client's state (cursors and outbox) after
 //! changes, so a restart resumes without losing or repeating anything.
 //!
 //! Invariant: events reach the cache before the state that counts them is saved, so after a
@@ -20,7 +20,6 @@ use protocol::model::{ConvKind, EventBody, MemberAction, PresenceState, UserInfo
 use protocol::{ConvId, DeviceId, UserId};
 use serde::{Deserialize, Serialize};
 use tauri::ipc::Channel;
-use tauri::{AppHandle, Manager};
 use tokio::sync::mpsc;
 
 use crate::backend::{Backend, ServerState};
@@ -48,6 +47,10 @@ pub struct Device {
     pub id: DeviceId,
     /// Its history cache.
     pub cache: Cache,
+    /// The server it talks to.
+    backend: Arc<Backend>,
+    /// The app's HTTP client (one connection pool for every device).
+    http: reqwest::Client,
     inner: Mutex<Inner>,
 }
 
@@ -65,7 +68,12 @@ struct Inner {
 
 impl Device {
     /// Opens the device of window `label` in `dir`, creating its id on first use.
-    pub fn open(label: &str, dir: PathBuf) -> Result<Device> {
+    pub fn open(
+        label: &str,
+        dir: PathBuf,
+        backend: Arc<Backend>,
+        http: reqwest::Client,
+    ) -> Result<Device> {
         std::fs::create_dir_all(&dir)?;
         let id = client::load_or_create_device_id(&dir.join("device_id"))
             .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
@@ -82,6 +90,8 @@ impl Device {
             dir,
             id,
             cache,
+            backend,
+            http,
             inner: Mutex::new(Inner {
                 session,
                 ..Inner::default()
@@ -153,13 +163,7 @@ impl Device {
 
     /// Attaches the window's event stream and returns what the window should show now. Starts
     /// the connection if it is not running (once the server is ready).
-    pub fn connect(
-        self: &Arc<Self>,
-        app: &AppHandle,
-        backend: &Arc<Backend>,
-        http: &reqwest::Client,
-        sink: Channel<UiEvent>,
-    ) -> Result<Snapshot> {
+    pub fn connect(self: &Arc<Self>, sink: Channel<UiEvent>) -> Result<Snapshot> {
         let (session, client, start) = {
             let mut inner = self.inner.lock();
             let session = inner.session.clone().ok_or(Error::NotSignedIn)?;
@@ -172,9 +176,8 @@ impl Device {
         };
         if start {
             let device = self.clone();
-            let (app, backend, http) = (app.clone(), backend.clone(), http.clone());
             tauri::async_runtime::spawn(async move {
-                let result = device.start(&app, &backend, &http).await;
+                let result = device.start().await;
                 device.inner.lock().starting = false;
                 if let Err(e) = result {
                     tracing::warn!(error = %e, label = %device.label, "could not start the connection");
@@ -201,14 +204,9 @@ impl Device {
     }
 
     /// Waits for the server, then starts the client core and its pump.
-    async fn start(
-        self: &Arc<Self>,
-        app: &AppHandle,
-        backend: &Arc<Backend>,
-        http: &reqwest::Client,
-    ) -> Result<()> {
+    async fn start(self: &Arc<Self>) -> Result<()> {
         // Tell the window about the server while it starts (the local cluster takes seconds).
-        let mut watch = backend.watch();
+        let mut watch = self.backend.watch();
         let url = loop {
             let state = watch.borrow_and_update().clone();
             self.emit(UiEvent::App(AppEvent::Server {
@@ -234,7 +232,7 @@ impl Device {
         // A local cluster gets new ports on every launch; the token stays valid.
         session.server = url;
         let config = ClientConfig {
-            http: Some(http.clone()),
+            http: Some(self.http.clone()),
             ..ClientConfig::default()
         };
         let (client, events) = Client::start(&session, self.saved_state(), config)?;
@@ -252,7 +250,7 @@ impl Device {
             client.shutdown().await;
             return Err(Error::NotSignedIn);
         }
-        tauri::async_runtime::spawn(pump(self.clone(), app.clone(), client, events));
+        tauri::async_runtime::spawn(pump(self.clone(), client, events));
         Ok(())
     }
 
@@ -269,7 +267,7 @@ impl Device {
     }
 
     /// The controller API with this device's token (works before the engine is live).
-    pub async fn api(&self, backend: &Backend, http: &reqwest::Client) -> Result<Api> {
+    pub async fn api(&self) -> Result<Api> {
         let session = {
             let inner = self.inner.lock();
             if let Some(c) = &inner.client {
@@ -277,8 +275,8 @@ impl Device {
             }
             inner.session.clone().ok_or(Error::NotSignedIn)?.session
         };
-        let url = backend.url().await?;
-        Ok(Api::with_http(&url, http.clone())?.with_token(session.token))
+        let url = self.backend.url().await?;
+        Ok(Api::with_http(&url, self.http.clone())?.with_token(session.token))
     }
 
     /// Sends one event to the window, if it is listening.
@@ -360,15 +358,9 @@ impl Device {
     }
 }
 
-/// Reads the client core's events until the engine stops: cache, notify, forward, save.
-async fn pump(
-    device: Arc<Device>,
-    app: AppHandle,
-    client: Client,
-    mut events: mpsc::Receiver<ClientEvent>,
-) {
+/// Reads the client core's events until the engine stops: cache, forward, save.
+async fn pump(device: Arc<Device>, client: Client, mut events: mpsc::Receiver<ClientEvent>) {
     let Some(me) = device.me() else { return };
-    let mut live = false;
     let mut dirty = false;
     let mut tick = tokio::time::interval(SAVE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -385,13 +377,10 @@ async fn pump(
         };
         let Some(event) = event else { break };
         match &event {
-            ClientEvent::Status(status) => {
-                live = status.is_live();
-                if let Status::Stopped { reason } = status {
-                    device.emit(UiEvent::Client(event.clone()));
-                    device.on_stopped(reason);
-                    continue;
-                }
+            ClientEvent::Status(Status::Stopped { reason }) => {
+                device.emit(UiEvent::Client(event.clone()));
+                device.on_stopped(reason);
+                continue;
             }
             ClientEvent::Welcome(welcome) => {
                 if let Err(e) = device.cache.replace_conversations(&welcome.conversations) {
@@ -420,9 +409,6 @@ async fn pump(
                 dirty = true;
                 if let EventBody::Member { action, user } = &e.body {
                     on_member(&device, &client, e.conv, *action, *user, me);
-                }
-                if live && e.sender != me && matches!(e.body, EventBody::Message(_)) {
-                    notify_if_unfocused(&device, &app, e);
                 }
             }
             ClientEvent::Read { conv, user, seq } if *user == me => {
@@ -475,60 +461,19 @@ fn on_member(
     });
 }
 
-/// Fetches the members of rooms, to name the senders of their messages.
-async fn learn_members(device: Arc<Device>, api: Api, rooms: Vec<ConvId>) {
+/// Fetches the members of conversations and tells the window: their names (to name the
+/// senders of room messages), read positions, and presence (of contacts new since the welcome).
+async fn learn_members(device: Arc<Device>, api: Api, convs: Vec<ConvId>) {
     let mut users: Vec<UserInfo> = Vec::new();
-    for conv in rooms {
+    for conv in convs {
         if let Ok(members) = api.members(conv).await {
-            users.extend(members.into_iter().map(|m| m.user));
+            users.extend(members.iter().map(|m| m.user.clone()));
+            device.emit(UiEvent::App(AppEvent::Members { conv, members }));
         }
     }
     if !users.is_empty() {
         let _ = device.cache.put_users(&users);
-        device.emit(UiEvent::App(AppEvent::Users { users }));
     }
-}
-
-/// A native notification for a message from someone else, when its window is not focused.
-fn notify_if_unfocused(device: &Device, app: &AppHandle, e: &protocol::model::Event) {
-    let focused = app
-        .get_webview_window(&device.label)
-        .and_then(|w| w.is_focused().ok())
-        .unwrap_or(false);
-    if focused {
-        return;
-    }
-    let EventBody::Message(m) = &e.body else {
-        return;
-    };
-    if m.deleted {
-        return;
-    }
-    let sender = device
-        .cache
-        .users()
-        .ok()
-        .and_then(|users| users.into_iter().find(|u| u.id == e.sender))
-        .map_or_else(|| "Someone".to_owned(), |u| u.username);
-    let summary = device.cache.conversation(e.conv).ok().flatten();
-    let (title, body_prefix) = match &summary {
-        Some(s) if s.kind == ConvKind::Room => (format!("#{}", s.name), format!("{sender}: ")),
-        _ => (sender, String::new()),
-    };
-    let text = match (&m.attachment, m.text.is_empty()) {
-        (Some(a), true) => format!("Sent {}", a.name),
-        (Some(a), false) => format!("{} · {}", a.name, m.text),
-        (None, _) => m.text.clone(),
-    };
-    let body: String = format!("{body_prefix}{text}").chars().take(200).collect();
-    let app = app.clone();
-    // D-Bus can be slow or absent (no notification daemon): never block the pump on it.
-    tauri::async_runtime::spawn_blocking(move || {
-        use tauri_plugin_notification::NotificationExt;
-        if let Err(e) = app.notification().builder().title(title).body(body).show() {
-            tracing::debug!(error = %e, "notification not shown");
-        }
-    });
 }
 
 #[cfg(test)]
@@ -570,7 +515,11 @@ mod tests {
     async fn one_users_history_never_reaches_the_next() -> Result<()> {
         let dir =
             std::env::temp_dir().join(format!("chat-desktop-device-{}", uuid::Uuid::new_v4()));
-        let device = Device::open("main", dir.clone())?;
+        let open = |dir: PathBuf| {
+            let backend = Arc::new(Backend::new(crate::store::Paths::new(dir.clone())));
+            Device::open("main", dir, backend, reqwest::Client::new())
+        };
+        let device = open(dir.clone())?;
         device.sign_in(session(1, &device.id), "laptop".into())?;
         device.cache.put_conversation(&conversation())?;
         store::write_json(&dir.join("state.json"), &ClientState::default(), true)?;
@@ -591,7 +540,7 @@ mod tests {
         device.sign_out().await?;
         assert!(device.session_view().is_none());
         assert!(!dir.join("session.json").exists());
-        assert_eq!(Device::open("main", dir.clone())?.id, id);
+        assert_eq!(open(dir.clone())?.id, id);
         std::fs::remove_dir_all(dir)?;
         Ok(())
     }

@@ -25,6 +25,11 @@ pub enum Error {
     /// The local cluster could not be started or driven.
     #[error("local cluster: {0}")]
     Cluster(String),
+    /// A username that nobody has on this server.
+    #[error(
+        "nobody is called \"{0}\" on this server. Check the spelling, or ask them to create an account first"
+    )]
+    NoSuchUser(String),
     /// A request the UI should not have made (bad id, empty name...).
     #[error("{0}")]
     Invalid(String),
@@ -56,6 +61,7 @@ impl Error {
             Error::Client(ClientError::Timeout(_)) => "timeout".into(),
             Error::Client(ClientError::NoRuntime) => "internal".into(),
             Error::NoServer(_) => "no_server".into(),
+            Error::NoSuchUser(_) => "not_found".into(),
             Error::NotSignedIn => "not_signed_in".into(),
             Error::Cluster(_) => "cluster".into(),
             Error::Invalid(_) => "invalid".into(),
@@ -70,7 +76,19 @@ impl Error {
     pub fn message(&self) -> String {
         match self {
             Error::Api(e) | Error::Client(ClientError::Api(e)) => api_message(e),
-            other => other.to_string(),
+            Error::Client(ClientError::Refused(r)) => sentence(&r.message),
+            other => sentence(&other.to_string()),
+        }
+    }
+
+    /// A "not found" from the server about `username` says who was not found.
+    pub fn about_user(self, username: &str) -> Error {
+        match self {
+            Error::Api(ApiError::Server {
+                code: ErrorCode::NotFound,
+                ..
+            }) => Error::NoSuchUser(username.to_owned()),
+            other => other,
         }
     }
 
@@ -93,24 +111,61 @@ fn api_kind(e: &ApiError) -> String {
     }
 }
 
-/// Server messages are already written for people; transport errors are reworded, because
-/// "error sending request for url (...)" is not.
+/// What went wrong, as a sentence for people: the server's own messages are written for
+/// people but as fragments (`no user named "carol"`), so they get a capital and a full stop,
+/// plus what to do where there is something to do; transport errors say which server did not
+/// answer and how, because "error sending request for url (...)" helps nobody.
 fn api_message(e: &ApiError) -> String {
     match e {
-        ApiError::Server {
-            code: ErrorCode::Unauthorized,
-            message,
-            ..
-        } => format!("{message} (sign in again)"),
-        ApiError::Server { message, .. } => message.clone(),
-        ApiError::Transport(_) => "The server cannot be reached right now.".into(),
+        ApiError::Server { code, message, .. } => {
+            let hint = match code {
+                ErrorCode::Unauthorized => " Sign in again.",
+                ErrorCode::RateLimited => " Wait a moment, then try again.",
+                ErrorCode::Unavailable | ErrorCode::NoNode | ErrorCode::Internal => {
+                    " Try again in a moment."
+                }
+                _ => "",
+            };
+            format!("{}{hint}", sentence(message))
+        }
+        ApiError::Transport(err) => {
+            let server = err
+                .url()
+                .map(|u| format!("{}://{}", u.scheme(), u.authority()))
+                .unwrap_or_else(|| "the server".to_owned());
+            let how = if err.is_timeout() {
+                "is not answering in time"
+            } else if err.is_connect() {
+                "refuses connections"
+            } else {
+                "cannot be reached"
+            };
+            format!(
+                "The server at {server} {how}. Check that it is running and that this computer \
+                 can reach it; for the local cluster, open Cluster in the menu."
+            )
+        }
         ApiError::Unexpected { status, .. } => {
             format!("The server gave an answer the app does not understand (HTTP {status}).")
         }
         ApiError::InvalidUrl { url, reason } => {
-            format!("{url:?} is not a server address: {reason}")
+            format!("{url:?} is not a server address: {reason}. Try http://host:port.")
         }
     }
+}
+
+/// A fragment as a sentence: a capital first letter and a full stop.
+pub fn sentence(text: &str) -> String {
+    let text = text.trim();
+    let mut chars = text.chars();
+    let Some(first) = chars.next() else {
+        return String::new();
+    };
+    let mut out: String = first.to_uppercase().chain(chars).collect();
+    if !out.ends_with(['.', '!', '?', ')', '"']) {
+        out.push('.');
+    }
+    out
 }
 
 impl serde::Serialize for Error {
@@ -141,7 +196,7 @@ mod tests {
         });
         assert_eq!(
             serde_json::to_string(&e)?,
-            r#"{"kind":"conflict","message":"username taken"}"#
+            r#"{"kind":"conflict","message":"Username taken."}"#
         );
         let e = Error::Client(ClientError::TooLarge {
             what: "the text",
@@ -155,5 +210,22 @@ mod tests {
             "not_signed_in"
         );
         Ok(())
+    }
+
+    #[test]
+    fn server_fragments_read_as_sentences() {
+        let e = Error::Api(ApiError::Server {
+            status: 404,
+            code: ErrorCode::NotFound,
+            message: "no user named \"carol\"".into(),
+        });
+        assert_eq!(e.message(), "No user named \"carol\"");
+        let e = Error::Api(ApiError::Server {
+            status: 503,
+            code: ErrorCode::Unavailable,
+            message: "store unavailable".into(),
+        });
+        assert_eq!(e.message(), "Store unavailable. Try again in a moment.");
+        assert_eq!(sentence("  "), "");
     }
 }

@@ -6,7 +6,7 @@
 //! core's), so the UI reads one discriminated union. `ui/src/ipc/types.ts` mirrors these types.
 
 use client::{ClientEvent, OutboxItem, Status};
-use protocol::model::{ConversationSummary, PresenceState, UserInfo};
+use protocol::model::{ConversationSummary, MemberInfo, PresenceState, UserInfo};
 use protocol::{ConvId, DeviceId};
 use serde::Serialize;
 
@@ -42,10 +42,13 @@ pub enum AppEvent {
         /// Which.
         conv: ConvId,
     },
-    /// User names learned (from a member list or a lookup).
-    Users {
-        /// Id and name of each.
-        users: Vec<UserInfo>,
+    /// A conversation's members as the controller listed them: their names, read positions
+    /// and presence (a new contact's presence is known from here until it changes).
+    Members {
+        /// The conversation.
+        conv: ConvId,
+        /// Its members.
+        members: Vec<MemberInfo>,
     },
     /// The session is over (revoked, or the token refused): sign in again.
     SignedOut {

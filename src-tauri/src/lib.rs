@@ -3,8 +3,8 @@
 //! client core); the webview only invokes commands and listens to a channel.
 //!
 //! Code map:
-//! - [`commands`]: every command the UI may invoke (`build.rs` lists them for the capability
-//!   files in `capabilities/`).
+//! - [`commands`]: every command the UI may invoke, and the one list of them (`build.rs` makes
+//!   their permissions and the capability in `capabilities/` from it).
 //! - [`error`]: the error every command returns, serialized as `{ kind, message }`.
 //! - [`state`]: [`state::AppState`], shared by the commands: settings, backend, devices.
 //! - [`backend`]: the server: a local cluster started through the lab supervisor (with the
@@ -18,7 +18,8 @@
 //! Invariants:
 //! - The webview never holds a token or opens a socket; the CSP allows it no network at all.
 //! - Closing the main window quits the app; quitting saves every device's state and stops the
-//!   local cluster the app started.
+//!   local cluster the app started. The device windows open then are reopened at the next
+//!   launch.
 
 pub mod attachments;
 pub mod backend;
@@ -68,62 +69,32 @@ pub fn run() {
                     let _ = backend.start(choice).await;
                 });
             }
+            let windows = state.saved_windows();
             app.manage(state);
+            reopen_windows(app.handle(), &windows);
             quit_on_signals(app.handle().clone());
             Ok(())
         })
         .on_window_event(|window, event| match event {
             WindowEvent::CloseRequested { .. } if window.label() == "main" => {
-                window.app_handle().exit(0);
+                quit(window.app_handle());
             }
             WindowEvent::Destroyed => {
+                let state = window.state::<AppState>();
                 if window.label() == "main" {
                     // However the main window went (a WebDriver session closing it, say), the
                     // app goes with it.
-                    window.app_handle().exit(0);
+                    quit(window.app_handle());
+                } else {
+                    state.window_closed(window.label());
                 }
-                let state = window.state::<AppState>();
                 if let Some(device) = state.close_device(window.label()) {
                     tauri::async_runtime::spawn(async move { device.shutdown().await });
                 }
             }
             _ => {}
         })
-        .invoke_handler(tauri::generate_handler![
-            commands::bootstrap,
-            commands::choose_server,
-            commands::forget_server,
-            commands::server_state,
-            commands::server_info,
-            commands::register,
-            commands::login,
-            commands::logout,
-            commands::connect,
-            commands::send_message,
-            commands::edit_message,
-            commands::delete_message,
-            commands::send_attachment,
-            commands::save_attachment,
-            commands::typing,
-            commands::mark_read,
-            commands::history,
-            commands::cached_events,
-            commands::conversations,
-            commands::conversation,
-            commands::members,
-            commands::open_direct,
-            commands::create_room,
-            commands::public_rooms,
-            commands::join_room,
-            commands::leave_room,
-            commands::invite,
-            commands::devices,
-            commands::revoke_device,
-            commands::open_device_window,
-            commands::cluster_status,
-            commands::kill_node,
-            commands::restart_node,
-        ])
+        .invoke_handler(commands::handler())
         .build(tauri::generate_context!());
 
     let app = match app {
@@ -135,6 +106,9 @@ pub fn run() {
     };
     let mut stopped = false;
     app.run(move |handle, event| {
+        if let RunEvent::ExitRequested { .. } = event {
+            handle.state::<AppState>().quitting();
+        }
         if let RunEvent::Exit = event
             && !std::mem::replace(&mut stopped, true)
         {
@@ -149,6 +123,27 @@ pub fn run() {
             });
         }
     });
+}
+
+/// Quits the app; the device windows open now are reopened at the next launch.
+fn quit(app: &tauri::AppHandle) {
+    app.state::<AppState>().quitting();
+    app.exit(0);
+}
+
+/// Reopens the device windows that were open when the app last quit.
+fn reopen_windows(app: &tauri::AppHandle, labels: &[String]) {
+    for label in labels {
+        let Some(n) = label
+            .strip_prefix("device-")
+            .and_then(|n| n.parse::<u16>().ok())
+        else {
+            continue;
+        };
+        if let Err(e) = commands::devices::build_device_window(app, n) {
+            tracing::warn!(error = %e, label, "could not reopen a device window");
+        }
+    }
 }
 
 /// SIGTERM or SIGINT quit the app the normal way, so the local cluster is stopped, not orphaned.
@@ -167,7 +162,7 @@ fn quit_on_signals(app: tauri::AppHandle) {
             _ = int.recv() => {}
         }
         tracing::info!("signal received; quitting");
-        app.exit(0);
+        quit(&app);
     });
     #[cfg(not(unix))]
     let _ = app;

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 use protocol::http::ServerInfo;
@@ -24,6 +25,8 @@ pub struct AppState {
     devices: Mutex<HashMap<String, Arc<Device>>>,
     /// The server's limits, fetched once per controller URL.
     info: Mutex<Option<(String, ServerInfo)>>,
+    /// Set once the app is quitting: windows closing then stay in the list to reopen.
+    quitting: AtomicBool,
 }
 
 impl AppState {
@@ -45,6 +48,7 @@ impl AppState {
             settings: Mutex::new(settings),
             devices: Mutex::new(HashMap::new()),
             info: Mutex::new(None),
+            quitting: AtomicBool::new(false),
         })
     }
 
@@ -55,13 +59,50 @@ impl AppState {
 
     /// Remembers (or forgets) the server choice.
     pub fn set_choice(&self, choice: Option<ServerChoice>) -> Result<()> {
+        self.change_settings(|s| s.server = choice)
+    }
+
+    fn change_settings(&self, change: impl FnOnce(&mut Settings)) -> Result<()> {
         let settings = {
             let mut s = self.settings.lock();
-            s.server = choice;
+            change(&mut s);
             s.clone()
         };
         store::write_json(&self.paths.settings(), &settings, false)?;
         Ok(())
+    }
+
+    /// The device windows to reopen at launch.
+    pub fn saved_windows(&self) -> Vec<String> {
+        let mut labels = self.settings.lock().windows.clone();
+        labels.retain(|l| l != "main" && valid_label(l));
+        labels
+    }
+
+    /// A device window opened: reopen it at the next launch.
+    pub fn window_opened(&self, label: &str) {
+        if label == "main" || self.settings.lock().windows.iter().any(|l| l == label) {
+            return;
+        }
+        if let Err(e) = self.change_settings(|s| s.windows.push(label.to_owned())) {
+            tracing::warn!(error = %e, "could not save the open windows");
+        }
+    }
+
+    /// A device window closed while the app runs on: do not reopen it. (Windows closing
+    /// because the app quits stay listed.)
+    pub fn window_closed(&self, label: &str) {
+        if self.quitting.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Err(e) = self.change_settings(|s| s.windows.retain(|l| l != label)) {
+            tracing::warn!(error = %e, "could not save the open windows");
+        }
+    }
+
+    /// The app is quitting: from now on windows close with it.
+    pub fn quitting(&self) {
+        self.quitting.store(true, Ordering::SeqCst);
     }
 
     /// The device of window `label`, opened on first use.
@@ -73,7 +114,12 @@ impl AppState {
         if let Some(d) = devices.get(label) {
             return Ok(d.clone());
         }
-        let device = Arc::new(Device::open(label, self.paths.profile(label))?);
+        let device = Arc::new(Device::open(
+            label,
+            self.paths.profile(label),
+            self.backend.clone(),
+            self.http.clone(),
+        )?);
         devices.insert(label.to_owned(), device.clone());
         Ok(device)
     }

@@ -1,7 +1,8 @@
 //! What the app keeps on disk, and where, under the app's data folder:
 //!
 //! ```text
-//! settings.json          the remembered server choice (local cluster or a URL)
+//! settings.json          the remembered server choice (local cluster or a URL), and the
+//!                        device windows to reopen at launch
 //! cluster/               the local cluster's data dir: its SQLite store, logs, secret
 //! cluster.json           the running local cluster: controller URL and node pids
 //! profiles/<window>/     one per window, i.e. per device:
@@ -41,6 +42,9 @@ pub struct Settings {
     /// `None` until the first-run choice is made.
     #[serde(default)]
     pub server: Option<ServerChoice>,
+    /// The device windows (`device-2`...) open when the app last quit, reopened at launch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<String>,
 }
 
 /// The app's data folder and the paths inside it.
@@ -152,6 +156,7 @@ mod tests {
             server: Some(ServerChoice::Remote {
                 url: "http://h:1".into(),
             }),
+            windows: vec!["device-2".into()],
         };
         write_json(&path, &s, true)?;
         assert_eq!(read_json::<Settings>(&path)?, Some(s));
