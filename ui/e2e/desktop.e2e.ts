@@ -13,12 +13,10 @@
 //
 // Each step saves a screenshot under artifacts/desktop/.
 
-import { readFileSync } from "node:fs";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
-import { Harness } from "./harness";
-import { Keys, type Session, waitFor } from "./webdriver";
+import { Harness, type Msg, running } from "./harness";
+import { type Session, waitFor } from "./webdriver";
 
-const PASSWORD = "correct horse battery";
 const h = new Harness("sync");
 let s: Session;
 const windows: Record<"alice" | "bob" | "alice2", string> = { alice: "", bob: "", alice2: "" };
@@ -32,93 +30,10 @@ afterAll(async () => {
 });
 
 // ---------------------------------------------------------------------------------------------
-// Helpers: every wait polls the page with a deadline.
+// Helpers of this scenario (the shared ones are the harness's).
 
 async function on(who: keyof typeof windows): Promise<void> {
   await s.switchTo(windows[who]);
-}
-
-interface Msg {
-  text: string;
-  state: string;
-  seq: string;
-  sender: string;
-  mark: string;
-}
-
-/** The messages of the open conversation, as drawn. */
-function messages(): Promise<Msg[]> {
-  return s.execute<Msg[]>(`
-    return [...document.querySelectorAll('[data-testid="message"]')].map((m) => ({
-      text: m.querySelector('[data-testid="message-text"]')?.textContent ?? "",
-      state: m.dataset.state, seq: m.dataset.seq, sender: m.dataset.sender, mark: m.dataset.mark,
-    }));`);
-}
-
-async function status(): Promise<{ state: string; node: string; text: string }> {
-  return s.execute(`
-    const el = document.querySelector('[data-testid="status-line"]');
-    return el ? { state: el.dataset.state, node: el.dataset.node, text: el.textContent } : { state: "", node: "", text: "" };`);
-}
-
-async function waitLive(timeoutMs = 30_000): Promise<string> {
-  return waitFor("the status line to say connected", async () => {
-    const st = await status();
-    return st.state === "live" ? st.node : null;
-  }, timeoutMs);
-}
-
-async function signUp(username: string, deviceName: string): Promise<void> {
-  await s.waitFor('[data-testid="sign-in"]', 60_000);
-  await s.clickOn('[data-testid="tab-register"]');
-  await s.type('[data-testid="username"]', username);
-  await s.type('[data-testid="password"]', PASSWORD);
-  await s.type('[data-testid="device-name"]', deviceName);
-  await s.clickOn('[data-testid="submit"]');
-  await s.waitFor(`[data-testid="chat-screen"][data-user="${username}"][data-ready="true"]`, 30_000);
-  await waitLive();
-}
-
-async function signIn(username: string, deviceName: string): Promise<void> {
-  await s.waitFor('[data-testid="sign-in"]', 60_000);
-  await s.clickOn('[data-testid="tab-login"]');
-  await s.type('[data-testid="username"]', username);
-  await s.type('[data-testid="password"]', PASSWORD);
-  await s.type('[data-testid="device-name"]', deviceName);
-  await s.clickOn('[data-testid="submit"]');
-  await s.waitFor(`[data-testid="chat-screen"][data-user="${username}"][data-ready="true"]`, 30_000);
-  await waitLive();
-}
-
-/** Opens another device window from the menu and switches to it. */
-async function openDeviceWindow(): Promise<string> {
-  const before = await s.windowHandles();
-  await s.clickOn('[data-testid="menu"]');
-  await s.clickOn('[data-testid="menu-open-device"]');
-  const handle = await waitFor("a new window", async () => (await s.windowHandles()).find((w) => !before.includes(w)), 20_000);
-  await s.switchTo(handle);
-  return handle;
-}
-
-async function openConversation(title: string): Promise<void> {
-  await s.clickOn(`[data-testid="conversation"][data-title="${title}"]`);
-  await s.waitFor(`[data-testid="conversation-view"][data-title="${title}"]`);
-}
-
-async function send(text: string): Promise<void> {
-  const box = await s.waitFor('[data-testid="composer"]');
-  await s.empty(box);
-  await s.sendKeys(box, text);
-  await s.sendKeys(box, Keys.Enter);
-}
-
-/** Waits until the open conversation shows `texts` (each exactly once) and all are stored. */
-async function waitForTexts(texts: string[], timeoutMs = 30_000): Promise<Msg[]> {
-  return waitFor(`messages ${JSON.stringify(texts)} stored and shown once each`, async () => {
-    const list = await messages();
-    const ok = texts.every((t) => list.filter((m) => m.text === t && m.state === "sent").length === 1);
-    return ok ? list : null;
-  }, timeoutMs);
 }
 
 /** Every message appears once, and stored messages have distinct, increasing seqs. */
@@ -141,16 +56,6 @@ async function recordStatus(): Promise<void> {
     }).observe(el, { attributes: true });`);
 }
 
-/** Whether a process runs (a zombie waiting to be reaped does not count). */
-function running(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return !/^\d+ \(.*\) Z/.test(stat);
-  } catch {
-    return false;
-  }
-}
-
 const statusLog = () => s.execute<string[]>("return window.__statusLog ?? [];");
 
 // ---------------------------------------------------------------------------------------------
@@ -170,33 +75,30 @@ describe("the desktop app", () => {
   });
 
   it("registers two users, each on a device window of their own", async () => {
-    await signUp("alice", "alice-laptop");
+    await h.register("alice", "alice-laptop");
     await h.screenshot("alice-signed-in");
-    windows.bob = await openDeviceWindow();
-    await signUp("bob", "bob-desktop");
+    windows.bob = await h.openDeviceWindow();
+    await h.register("bob", "bob-desktop");
     await h.screenshot("bob-signed-in");
   });
 
   it("sends a direct message both ways", async () => {
     await on("alice");
-    await s.clickOn('[data-testid="new-chat"]');
-    await s.type('[data-testid="new-chat-username"]', "bob");
-    await s.clickOn('[data-testid="new-chat-start"]');
-    await s.waitFor('[data-testid="conversation-view"][data-title="bob"]');
-    await send("Hi Bob, it's Alice");
-    await waitForTexts(["Hi Bob, it's Alice"]);
+    await h.newChat("bob");
+    await h.send("Hi Bob, it's Alice");
+    await h.waitForTexts(["Hi Bob, it's Alice"]);
 
     await on("bob");
     const row = await s.waitFor('[data-testid="conversation"][data-title="alice"]', 20_000);
     await waitFor("an unread badge for alice's message", async () => (await s.attr(row, "data-unread")) === "1");
     await h.screenshot("bob-unread");
-    await openConversation("alice");
-    await waitForTexts(["Hi Bob, it's Alice"]);
-    await send("Hey Alice! Got it.");
-    await waitForTexts(["Hi Bob, it's Alice", "Hey Alice! Got it."]);
+    await h.openConversation("alice");
+    await h.waitForTexts(["Hi Bob, it's Alice"]);
+    await h.send("Hey Alice! Got it.");
+    await h.waitForTexts(["Hi Bob, it's Alice", "Hey Alice! Got it."]);
 
     await on("alice");
-    const list = await waitForTexts(["Hi Bob, it's Alice", "Hey Alice! Got it."]);
+    const list = await h.waitForTexts(["Hi Bob, it's Alice", "Hey Alice! Got it."]);
     expectNoDoubles(list);
     // Bob has the conversation open in a... background window; read receipts follow focus, so
     // only check that my message carries a mark.
@@ -206,10 +108,10 @@ describe("the desktop app", () => {
 
   it("shows both sides on a second device of the same user", async () => {
     await on("alice");
-    windows.alice2 = await openDeviceWindow();
-    await signIn("alice", "alice-phone");
-    await openConversation("bob");
-    const list = await waitForTexts(["Hi Bob, it's Alice", "Hey Alice! Got it."]);
+    windows.alice2 = await h.openDeviceWindow();
+    await h.signIn("alice", "alice-phone");
+    await h.openConversation("bob");
+    const list = await h.waitForTexts(["Hi Bob, it's Alice", "Hey Alice! Got it."]);
     expectNoDoubles(list);
     // What the first window sent is mine here too.
     expect(list.find((m) => m.text === "Hi Bob, it's Alice")?.sender).toBe("alice");
@@ -217,24 +119,24 @@ describe("the desktop app", () => {
     await h.screenshotWindows("three-devices-side-by-side", [windows.alice, windows.bob, windows.alice2]);
 
     // And what this device sends shows up on the first one.
-    await send("Sent from my second device");
-    await waitForTexts(["Sent from my second device"]);
+    await h.send("Sent from my second device");
+    await h.waitForTexts(["Sent from my second device"]);
     await on("alice");
-    await waitForTexts(["Hi Bob, it's Alice", "Hey Alice! Got it.", "Sent from my second device"]);
+    await h.waitForTexts(["Hi Bob, it's Alice", "Hey Alice! Got it.", "Sent from my second device"]);
   });
 
   it("reconnects to another node when its node is killed, losing and doubling nothing", async () => {
     await on("alice");
-    const node = await waitLive();
+    const node = await h.waitLive();
     const cluster = h.cluster();
     const victim = cluster?.nodes.find((n) => n.id === node);
     expect(victim, `node ${node} in cluster.json`).toBeDefined();
     await recordStatus();
 
     process.kill(victim!.pid, "SIGKILL");
-    await send("Written as my node died");
+    await h.send("Written as my node died");
     const after = await waitFor("the window to be live on another node", async () => {
-      const st = await status();
+      const st = await h.status();
       return st.state === "live" && st.node !== node ? st.node : null;
     }, 45_000);
     const log = await statusLog();
@@ -242,19 +144,18 @@ describe("the desktop app", () => {
     expect(after).not.toBe(node);
 
     const texts = ["Hi Bob, it's Alice", "Hey Alice! Got it.", "Sent from my second device", "Written as my node died"];
-    expectNoDoubles(await waitForTexts(texts));
+    expectNoDoubles(await h.waitForTexts(texts));
     await h.screenshot("resumed-on-another-node");
     await on("bob");
-    expectNoDoubles(await waitForTexts(texts));
+    expectNoDoubles(await h.waitForTexts(texts));
     await on("alice2");
-    expectNoDoubles(await waitForTexts(texts));
+    expectNoDoubles(await h.waitForTexts(texts));
   });
 
   it("sends a message written offline exactly once after reconnecting", async () => {
     await on("alice");
     // Take the whole cluster down from the app's own cluster panel.
-    await s.clickOn('[data-testid="menu"]');
-    await s.clickOn('[data-testid="menu-cluster"]');
+    await h.menu("cluster");
     await s.waitFor('[data-testid="cluster-dialog"]');
     await waitFor("every node killed", async () => {
       // Until the panel's first answer, it has no rows and so no Kill buttons either.
@@ -267,20 +168,19 @@ describe("the desktop app", () => {
     await h.screenshot("cluster-all-killed");
     await s.clickOn('[aria-label="Close"]');
     await waitFor("the window to notice it is offline", async () => {
-      const st = await status();
+      const st = await h.status();
       return st.state !== "live" && st.state !== "resyncing";
     }, 30_000);
 
-    await send("Written while offline");
+    await h.send("Written while offline");
     await waitFor("the offline message to show as pending", async () => {
-      const list = await messages();
+      const list = await h.messages();
       return list.some((m) => m.text === "Written while offline" && m.state === "pending");
     });
-    await waitFor("the status line to count it", async () => (await status()).text.includes("1 waiting to send"));
+    await waitFor("the status line to count it", async () => (await h.status()).text.includes("1 waiting to send"));
     await h.screenshot("offline-pending");
 
-    await s.clickOn('[data-testid="menu"]');
-    await s.clickOn('[data-testid="menu-cluster"]');
+    await h.menu("cluster");
     await waitFor("every node restarted", async () => {
       if ((await s.findAll('[data-testid="node"]')).length < 3) return false;
       const restart = await s.findAll('[data-testid="restart-node"]');
@@ -289,18 +189,18 @@ describe("the desktop app", () => {
       return false;
     }, 60_000);
     await s.clickOn('[aria-label="Close"]');
-    await waitLive(60_000);
+    await h.waitLive(60_000);
 
     const texts = ["Hi Bob, it's Alice", "Hey Alice! Got it.", "Sent from my second device", "Written as my node died", "Written while offline"];
-    expectNoDoubles(await waitForTexts(texts, 60_000));
+    expectNoDoubles(await h.waitForTexts(texts, 60_000));
     await h.screenshot("offline-message-sent");
     await on("bob");
-    await waitLive(60_000);
-    expectNoDoubles(await waitForTexts(texts, 60_000));
+    await h.waitLive(60_000);
+    expectNoDoubles(await h.waitForTexts(texts, 60_000));
     await h.screenshot("bob-after-reconnect");
     await on("alice2");
-    await waitLive(60_000);
-    expectNoDoubles(await waitForTexts(texts, 60_000));
+    await h.waitLive(60_000);
+    expectNoDoubles(await h.waitForTexts(texts, 60_000));
     await h.screenshot("second-device-after-reconnect");
     await h.screenshotWindows("after-outage-side-by-side", [windows.alice, windows.bob, windows.alice2]);
   });

@@ -13,7 +13,6 @@ import { ARTIFACTS, Harness } from "./harness";
 import { encode } from "./png";
 import { Keys, type Session, waitFor } from "./webdriver";
 
-const PASSWORD = "correct horse battery";
 const h = new Harness("features");
 let s: Session;
 const win = { carol: "", dave: "", carol2: "" };
@@ -83,78 +82,27 @@ async function on(who: keyof typeof win): Promise<void> {
   await s.switchTo(win[who]);
 }
 
-const texts = () =>
-  s.execute<string[]>(`return [...document.querySelectorAll('[data-testid="message"]')].map((m) => m.querySelector('[data-testid="message-text"]')?.textContent ?? (m.querySelector('.deleted') ? "(deleted)" : ""));`);
-
-async function waitLive(): Promise<void> {
-  await s.waitFor('[data-testid="status-line"][data-state="live"]', 60_000);
-}
-
-async function register(username: string, device: string): Promise<void> {
-  await s.waitFor('[data-testid="sign-in"]', 60_000);
-  await s.clickOn('[data-testid="tab-register"]');
-  await s.type('[data-testid="username"]', username);
-  await s.type('[data-testid="password"]', PASSWORD);
-  await s.type('[data-testid="device-name"]', device);
-  await s.clickOn('[data-testid="submit"]');
-  await s.waitFor(`[data-testid="chat-screen"][data-user="${username}"][data-ready="true"]`, 30_000);
-  await waitLive();
-}
-
-async function openDeviceWindow(): Promise<string> {
-  const before = await s.windowHandles();
-  await s.clickOn('[data-testid="menu"]');
-  await s.clickOn('[data-testid="menu-open-device"]');
-  const handle = await waitFor("a new window", async () => (await s.windowHandles()).find((w) => !before.includes(w)));
-  await s.switchTo(handle);
-  return handle;
-}
-
-async function send(text: string): Promise<void> {
-  const box = await s.waitFor('[data-testid="composer"]');
-  await s.empty(box);
-  await s.sendKeys(box, text);
-  await s.sendKeys(box, Keys.Enter);
-}
-
-/** Clicks a message's action (reply, edit, delete): they show on hover, so click by script. */
-async function messageAction(text: string, action: string): Promise<void> {
-  await waitFor(`the ${action} button of "${text}"`, () =>
-    s.execute<boolean>(
-      `const m = [...document.querySelectorAll('[data-testid="message"]')].find((m) => m.querySelector('[data-testid="message-text"]')?.textContent === arguments[0]);
-       const b = m?.querySelector('[data-testid="' + arguments[1] + '"]');
-       if (!b) return false; b.click(); return true;`,
-      [text, action],
-    ),
-  );
-}
-
-async function waitText(text: string, timeoutMs = 20_000): Promise<void> {
-  await waitFor(`"${text}" on screen`, async () => (await texts()).includes(text), timeoutMs);
-}
-
 describe("chat features", () => {
   it("creates a room with a member, who sees it appear", async () => {
     s = await h.start();
     win.carol = await s.windowHandle();
     await s.clickOn('[data-testid="start-local"]');
-    await register("carol", "carol-laptop");
-    win.dave = await openDeviceWindow();
-    await register("dave", "dave-desktop");
+    await h.register("carol", "carol-laptop");
+    win.dave = await h.openDeviceWindow();
+    await h.register("dave", "dave-desktop");
 
     await on("carol");
-    await s.clickOn('[data-testid="menu"]');
-    await s.clickOn('[data-testid="menu-new-room"]');
+    await h.menu("new-room");
     await s.type('[data-testid="room-name"]', "general");
     await s.type('[data-testid="new-room-dialog"] input[placeholder="bob, carol"]', "dave");
     await s.clickOn('[data-testid="room-create"]');
     await s.waitFor('[data-testid="conversation-view"][data-title="general"]');
-    await send("Welcome to #general");
-    await waitText("Welcome to #general");
+    await h.send("Welcome to #general");
+    await h.waitText("Welcome to #general");
 
     await on("dave");
     await s.clickOn('[data-testid="conversation"][data-title="general"]', 20_000);
-    await waitText("Welcome to #general");
+    await h.waitText("Welcome to #general");
     // A room shows who wrote what.
     await s.waitFor('[data-testid="message"][data-sender="carol"] .sender');
   });
@@ -170,11 +118,11 @@ describe("chat features", () => {
 
     await on("dave");
     await s.empty(box);
-    await messageAction("Welcome to #general", "reply");
+    await h.messageAction("Welcome to #general", "reply");
     await s.waitFor(".draft-bar");
-    await send("Thanks, glad to be here");
+    await h.send("Thanks, glad to be here");
     await on("carol");
-    await waitText("Thanks, glad to be here");
+    await h.waitText("Thanks, glad to be here");
     await s.waitFor('[data-testid="message"][data-sender="dave"] .quote');
   });
 
@@ -189,28 +137,30 @@ describe("chat features", () => {
     expect(await s.execute<string>("return arguments[0].value;", [box])).toBe("First line\nsecond line");
     await s.sendKeys(box, Keys.Enter);
     await on("carol");
-    await waitText("First line\nsecond line");
+    await h.waitText("First line\nsecond line");
   });
 
   it("edits and deletes, on every device", async () => {
     await on("carol");
-    await send("Meeting at 3pm");
-    await waitText("Meeting at 3pm");
-    await send("This one was a mistake");
-    await waitText("This one was a mistake");
-    await messageAction("Meeting at 3pm", "edit");
+    await h.send("Meeting at 3pm");
+    await h.waitText("Meeting at 3pm");
+    await h.send("This one was a mistake");
+    await h.waitText("This one was a mistake");
+    await h.messageAction("Meeting at 3pm", "edit");
     const box = await s.waitFor('[data-testid="composer"]');
     // The composer switches to editing and takes the message's text; then change it.
     await waitFor("the composer to hold the text to edit", async () => (await s.execute<string>("return arguments[0].value;", [box])) === "Meeting at 3pm");
     await s.empty(box);
     await s.sendKeys(box, "Meeting at 4pm");
     await s.sendKeys(box, Keys.Enter);
-    await messageAction("This one was a mistake", "delete");
+    await h.messageAction("This one was a mistake", "delete");
+    // Deleting asks first; then the message goes (for everyone once the undo time is over).
+    await s.clickOn('[data-testid="confirm-delete"]');
 
     await on("dave");
-    await waitText("Meeting at 4pm");
-    await waitFor("the deleted message to be gone", async () => !(await texts()).includes("This one was a mistake"));
-    expect(await texts()).toContain("(deleted)");
+    await h.waitText("Meeting at 4pm");
+    await waitFor("the deleted message to be gone", async () => !(await h.texts()).includes("This one was a mistake"));
+    expect(await h.texts()).toContain("(deleted)");
     await s.waitFor(".edited");
     await h.screenshot("room-edit-delete-reply");
   });
@@ -218,9 +168,9 @@ describe("chat features", () => {
   it("marks my message read once the other side has seen it", async () => {
     // Dave's window is the focused one (the newest): what it shows, it has read.
     await on("carol");
-    await send("Seen?");
+    await h.send("Seen?");
     await on("dave");
-    await waitText("Seen?");
+    await h.waitText("Seen?");
     await on("carol");
     await waitFor('"Seen?" marked read', () =>
       s.execute<boolean>(
@@ -240,6 +190,9 @@ describe("chat features", () => {
     await on("carol");
     const input = await s.find('[data-testid="file-input"]');
     await s.sendKeys(input, image);
+    // A chosen file waits in the tray, with its preview, until the message is sent.
+    await s.waitFor('[data-testid="tray-item"] [data-testid="tray-preview"]');
+    await s.clickOn('[data-testid="send"]');
     await on("dave");
     const img = await s.waitFor('[data-testid="image"]', 30_000);
     await waitFor("the image to load through the attachment scheme", () =>
@@ -254,6 +207,8 @@ describe("chat features", () => {
 
     await on("carol");
     await s.sendKeys(await s.find('[data-testid="file-input"]'), huge);
+    await s.waitFor('[data-testid="tray-item"]');
+    await s.clickOn('[data-testid="send"]');
     const failed = await s.waitFor('[data-testid="message"][data-state="failed"] .failed-line', 20_000);
     expect(await s.text(failed)).toMatch(/huge\.bin is 26 MiB; this server accepts attachments up to 25 MiB/);
     await h.screenshot("attachments");
@@ -269,30 +224,24 @@ describe("chat features", () => {
       [conv],
     );
     await on("dave");
-    await waitText("history 80", 30_000);
+    await h.waitText("history 80", 30_000);
     // A fresh device gets the latest page only; scrolling up fetches the rest.
-    win.carol2 = await openDeviceWindow();
-    await s.clickOn('[data-testid="tab-login"]');
-    await s.type('[data-testid="username"]', "carol");
-    await s.type('[data-testid="password"]', PASSWORD);
-    await s.type('[data-testid="device-name"]', "carol-tablet");
-    await s.clickOn('[data-testid="submit"]');
-    await waitLive();
+    win.carol2 = await h.openDeviceWindow();
+    await h.signIn("carol", "carol-tablet");
     await s.clickOn('[data-testid="conversation"][data-title="general"]');
-    await waitText("history 80");
-    expect(await texts()).not.toContain("Welcome to #general");
+    await h.waitText("history 80");
+    expect(await h.texts()).not.toContain("Welcome to #general");
     await waitFor("the beginning of the conversation after scrolling up", async () => {
       await s.execute(`document.querySelector('[data-testid="timeline"]').scrollTop = 0;`);
-      return (await texts()).includes("Welcome to #general");
+      return (await h.texts()).includes("Welcome to #general");
     }, 30_000);
-    const all = await texts();
+    const all = await h.texts();
     expect(all.filter((t) => t.startsWith("history ")).length).toBe(80);
   });
 
   it("lists my devices and revokes one, which signs it out", async () => {
     await on("carol");
-    await s.clickOn('[data-testid="menu"]');
-    await s.clickOn('[data-testid="menu-devices"]');
+    await h.menu("devices");
     await waitFor("two devices listed", async () => (await s.findAll('[data-testid="device"]')).length === 2);
     await h.screenshot("devices");
     await s.clickOn('[data-testid="devices-dialog"] button.danger');
@@ -314,11 +263,10 @@ describe("chat features", () => {
     await s.clickOn('[data-testid="leave-room"]');
     await waitFor("the room to leave the list", async () => (await s.findAll('[data-testid="conversation"][data-title="general"]')).length === 0);
 
-    await s.clickOn('[data-testid="menu"]');
-    await s.clickOn('[data-testid="menu-browse-rooms"]');
+    await h.menu("browse-rooms");
     await s.clickOn('[data-testid="browse-rooms-dialog"] [data-testid="join-room"]');
     await s.waitFor('[data-testid="conversation-view"][data-title="general"]');
-    await waitText("history 80");
+    await h.waitText("history 80");
   });
 
   it("remembers the server, the session, the conversations and the window size on the next launch", async () => {
@@ -342,9 +290,9 @@ describe("chat features", () => {
     const size = await s.execute<{ w: number; h: number }>("return { w: window.outerWidth, h: window.outerHeight };");
     expect(Math.abs(size.w - 1000)).toBeLessThan(40);
     expect(Math.abs(size.h - 700)).toBeLessThan(60);
-    await waitLive();
+    await h.waitLive();
     await s.clickOn('[data-testid="conversation"][data-title="general"]');
-    await waitText("history 80");
+    await h.waitText("history 80");
     await h.screenshot("second-launch");
 
     // Memory with one window and a conversation open: the app process itself, WebKit's helper

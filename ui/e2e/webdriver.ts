@@ -76,6 +76,12 @@ export class Session {
   displayed = (el: ElementRef) => this.cmd<boolean>("GET", `/element/${el[ELEMENT]}/displayed`);
   sendKeys = (el: ElementRef, text: string) => this.cmd<null>("POST", `/element/${el[ELEMENT]}/value`, { text });
 
+  /** Moves the mouse pointer over an element (its centre), as a person hovering it would. */
+  hover = (el: ElementRef) =>
+    this.cmd<null>("POST", "/actions", {
+      actions: [{ type: "pointer", id: "mouse", parameters: { pointerType: "mouse" }, actions: [{ type: "pointerMove", duration: 0, origin: el, x: 0, y: 0 }] }],
+    });
+
   /** Runs a script in the page; `arguments` are passed as JSON. */
   execute = <T>(script: string, args: unknown[] = []) => this.cmd<T>("POST", "/execute/sync", { script, args });
   executeAsync = <T>(script: string, args: unknown[] = []) => this.cmd<T>("POST", "/execute/async", { script, args });

@@ -14,6 +14,7 @@ import type {
   MemberInfo,
   MessageId,
   RoomListing,
+  SearchHit,
   Seq,
   ServerChoice,
   ServerInfo,
@@ -62,6 +63,14 @@ export function connect(onEvent: (event: UiEvent) => void): Promise<Snapshot> {
   return call<Snapshot>("connect", { onEvent: channel });
 }
 
+/** Ends this window's wait between reconnection attempts now. */
+export const retryNow = () => call<void>("retry_now");
+/** Sets the window's native title (task bar, window switcher). */
+export const setWindowTitle = (title: string) => call<void>("set_window_title", { title });
+
+/** Shows a native notification. */
+export const notify = (title: string, body: string) => call<void>("notify", { title, body });
+
 export const sendMessage = (conv: ConvId, text: string, replyTo?: MessageId) =>
   call<string>("send_message", { conv, text, replyTo: replyTo ?? null });
 export const editMessage = (conv: ConvId, target: MessageId, text: string) =>
@@ -88,6 +97,8 @@ export async function sendAttachment(conv: ConvId, file: File, caption: string):
   }
 }
 
+/** Opens an http(s) or mailto link outside the app. */
+export const openLink = (url: string) => call<void>("open_link", { url });
 export const saveAttachment = (id: string, name: string) =>
   call<string>("save_attachment", { id, name });
 
@@ -99,6 +110,7 @@ export function attachmentUrl(id: string): string {
 
 export const history = (conv: ConvId, before?: Seq) =>
   call<HistoryView>("history", { conv, before: before ?? null });
+export const searchMessages = (query: string) => call<SearchHit[]>("search_messages", { query });
 export const cachedEvents = (conv: ConvId) => call<ChatEvent[]>("cached_events", { conv });
 export const conversations = () => call<ConversationSummary[]>("conversations");
 export const conversation = (conv: ConvId) => call<ConversationSummary>("conversation", { conv });

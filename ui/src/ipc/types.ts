@@ -154,7 +154,7 @@ export type AppEvent =
   | { type: "server"; state: ServerState }
   | { type: "conversation"; summary: ConversationSummary }
   | { type: "removed"; conv: ConvId }
-  | { type: "users"; users: UserInfo[] }
+  | { type: "members"; conv: ConvId; members: MemberInfo[] }
   | { type: "signed_out"; reason: string };
 
 /** One item of a window's event stream. */
@@ -207,6 +207,12 @@ export interface HistoryView {
   events: ChatEvent[];
   has_more: boolean;
   offline: boolean;
+}
+
+/** A message found by a search; `snippet` marks each match with \u0002 … \u0003. */
+export interface SearchHit {
+  event: ChatEvent;
+  snippet: string;
 }
 
 export interface DeviceInfo {

@@ -161,7 +161,60 @@ describe("receiving", () => {
     expect(items(s)[0]!.text).toBe("changed");
     s = reduce(s, ev({ type: "send_failed", client_id: "e1", code: "forbidden", message: "not yours" }, 50));
     expect(items(s)[0]!.text).toBe("mine");
-    expect(s.notice?.text).toContain("not yours");
+    expect(s.notices[0]?.text).toContain("not yours");
+  });
+
+  it("takes a deleted unread message out of the badge, and shows the message before it", () => {
+    let s = start();
+    s = reduce(s, event(msg(1, BOB.id, "first")));
+    s = reduce(s, event(msg(2, BOB.id, "oops")));
+    expect(s.convs[3]!.unread).toBe(2);
+    s = reduce(s, event({ ...msg(3, BOB.id, ""), body: { type: "delete", target: "9002" } }));
+    expect(s.convs[3]!.unread).toBe(1);
+    expect(s.convs[3]!.last_message?.body).toMatchObject({ text: "first" });
+    // The same for a conversation never opened: the list's last message says whose it was.
+    let t = reduce(initialState(), { type: "snapshot", snapshot: snapshot({ conversations: [dm({ last_seq: 1, unread: 1, last_message: msg(1, BOB.id, "x") })] }) });
+    t = reduce(t, event({ ...msg(2, BOB.id, ""), body: { type: "delete", target: "9001" } }));
+    expect(t.convs[3]!.unread).toBe(0);
+  });
+
+  it("hides a message I delete until the delete is sent, and brings it back on undo", () => {
+    let s = start();
+    s = reduce(s, event({ ...msg(1, ME.id, "keep me"), body: { type: "message", kind: "text", text: "keep me", reply_to: "1" } }));
+    s = reduce(s, { type: "hide", conv: 3, target: "9001" });
+    expect(items(s)[0]).toMatchObject({ deleted: true, text: "" });
+    // A page of history arriving meanwhile does not bring it back.
+    s = reduce(s, { type: "history", conv: 3, events: [msg(1, ME.id, "keep me")], hasMore: false, older: false, offline: false });
+    expect(items(s)[0]!.deleted).toBe(true);
+    s = reduce(s, { type: "unhide", target: "9001" });
+    expect(items(s)[0]).toMatchObject({ deleted: false, text: "keep me" });
+    expect(s.hidden).toEqual({});
+  });
+
+  it("says when the window moved to another node, and how much it caught up", () => {
+    let s = start();
+    const status = (st: Record<string, unknown>) => ev({ type: "status", ...st } as UiEvent);
+    s = reduce(s, status({ status: "resyncing", node: "n1" }));
+    s = reduce(s, status({ status: "live", node: "n1" }));
+    expect(s.notices).toEqual([]);
+    s = reduce(s, status({ status: "reconnecting", attempt: 1, in_ms: 0, reason: { kind: "lost", node: "n1", message: "reset" } }));
+    s = reduce(s, status({ status: "connecting" }));
+    s = reduce(s, status({ status: "resyncing", node: "n2" }));
+    s = reduce(s, event(msg(1, BOB.id, "while away")));
+    s = reduce(s, event(msg(2, BOB.id, "and this")));
+    s = reduce(s, status({ status: "live", node: "n2" }));
+    expect(s.notices.map((n) => n.text)).toEqual(["Moved n1 → n2 · 2 messages caught up"]);
+    s = reduce(s, { type: "notices_shown" });
+    // Back on the same node: nothing to say.
+    s = reduce(s, status({ status: "resyncing", node: "n2" }));
+    s = reduce(s, status({ status: "live", node: "n2" }));
+    expect(s.notices).toEqual([]);
+  });
+
+  it("learns a new contact's presence from the member list", () => {
+    let s = start();
+    s = reduce(s, ev({ type: "members", conv: 3, members: [{ user: BOB, read_seq: 0, online: true, joined_seq: 1 }] }));
+    expect(s.online[BOB.id]).toBe(true);
   });
 
   it("tracks the peer's read position for receipts", () => {

@@ -8,6 +8,7 @@
 // - A pending message is replaced by its stored event when the event arrives (matched by the
 //   client id), whether its ack came first or not: nothing shows twice.
 
+import { mentioned } from "./markup";
 import type {
   Attachment,
   ChatEvent,
@@ -77,7 +78,7 @@ export interface Timeline {
 export interface PendingChange {
   conv: ConvId;
   target: MessageId;
-  previous: { text: string; deleted: boolean; editedAt?: Millis };
+  previous: { text: string; deleted: boolean; editedAt?: Millis; attachment?: Attachment };
 }
 
 export interface ChatState {
@@ -94,10 +95,31 @@ export interface ChatState {
   timelines: Record<ConvId, Timeline>;
   selected: ConvId | null;
   changes: Record<string, PendingChange>;
-  /** A short message for a toast (a refused edit...). */
-  notice: { text: string; at: Millis } | null;
+  /** Messages deleted here and not yet sent as deletes (they can still be undone). */
+  hidden: Record<MessageId, PendingChange>;
+  /** Short messages for toasts (a refused edit, a move to another node...), oldest first. */
+  notices: Notice[];
+  /** Where this window's connection has been: to tell a move to another node. */
+  link: Link;
+  /** Unread messages that mention me, per conversation (an "@" in the list). */
+  mentions: Record<ConvId, number>;
+  /** A message to bring into view and mark (a search hit, a quote clicked), once loaded. */
+  focus: { conv: ConvId; seq: Seq } | null;
   /** Set when the session ended (revoked, token refused). */
   signedOut: string | null;
+}
+
+export interface Notice {
+  text: string;
+  tone: "info" | "error";
+  at: Millis;
+}
+
+/** The node this window was last live on, and the resync under way, if any. */
+export interface Link {
+  lastNode: string | null;
+  /** Since `resyncing`: the node left, the node reached, and the messages caught up. */
+  resync: { from: string | null; to: string; caught: number } | null;
 }
 
 export type Action =
@@ -117,8 +139,11 @@ export type Action =
   | { type: "members"; conv: ConvId; members: MemberInfo[] }
   | { type: "conversation"; summary: ConversationSummary }
   | { type: "marked_read"; conv: ConvId; seq: Seq }
+  | { type: "focus"; conv: ConvId; seq: Seq | null }
+  | { type: "hide"; conv: ConvId; target: MessageId }
+  | { type: "unhide"; target: MessageId }
   | { type: "tick"; now: Millis }
-  | { type: "dismiss_notice" };
+  | { type: "notices_shown" };
 
 export function initialState(): ChatState {
   return {
@@ -134,7 +159,11 @@ export function initialState(): ChatState {
     timelines: {},
     selected: null,
     changes: {},
-    notice: null,
+    hidden: {},
+    notices: [],
+    link: { lastNode: null, resync: null },
+    focus: null,
+    mentions: {},
     signedOut: null,
   };
 }
@@ -313,8 +342,34 @@ function unreadFrom(s: ChatState, conv: ConvId, readSeq: Seq, fallback: number):
   return stored.filter((it) => it.kind === "message" && it.seq! > readSeq && it.sender !== s.me!.id && !it.deleted).length;
 }
 
+/** A timeline message as the event a summary's `last_message` holds. */
+function eventOf(it: Item): ChatEvent {
+  return {
+    conv: it.conv,
+    seq: it.seq ?? 0,
+    id: it.id ?? "",
+    at: it.at,
+    sender: it.sender,
+    body: { type: "message", kind: it.msgKind, text: it.text, attachment: it.attachment, reply_to: it.replyTo, edited_at: it.editedAt },
+  };
+}
+
+/** Whether deleting `target` takes an unread message away: someone else's, after my read
+ * position, not already deleted. Known from the timeline, or from the list's last message. */
+function deletesUnread(s: ChatState, conv: ConvId, target: MessageId): boolean {
+  const c = s.convs[conv];
+  if (!c || !s.me) return false;
+  const known = s.timelines[conv]?.items.find((it) => it.id === target);
+  const last = c.last_message?.id === target ? c.last_message : undefined;
+  const sender = known?.sender ?? last?.sender;
+  const seq = known?.seq ?? last?.seq;
+  const deleted = known ? known.deleted && !s.hidden[target] : last?.body.type === "message" && last.body.deleted === true;
+  return sender !== undefined && sender !== s.me.id && seq !== undefined && seq !== null && seq > c.read_seq && !deleted;
+}
+
 function onChatEvent(s: ChatState, e: ChatEvent): ChatState {
   let next = s;
+  const unreadGone = e.body.type === "delete" && deletesUnread(s, e.conv, e.body.target);
   const t = s.timelines[e.conv];
   if (t) next = withTimeline(next, e.conv, mergeEvent(t, e));
   const c = next.convs[e.conv];
@@ -335,16 +390,37 @@ function onChatEvent(s: ChatState, e: ChatEvent): ChatState {
     };
   }
   const cc = next.convs[e.conv];
-  if (cc && cc.last_message && (e.body.type === "edit" || e.body.type === "delete") && cc.last_message.id === e.body.target) {
-    // Keep the list's preview in step with an edit or delete of the last message.
-    const c = cc;
-    const lm = cc.last_message;
+  if (cc && unreadGone) {
+    next = { ...next, convs: { ...next.convs, [e.conv]: { ...cc, unread: Math.max(0, cc.unread - 1) } } };
+  }
+  const c2 = next.convs[e.conv];
+  if (c2 && c2.last_message && (e.body.type === "edit" || e.body.type === "delete") && c2.last_message.id === e.body.target) {
+    // Keep the list's preview in step with an edit or delete of the last message: after a
+    // delete it shows the message before, when this window has it.
+    const lm = c2.last_message;
     if (lm.body.type === "message") {
-      const body = e.body.type === "edit"
-        ? { ...lm.body, text: e.body.text, edited_at: e.at }
-        : { ...lm.body, text: "", attachment: undefined, deleted: true };
-      next = { ...next, convs: { ...next.convs, [e.conv]: { ...c, last_message: { ...lm, body } } } };
+      const items = next.timelines[e.conv]?.items ?? [];
+      const before = [...items].reverse().find((it) => it.kind === "message" && it.seq !== null && !it.deleted && it.seq < lm.seq);
+      const last =
+        e.body.type === "edit"
+          ? { ...lm, body: { ...lm.body, text: e.body.text, edited_at: e.at } }
+          : before
+            ? eventOf(before)
+            : { ...lm, body: { ...lm.body, text: "", attachment: undefined, deleted: true } };
+      next = { ...next, convs: { ...next.convs, [e.conv]: { ...c2, last_message: last } } };
     }
+  }
+  if (e.body.type === "delete" && next.hidden[e.body.target]) {
+    // Deleted for good (from another device, or this one's delete came back).
+    const hidden = { ...next.hidden };
+    delete hidden[e.body.target];
+    next = { ...next, hidden };
+  }
+  if (e.body.type === "message" && next.me && e.sender !== next.me.id && !e.body.deleted && e.seq > (next.convs[e.conv]?.read_seq ?? 0) && mentioned(e.body.text).includes(next.me.username)) {
+    next = { ...next, mentions: { ...next.mentions, [e.conv]: (next.mentions[e.conv] ?? 0) + 1 } };
+  }
+  if (next.link.resync && e.body.type === "message") {
+    next = { ...next, link: { ...next.link, resync: { ...next.link.resync, caught: next.link.resync.caught + 1 } } };
   }
   if (e.body.type === "message" && next.typing[e.conv]?.[e.sender] !== undefined) {
     const typing = { ...next.typing[e.conv] };
@@ -354,12 +430,53 @@ function onChatEvent(s: ChatState, e: ChatEvent): ChatState {
   return next;
 }
 
+/** Follows the connection: a window that was live on one node and is live again on another
+ * gets a notice saying so, with how many messages it caught up on the way. */
+function onStatus(s: ChatState, status: Status, now: Millis): ChatState {
+  let link = s.link;
+  let notices = s.notices;
+  if (status.status === "resyncing") {
+    link = { ...link, resync: { from: link.lastNode, to: status.node, caught: 0 } };
+  } else if (status.status === "live") {
+    const r = link.resync;
+    if (r && r.from !== null && r.from !== status.node) {
+      const caught = r.caught === 0 ? "nothing missed" : `${r.caught} message${r.caught === 1 ? "" : "s"} caught up`;
+      notices = [...notices, { text: `Moved ${r.from} → ${status.node} · ${caught}`, tone: "info", at: now }];
+    }
+    link = { lastNode: status.node, resync: null };
+  } else if (link.resync) {
+    link = { ...link, resync: null };
+  }
+  return { ...s, status, link, notices };
+}
+
+/** A member list: names, other members' read positions, everyone's presence. */
+function withMembers(s: ChatState, conv: ConvId, members: MemberInfo[]): ChatState {
+  const t = timeline(s, conv);
+  const readers = { ...t.readers };
+  const online = { ...s.online };
+  for (const m of members) {
+    if (s.me && m.user.id === s.me.id) continue;
+    readers[m.user.id] = Math.max(readers[m.user.id] ?? 0, m.read_seq);
+    online[m.user.id] = m.online;
+  }
+  return addUsers(withTimeline({ ...s, online }, conv, { ...t, readers }), members.map((m) => m.user));
+}
+
+/** Messages hidden here (a delete that can still be undone) stay hidden whatever a page says. */
+function keepHidden(s: ChatState, conv: ConvId): ChatState {
+  const ids = Object.keys(s.hidden);
+  if (ids.length === 0) return s;
+  return updateItems(s, conv, (it) => (it.id !== null && s.hidden[it.id] ? { ...it, text: "", attachment: undefined, deleted: true } : it));
+}
+
 function onRead(s: ChatState, conv: ConvId, user: UserId, seq: Seq): ChatState {
   const c = s.convs[conv];
   if (s.me && user === s.me.id) {
     if (!c || seq <= c.read_seq) return s;
     const unread = seq >= c.last_seq ? 0 : unreadFrom(s, conv, seq, Math.min(c.unread, c.last_seq - seq));
-    return { ...s, convs: { ...s.convs, [conv]: { ...c, read_seq: seq, unread } } };
+    const mentions = unread === 0 && s.mentions[conv] ? { ...s.mentions, [conv]: 0 } : s.mentions;
+    return { ...s, mentions, convs: { ...s.convs, [conv]: { ...c, read_seq: seq, unread } } };
   }
   let next = s;
   if (c && c.kind === "direct" && c.peer?.id === user && seq > (c.peer_read_seq ?? 0)) {
@@ -376,7 +493,7 @@ function onUiEvent(s: ChatState, ev: UiEvent, now: Millis): ChatState {
   switch (ev.type) {
     case "status": {
       const { type: _t, ...status } = ev;
-      return { ...s, status: status as Status };
+      return onStatus(s, status as Status, now);
     }
     case "welcome": {
       const next = setConversations({ ...s, me: ev.user, device: ev.device }, ev.conversations);
@@ -409,7 +526,7 @@ function onUiEvent(s: ChatState, ev: UiEvent, now: Millis): ChatState {
         const next = updateItems({ ...s, changes }, change.conv, (it) =>
           it.id === change.target ? { ...it, ...change.previous } : it,
         );
-        return { ...next, notice: { text: `Not changed: ${ev.message}`, at: now } };
+        return { ...next, notices: [...next.notices, { text: `Not changed: ${ev.message}`, tone: "error", at: now }] };
       }
       let next = s;
       for (const conv of Object.keys(s.timelines).map(Number)) {
@@ -441,8 +558,8 @@ function onUiEvent(s: ChatState, ev: UiEvent, now: Millis): ChatState {
       delete timelines[ev.conv];
       return { ...s, convs, timelines, selected: s.selected === ev.conv ? null : s.selected };
     }
-    case "users":
-      return addUsers(s, ev.users);
+    case "members":
+      return withMembers(s, ev.conv, ev.members);
     case "signed_out":
       return { ...s, signedOut: ev.reason };
     case "server_error":
@@ -477,13 +594,13 @@ export function reduce(s: ChatState, a: Action): ChatState {
     case "cached": {
       const t = timeline(s, a.conv);
       if (t.loaded) return s;
-      return withTimeline(s, a.conv, mergeAll(t, a.events));
+      return keepHidden(withTimeline(s, a.conv, mergeAll(t, a.events)), a.conv);
     }
     case "history": {
       const t = timeline(s, a.conv);
       const merged = mergeAll(t, a.events);
       const hasMore = a.older || !t.loaded ? a.hasMore : t.hasMore;
-      return withTimeline(s, a.conv, { ...merged, hasMore, loaded: true, loadingOlder: false, offline: a.offline });
+      return keepHidden(withTimeline(s, a.conv, { ...merged, hasMore, loaded: true, loadingOlder: false, offline: a.offline }), a.conv);
     }
     case "loading_older":
       return withTimeline(s, a.conv, { ...timeline(s, a.conv), loadingOlder: a.loading });
@@ -527,12 +644,15 @@ export function reduce(s: ChatState, a: Action): ChatState {
       const t = s.timelines[a.conv];
       const target = t?.items.find((it) => it.id === a.target);
       if (!target) return s;
-      const change: PendingChange = {
+      // A delete that was hidden first remembers the message as it was before hiding.
+      const change: PendingChange = s.hidden[a.target] ?? {
         conv: a.conv,
         target: a.target,
-        previous: { text: target.text, deleted: target.deleted, editedAt: target.editedAt },
+        previous: { text: target.text, deleted: target.deleted, editedAt: target.editedAt, attachment: target.attachment },
       };
-      const next = updateItems({ ...s, changes: { ...s.changes, [a.clientId]: change } }, a.conv, (it) =>
+      const hidden = { ...s.hidden };
+      delete hidden[a.target];
+      const next = updateItems({ ...s, hidden, changes: { ...s.changes, [a.clientId]: change } }, a.conv, (it) =>
         it.id !== a.target
           ? it
           : a.type === "local_edit"
@@ -541,19 +661,31 @@ export function reduce(s: ChatState, a: Action): ChatState {
       );
       return next;
     }
+    case "focus":
+      return { ...s, focus: a.seq === null ? null : { conv: a.conv, seq: a.seq } };
+    case "hide": {
+      const target = s.timelines[a.conv]?.items.find((it) => it.id === a.target);
+      if (!target || s.hidden[a.target]) return s;
+      const change: PendingChange = {
+        conv: a.conv,
+        target: a.target,
+        previous: { text: target.text, deleted: target.deleted, editedAt: target.editedAt, attachment: target.attachment },
+      };
+      return updateItems({ ...s, hidden: { ...s.hidden, [a.target]: change } }, a.conv, (it) =>
+        it.id === a.target ? { ...it, text: "", attachment: undefined, deleted: true } : it,
+      );
+    }
+    case "unhide": {
+      const change = s.hidden[a.target];
+      if (!change) return s;
+      const hidden = { ...s.hidden };
+      delete hidden[a.target];
+      return updateItems({ ...s, hidden }, change.conv, (it) => (it.id === a.target ? { ...it, ...change.previous } : it));
+    }
     case "select":
       return { ...s, selected: a.conv };
-    case "members": {
-      const t = timeline(s, a.conv);
-      const readers = { ...t.readers };
-      const online = { ...s.online };
-      for (const m of a.members) {
-        if (s.me && m.user.id === s.me.id) continue;
-        readers[m.user.id] = Math.max(readers[m.user.id] ?? 0, m.read_seq);
-        online[m.user.id] = m.online;
-      }
-      return addUsers(withTimeline({ ...s, online }, a.conv, { ...t, readers }), a.members.map((m) => m.user));
-    }
+    case "members":
+      return withMembers(s, a.conv, a.members);
     case "conversation":
       return addUsers({ ...s, convs: { ...s.convs, [a.summary.id]: a.summary } }, usersOf([a.summary]));
     case "marked_read":
@@ -571,7 +703,7 @@ export function reduce(s: ChatState, a: Action): ChatState {
       }
       return changed ? { ...s, typing } : s;
     }
-    case "dismiss_notice":
-      return { ...s, notice: null };
+    case "notices_shown":
+      return { ...s, notices: [] };
   }
 }

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import type { ChatEvent, ConversationSummary } from "../ipc/types";
 import { initialState, reduce } from "./chat";
-import { mark, peerOnline, preview, processRuns, rows, sortedConversations, statusLine, typingLine } from "./view";
+import { mark, mentionCandidates, peerOnline, preview, processRuns, rows, snippetParts, sortedConversations, statusLine, typingLine } from "./view";
 import { fileSize, initials } from "./format";
 
 const ME = { id: 1, username: "alice" };
@@ -87,6 +87,33 @@ describe("timeline rows", () => {
     expect(b).toMatchObject({ first: true, last: false });
     expect(c).toMatchObject({ first: false, last: true });
     expect(d).toMatchObject({ mine: true, first: true });
+  });
+
+  it("puts the new-messages line before the first unread message from someone else", () => {
+    const now = new Date(2025, 0, 10, 12).getTime();
+    const s = reduce(state([conv(3, 0)]), { type: "history", conv: 3, events: [msg(1, 2, "a", now), msg(2, 1, "mine", now), msg(3, 2, "b", now), msg(4, 2, "c", now)], hasMore: false, older: false, offline: false });
+    const r = rows(s, s.timelines[3]!.items, now, 2);
+    expect(r.map((x) => x.type)).toEqual(["day", "message", "message", "unread", "message", "message"]);
+    expect(r[4]).toMatchObject({ first: true });
+    expect(rows(s, s.timelines[3]!.items, now, null).some((x) => x.type === "unread")).toBe(false);
+  });
+});
+
+describe("search and mentions", () => {
+  it("splits a snippet into plain and matched runs", () => {
+    expect(snippetParts("…the \u0002caf\u0003é is \u0002open\u0003")).toEqual([
+      { text: "…the ", match: false },
+      { text: "caf", match: true },
+      { text: "é is ", match: false },
+      { text: "open", match: true },
+    ]);
+  });
+
+  it("offers the room's other members by prefix", () => {
+    let s = state([conv(3, 0)]);
+    s = reduce(s, { type: "members", conv: 3, members: [1, 2, 3].map((id) => ({ user: { id, username: ["alice", "bob", "bea"][id - 1]! }, read_seq: 0, online: true, joined_seq: 1 })) });
+    expect(mentionCandidates(s, s.convs[3]!, "b").map((u) => u.username)).toEqual(["bea", "bob"]);
+    expect(mentionCandidates(s, s.convs[3]!, "a")).toEqual([]);
   });
 });
 

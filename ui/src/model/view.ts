@@ -2,7 +2,7 @@
 // previews, the status line, timeline rows with day separators and sender groups, read marks,
 // typing lines. Pure functions, unit-tested.
 
-import type { ChatEvent, ConvId, ConversationSummary, Millis, NodeView, ServerState, Status, UserId } from "../ipc/types";
+import type { ChatEvent, ConvId, ConversationSummary, Millis, NodeView, Seq, ServerState, Status, UserId, UserInfo } from "../ipc/types";
 import type { ChatState, Item } from "./chat";
 import { dayLabel, fileSize } from "./format";
 
@@ -158,6 +158,7 @@ export function waitingCount(s: ChatState): number {
 
 export type Row =
   | { type: "day"; key: string; label: string }
+  | { type: "unread"; key: string }
   | { type: "system"; key: string; text: string }
   | { type: "message"; key: string; item: Item; mine: boolean; first: boolean; last: boolean };
 
@@ -180,12 +181,14 @@ function systemText(s: ChatState, it: Item): string {
   }
 }
 
-/** Rows to draw: a day separator when the day changes, membership lines, and messages grouped
- * by sender (a name on the first of a group, a time on the last). */
-export function rows(s: ChatState, items: Item[], now: Millis = Date.now()): Row[] {
+/** Rows to draw: a day separator when the day changes, membership lines, messages grouped
+ * by sender (a name on the first of a group, a time on the last), and a "new messages" line
+ * before the first message from someone else at or after `unreadFrom`. */
+export function rows(s: ChatState, items: Item[], now: Millis = Date.now(), unreadFrom: Seq | null = null): Row[] {
   const out: Row[] = [];
   const me = s.me?.id;
   let lastDay = "";
+  let divided = unreadFrom === null;
   for (let i = 0; i < items.length; i++) {
     const it = items[i]!;
     const day = dayLabel(it.at, now);
@@ -197,6 +200,11 @@ export function rows(s: ChatState, items: Item[], now: Millis = Date.now()): Row
       out.push({ type: "system", key: it.key, text: systemText(s, it) });
       continue;
     }
+    let dividedHere = false;
+    if (!divided && it.seq !== null && it.seq >= unreadFrom! && it.sender !== me) {
+      out.push({ type: "unread", key: "unread" });
+      divided = dividedHere = true;
+    }
     const prev = items[i - 1];
     const next = items[i + 1];
     const joins = (a: Item | undefined, b: Item) =>
@@ -206,7 +214,7 @@ export function rows(s: ChatState, items: Item[], now: Millis = Date.now()): Row
       key: it.key,
       item: it,
       mine: it.sender === me,
-      first: !joins(prev, it),
+      first: dividedHere || !joins(prev, it),
       last: next === undefined || !joins(it, next),
     });
   }
@@ -247,6 +255,20 @@ export function quote(s: ChatState, conv: ConvId, id: string): { who: string; te
   return { who: userName(s, it.sender), text };
 }
 
+/** People to offer after "@": the other side of a direct conversation, or the room's members
+ * this window knows, whose names start with `prefix`; never me. */
+export function mentionCandidates(s: ChatState, c: ConversationSummary, prefix: string, max = 6): UserInfo[] {
+  const ids = new Set<UserId>();
+  if (c.peer) ids.add(c.peer.id);
+  for (const id of Object.keys(s.timelines[c.id]?.readers ?? {})) ids.add(Number(id));
+  return [...ids]
+    .filter((id) => id !== s.me?.id)
+    .map((id) => ({ id, username: userName(s, id) }))
+    .filter((u) => u.username.toLowerCase().startsWith(prefix))
+    .sort((a, b) => a.username.localeCompare(b.username))
+    .slice(0, max);
+}
+
 /** Text for an attachment chip: name and size. */
 export function attachmentLabel(a: { name: string; size: number }): string {
   return `${a.name} · ${fileSize(a.size)}`;
@@ -267,4 +289,26 @@ export function lastSeq(items: Item[]): number {
 /** Whether a node's process still runs (the panel offers Kill), or has ended (Restart). */
 export function processRuns(state: NodeView["state"]): boolean {
   return state === "live" || state === "draining" || state === "starting" || state === "paused";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Search
+
+/** A search hit's snippet as runs of text, `match` set on the words that matched (the cache
+ * marks them with \u0002 … \u0003; nothing here is ever treated as markup). */
+export function snippetParts(snippet: string): { text: string; match: boolean }[] {
+  const parts: { text: string; match: boolean }[] = [];
+  let match = false;
+  let run = "";
+  for (const ch of snippet) {
+    if (ch === "\u0002" || ch === "\u0003") {
+      if (run) parts.push({ text: run, match });
+      run = "";
+      match = ch === "\u0002";
+    } else {
+      run += ch;
+    }
+  }
+  if (run) parts.push({ text: run, match });
+  return parts;
 }

@@ -2,18 +2,11 @@
 // sign-in screen, or the chat. Each window is a device; this component does not care which.
 
 import { useEffect, useState } from "preact/hooks";
-import * as api from "../ipc/commands";
-import type { Boot, ServerState, SessionView } from "../ipc/types";
+import type { ServerState } from "../ipc/types";
+import { firstScreen, type Screen, sentence } from "../model/session";
 import { ChatScreen } from "./ChatScreen";
 import { FirstRun } from "./FirstRun";
 import { SignIn } from "./SignIn";
-
-type Screen =
-  | { name: "loading" }
-  | { name: "first_run"; boot: Boot }
-  | { name: "waiting_for_main"; boot: Boot }
-  | { name: "sign_in"; boot: Boot; notice: string | null }
-  | { name: "chat"; boot: Boot; session: SessionView };
 
 export function App() {
   const [screen, setScreen] = useState<Screen>({ name: "loading" });
@@ -21,16 +14,9 @@ export function App() {
 
   const load = async (notice: string | null = null) => {
     try {
-      const boot = await api.bootstrap();
-      if (boot.server.phase === "unset") {
-        setScreen(boot.main ? { name: "first_run", boot } : { name: "waiting_for_main", boot });
-      } else if (boot.session) {
-        setScreen({ name: "chat", boot, session: boot.session });
-      } else {
-        setScreen({ name: "sign_in", boot, notice });
-      }
+      setScreen(await firstScreen(notice));
     } catch (e) {
-      setFatal(api.toAppError(e).message);
+      setFatal(sentence(e));
     }
   };
 
@@ -78,6 +64,6 @@ export function App() {
         />
       );
     case "chat":
-      return <ChatScreen boot={screen.boot} onSignedOut={(reason) => void load(reason)} />;
+      return <ChatScreen onSignedOut={(reason) => void load(reason)} />;
   }
 }

@@ -1,45 +1,62 @@
 // Writing: Enter sends, Shift+Enter breaks the line, Escape cancels a reply or an edit, Up edits
-// my last message. Attach a file with the clip, by pasting, or by dropping it on the window.
-// Tells the others I am typing (at most every 2 s), and that I stopped: after 4 s of quiet, on
-// sending, on emptying the box, or on leaving the conversation.
+// my last message. Files (the clip, pasting, or dropping them on the window) wait in a tray
+// with a preview until the message is sent; the text goes with a single file as its caption.
+// Typing "@" offers the conversation's members. Tells the others I am typing (at most every
+// 2 s), and that I stopped: after 4 s of quiet, on sending, on emptying the box, on leaving.
 
 import { useEffect, useRef, useState } from "preact/hooks";
-import * as api from "../ipc/commands";
-import type { ConversationSummary, MessageId } from "../ipc/types";
+import type { ConversationSummary } from "../ipc/types";
 import type { ChatState, Item } from "../model/chat";
-import { quote } from "../model/view";
-import type { Actions } from "./ChatScreen";
-import { AttachIcon, CloseIcon, EditIcon, ReplyIcon, SendIcon } from "./icons";
+import type { ChatController } from "../model/controller";
+import { fileSize } from "../model/format";
+import { mentionCandidates, quote } from "../model/view";
+import { Avatar } from "./common";
+import { AttachIcon, CloseIcon, EditIcon, FileIcon, ReplyIcon, SendIcon } from "./icons";
 
 export type Draft = { mode: "new" } | { mode: "reply"; item: Item } | { mode: "edit"; item: Item };
 
 const TYPING_EVERY_MS = 2000;
 const TYPING_IDLE_MS = 4000;
 
+/** A file waiting to be sent, with a preview for images. */
+interface Pending {
+  key: number;
+  file: File;
+  preview: string | null;
+}
+
 interface Props {
   conv: ConversationSummary;
   state: ChatState;
   draft: Draft;
   setDraft: (d: Draft) => void;
-  onSend: (text: string, replyTo?: MessageId) => Promise<void>;
-  onEdit: (target: MessageId, text: string) => Promise<void>;
-  onUpload: (file: File, caption: string) => void;
-  actions: Actions;
+  chat: ChatController;
 }
 
-export function Composer({ conv, state, draft, setDraft, onSend, onEdit, onUpload }: Props) {
+/** The "@name" being typed just before the caret, if any. */
+function mentionAt(text: string, caret: number): { start: number; prefix: string } | null {
+  const m = /(^|\s)@([a-z0-9_.-]*)$/i.exec(text.slice(0, caret));
+  return m ? { start: caret - m[2]!.length - 1, prefix: m[2]!.toLowerCase() } : null;
+}
+
+export function Composer({ conv, state, draft, setDraft, chat }: Props) {
   const [text, setText] = useState("");
+  const [tray, setTray] = useState<Pending[]>([]);
+  const [caret, setCaret] = useState(0);
+  const [pick, setPick] = useState(0);
+  const [dragging, setDragging] = useState(false);
   const area = useRef<HTMLTextAreaElement>(null);
   const fileInput = useRef<HTMLInputElement>(null);
   const typingSent = useRef(0);
   const idle = useRef<number | undefined>(undefined);
   const savedText = useRef("");
+  const nextKey = useRef(1);
 
   const stopTyping = () => {
     window.clearTimeout(idle.current);
     if (typingSent.current > 0) {
       typingSent.current = 0;
-      api.typing(conv.id, false).catch(() => undefined);
+      chat.typing(conv.id, false);
     }
   };
 
@@ -64,17 +81,37 @@ export function Composer({ conv, state, draft, setDraft, onSend, onEdit, onUploa
     el.style.height = `${Math.min(el.scrollHeight, 200)}px`;
   }, [text]);
 
-  const onInput = (value: string) => {
+  // Previews are object URLs: give them back when their file leaves the tray.
+  const trayRef = useRef(tray);
+  trayRef.current = tray;
+  useEffect(() => () => trayRef.current.forEach((p) => p.preview && URL.revokeObjectURL(p.preview)), []);
+
+  const mention = draft.mode === "edit" ? null : mentionAt(text, caret);
+  const candidates = mention ? mentionCandidates(state, conv, mention.prefix) : [];
+
+  const onInput = (value: string, at: number) => {
     setText(value);
+    setCaret(at);
+    setPick(0);
     if (draft.mode === "edit") return;
     const now = Date.now();
     if (value.trim() && now - typingSent.current > TYPING_EVERY_MS) {
       typingSent.current = now;
-      api.typing(conv.id, true).catch(() => undefined);
+      chat.typing(conv.id, true);
     }
     window.clearTimeout(idle.current);
     idle.current = window.setTimeout(stopTyping, TYPING_IDLE_MS);
     if (!value.trim()) stopTyping();
+  };
+
+  const complete = (username: string) => {
+    if (!mention) return;
+    const next = `${text.slice(0, mention.start)}@${username} ${text.slice(caret)}`;
+    const at = mention.start + username.length + 2;
+    setText(next);
+    setCaret(at);
+    requestAnimationFrame(() => area.current?.setSelectionRange(at, at));
+    area.current?.focus();
   };
 
   const cancel = () => {
@@ -82,17 +119,43 @@ export function Composer({ conv, state, draft, setDraft, onSend, onEdit, onUploa
     setDraft({ mode: "new" });
   };
 
+  const addFiles = (list: FileList | File[] | null | undefined) => {
+    if (!list || draft.mode === "edit") return;
+    const added = Array.from(list).map((file) => ({
+      key: nextKey.current++,
+      file,
+      preview: file.type.startsWith("image/") ? URL.createObjectURL(file) : null,
+    }));
+    if (added.length > 0) setTray((t) => [...t, ...added]);
+    area.current?.focus();
+  };
+
+  const removeFile = (key: number) => {
+    setTray((t) => {
+      const gone = t.find((p) => p.key === key);
+      if (gone?.preview) URL.revokeObjectURL(gone.preview);
+      return t.filter((p) => p.key !== key);
+    });
+  };
+
   const submit = async () => {
     const value = text.trim();
-    if (!value) return;
+    if (!value && tray.length === 0) return;
     stopTyping();
     try {
       if (draft.mode === "edit") {
-        if (draft.item.id && value !== draft.item.text) await onEdit(draft.item.id, value);
+        if (draft.item.id && value && value !== draft.item.text) await chat.edit(conv.id, draft.item.id, value);
         setText(savedText.current);
       } else {
+        const files = tray;
         setText("");
-        await onSend(value, draft.mode === "reply" ? (draft.item.id ?? undefined) : undefined);
+        setTray([]);
+        // One file carries the text as its caption; with several, the text goes first.
+        const caption = files.length === 1 ? value : "";
+        if (value && files.length !== 1) await chat.send(conv.id, value, draft.mode === "reply" ? (draft.item.id ?? undefined) : undefined);
+        for (const p of files) {
+          void chat.upload(conv.id, p.file, caption).finally(() => p.preview && URL.revokeObjectURL(p.preview));
+        }
       }
       setDraft({ mode: "new" });
     } catch {
@@ -102,12 +165,32 @@ export function Composer({ conv, state, draft, setDraft, onSend, onEdit, onUploa
   };
 
   const onKeyDown = (e: KeyboardEvent) => {
+    if (candidates.length > 0) {
+      if (e.key === "ArrowDown" || e.key === "ArrowUp") {
+        e.preventDefault();
+        setPick((p) => (p + (e.key === "ArrowDown" ? 1 : candidates.length - 1)) % candidates.length);
+        return;
+      }
+      if (e.key === "Enter" || e.key === "Tab") {
+        e.preventDefault();
+        complete(candidates[Math.min(pick, candidates.length - 1)]!.username);
+        return;
+      }
+      if (e.key === "Escape") {
+        e.preventDefault();
+        setCaret(-1);
+        return;
+      }
+    }
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
       void submit();
     } else if (e.key === "Escape" && draft.mode !== "new") {
       e.preventDefault();
       cancel();
+    } else if (e.key === "Escape" && tray.length > 0) {
+      e.preventDefault();
+      tray.forEach((p) => removeFile(p.key));
     } else if (e.key === "ArrowUp" && text === "" && draft.mode === "new") {
       const me = state.me?.id;
       const items = state.timelines[conv.id]?.items ?? [];
@@ -119,24 +202,44 @@ export function Composer({ conv, state, draft, setDraft, onSend, onEdit, onUploa
     }
   };
 
-  const files = (list: FileList | null | undefined) => {
-    if (!list) return;
-    const caption = draft.mode === "edit" ? "" : text.trim();
-    for (const file of Array.from(list)) onUpload(file, list.length === 1 ? caption : "");
-    if (caption && draft.mode !== "edit") setText("");
-  };
-
   const q = draft.mode === "reply" && draft.item.id ? quote(state, conv.id, draft.item.id) : null;
+  const canSend = text.trim() !== "" || (tray.length > 0 && draft.mode !== "edit");
 
   return (
     <div
-      class="composer"
-      onDragOver={(e) => e.preventDefault()}
+      class={`composer${dragging ? " dragging" : ""}`}
+      onDragOver={(e) => {
+        e.preventDefault();
+        setDragging(true);
+      }}
+      onDragLeave={() => setDragging(false)}
       onDrop={(e) => {
         e.preventDefault();
-        files(e.dataTransfer?.files);
+        setDragging(false);
+        addFiles(e.dataTransfer?.files);
       }}
     >
+      {candidates.length > 0 && (
+        <ul class="mention-menu" role="listbox" aria-label="People to mention" data-testid="mention-menu">
+          {candidates.map((u, i) => (
+            <li key={u.id}>
+              <button
+                role="option"
+                aria-selected={i === pick}
+                class={i === pick ? "active" : ""}
+                data-testid="mention-option"
+                onMouseDown={(e) => {
+                  e.preventDefault();
+                  complete(u.username);
+                }}
+              >
+                <Avatar name={u.username} size={24} />
+                <span>{u.username}</span>
+              </button>
+            </li>
+          ))}
+        </ul>
+      )}
       {draft.mode !== "new" && (
         <div class="draft-bar">
           {draft.mode === "reply" ? <ReplyIcon size={16} /> : <EditIcon size={16} />}
@@ -149,8 +252,22 @@ export function Composer({ conv, state, draft, setDraft, onSend, onEdit, onUploa
           </button>
         </div>
       )}
+      {tray.length > 0 && (
+        <div class="tray" data-testid="attachment-tray" aria-label="Files to send">
+          {tray.map((p) => (
+            <div key={p.key} class="tray-item" data-testid="tray-item" title={p.file.name}>
+              {p.preview ? <img src={p.preview} alt={p.file.name} data-testid="tray-preview" /> : <FileIcon size={28} />}
+              <span class="tray-name">{p.file.name}</span>
+              <span class="tray-size">{fileSize(p.file.size)}</span>
+              <button class="tray-remove" title="Remove" aria-label={`Remove ${p.file.name}`} onClick={() => removeFile(p.key)} data-testid="tray-remove">
+                <CloseIcon size={14} />
+              </button>
+            </div>
+          ))}
+        </div>
+      )}
       <div class="compose-row">
-        <button class="icon" title="Attach a file" aria-label="Attach a file" onClick={() => fileInput.current?.click()} disabled={draft.mode === "edit"} data-testid="attach">
+        <button class="icon" title="Attach files" aria-label="Attach files" onClick={() => fileInput.current?.click()} disabled={draft.mode === "edit"} data-testid="attach">
           <AttachIcon />
         </button>
         <input
@@ -160,7 +277,7 @@ export function Composer({ conv, state, draft, setDraft, onSend, onEdit, onUploa
           multiple
           data-testid="file-input"
           onChange={(e) => {
-            files(e.currentTarget.files);
+            addFiles(e.currentTarget.files);
             e.currentTarget.value = "";
           }}
         />
@@ -168,23 +285,35 @@ export function Composer({ conv, state, draft, setDraft, onSend, onEdit, onUploa
           ref={area}
           rows={1}
           value={text}
-          placeholder={draft.mode === "edit" ? "Edit your message" : `Message ${conv.kind === "room" ? `#${conv.name}` : (conv.peer?.username ?? conv.name)}`}
-          onInput={(e) => onInput(e.currentTarget.value)}
+          placeholder={
+            draft.mode === "edit"
+              ? "Edit your message"
+              : tray.length > 0
+                ? "Add a caption, or just press Enter"
+                : `Message ${conv.kind === "room" ? `#${conv.name}` : (conv.peer?.username ?? conv.name)}`
+          }
+          onInput={(e) => onInput(e.currentTarget.value, e.currentTarget.selectionStart ?? e.currentTarget.value.length)}
           onKeyDown={onKeyDown}
+          onKeyUp={(e) => {
+            if (e.key === "ArrowLeft" || e.key === "ArrowRight" || e.key === "Home" || e.key === "End") setCaret(e.currentTarget.selectionStart ?? 0);
+          }}
+          onClick={(e) => setCaret(e.currentTarget.selectionStart ?? 0)}
           onPaste={(e) => {
             if (e.clipboardData?.files.length) {
               e.preventDefault();
-              files(e.clipboardData.files);
+              addFiles(e.clipboardData.files);
             }
           }}
           aria-label="Message"
           data-testid="composer"
         />
-        <button class="send" title="Send (Enter)" aria-label="Send" onClick={() => void submit()} disabled={!text.trim()} data-testid="send">
+        <button class="send" title="Send (Enter)" aria-label="Send" onClick={() => void submit()} disabled={!canSend} data-testid="send">
           <SendIcon />
         </button>
       </div>
-      <p class="hint small">Enter to send · Shift+Enter for a new line</p>
+      <p class="hint small">
+        Enter to send · Shift+Enter for a new line · **bold** *italic* `code` · @ to mention
+      </p>
     </div>
   );
 }

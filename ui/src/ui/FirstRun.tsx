@@ -2,8 +2,8 @@
 // connect to a server by URL. The choice is remembered.
 
 import { useState } from "preact/hooks";
-import * as api from "../ipc/commands";
 import type { ServerState } from "../ipc/types";
+import { chooseServer, sentence } from "../model/session";
 import { ErrorText } from "./common";
 import { ServerIcon, UsersIcon } from "./icons";
 
@@ -17,11 +17,9 @@ export function FirstRun({ onChosen }: { onChosen: (state: ServerState) => void 
     setBusy(local ? "local" : "remote");
     setError(null);
     try {
-      const state = await api.chooseServer(local ? { mode: "local" } : { mode: "remote", url });
-      if (state.phase === "failed") setError(state.message);
-      else onChosen(state);
+      onChosen(await chooseServer(local, url));
     } catch (e) {
-      setError(api.toAppError(e).message);
+      setError(sentence(e));
     } finally {
       setBusy(null);
     }

@@ -2,8 +2,8 @@
 // main window's user.
 
 import { useEffect, useState } from "preact/hooks";
-import * as api from "../ipc/commands";
 import type { Boot, ServerState, SessionView } from "../ipc/types";
+import { sentence, serverState, signIn } from "../model/session";
 import { ErrorText } from "./common";
 
 function serverLine(s: ServerState): string {
@@ -32,7 +32,7 @@ export function SignIn({ boot, notice, onSignedIn }: { boot: Boot; notice: strin
   useEffect(() => {
     if (server.phase !== "starting") return;
     const timer = window.setInterval(() => {
-      void api.serverState().then(setServer, () => undefined);
+      void serverState().then(setServer, () => undefined);
     }, 400);
     return () => window.clearInterval(timer);
   }, [server.phase]);
@@ -42,11 +42,9 @@ export function SignIn({ boot, notice, onSignedIn }: { boot: Boot; notice: strin
     setBusy(true);
     setError(null);
     try {
-      if (mode === "register") await api.register(username, password);
-      onSignedIn(await api.login(username, password, deviceName));
+      onSignedIn(await signIn(mode, username, password, deviceName));
     } catch (err) {
-      const ae = api.toAppError(err);
-      setError(ae.kind === "conflict" ? `The name "${username}" is taken. Sign in instead, or pick another.` : ae.message);
+      setError(sentence(err));
     } finally {
       setBusy(false);
     }

@@ -3,14 +3,16 @@
 // scrolled to the top, and keeps the bottom in view when new messages arrive there.
 
 import type { RefObject } from "preact";
-import { useLayoutEffect, useRef, useState } from "preact/hooks";
-import * as api from "../ipc/commands";
-import type { ConversationSummary } from "../ipc/types";
+import { useEffect, useLayoutEffect, useRef, useState } from "preact/hooks";
+import { attachmentUrl } from "../ipc/commands";
+import type { ConversationSummary, Seq } from "../ipc/types";
 import type { ChatState, Item, Timeline as TimelineState } from "../model/chat";
+import type { ChatController } from "../model/controller";
 import { clock, fileSize, hue } from "../model/format";
-import { mark, quote, rows, userName } from "../model/view";
-import type { Actions } from "./ChatScreen";
-import { AlertIcon, ClockIcon, CheckIcon, DoubleCheckIcon, DownloadIcon, EditIcon, FileIcon, ReplyIcon, TrashIcon } from "./icons";
+import { mentioned } from "../model/markup";
+import { lastSeq, mark, quote, rows, userName } from "../model/view";
+import { Rich } from "./Rich";
+import { AlertIcon, ClockIcon, DownIcon, CheckIcon, DoubleCheckIcon, DownloadIcon, EditIcon, FileIcon, ReplyIcon, TrashIcon } from "./icons";
 
 interface Props {
   conv: ConversationSummary;
@@ -22,89 +24,142 @@ interface Props {
   onReply: (it: Item) => void;
   onEdit: (it: Item) => void;
   onDelete: (it: Item) => void;
-  onRetry: (it: Item) => void;
-  onDiscard: (it: Item) => void;
-  actions: Actions;
+  /** Where the "new messages" line goes (the first unread when the conversation opened). */
+  unreadFrom: Seq | null;
+  chat: ChatController;
 }
 
 export function Timeline(p: Props) {
   const scroller = useRef<HTMLDivElement>(null);
   const before = useRef<{ height: number; top: number; first: string | undefined } | null>(null);
   const now = Date.now();
-  const list = rows(p.state, p.timeline.items, now);
+  const list = rows(p.state, p.timeline.items, now, p.unreadFrom);
   const firstKey = p.timeline.items[0]?.key;
+  const positioned = useRef(false);
+  // Scrolled up: how far the conversation has gone on below (the "jump to latest" button).
+  const [away, setAway] = useState<{ seq: number } | null>(null);
 
-  // Keep the view steady: stick to the bottom if it was there; when older messages were added
-  // above, keep what was on screen where it was.
+  // Keep the view steady: open at the first unread message (the "new messages" line) or at the
+  // bottom; then stick to the bottom if it was there; when older messages were added above,
+  // keep what was on screen where it was.
   useLayoutEffect(() => {
     const el = scroller.current;
     if (!el) return;
     const prev = before.current;
-    if (prev && prev.first !== firstKey && prev.first !== undefined) {
+    const divider = el.querySelector<HTMLElement>('[data-testid="unread-line"]');
+    if (!positioned.current && p.timeline.loaded) {
+      positioned.current = true;
+      if (divider && divider.offsetTop + 60 < el.scrollHeight - el.clientHeight) {
+        el.scrollTop = divider.offsetTop - 60;
+        p.atBottom.current = false;
+        setAway({ seq: lastSeq(p.timeline.items) });
+      } else {
+        el.scrollTop = el.scrollHeight;
+      }
+    } else if (prev && prev.first !== firstKey && prev.first !== undefined) {
       el.scrollTop = prev.top + (el.scrollHeight - prev.height);
     } else if (p.atBottom.current) {
       el.scrollTop = el.scrollHeight;
     }
     before.current = { height: el.scrollHeight, top: el.scrollTop, first: firstKey };
   });
+  const newBelow = away ? p.timeline.items.filter((it) => it.seq !== null && it.seq > away.seq && it.kind === "message" && it.sender !== p.state.me?.id).length : 0;
+  const toBottom = () => {
+    const el = scroller.current;
+    if (el) el.scrollTo({ top: el.scrollHeight, behavior: "smooth" });
+  };
+
+  // A message asked for (a search hit): once it is drawn, bring it into view and flash it.
+  const [flash, setFlash] = useState<number | null>(null);
+  const focus = p.state.focus?.conv === p.conv.id ? p.state.focus.seq : null;
+  useLayoutEffect(() => {
+    if (focus === null) return;
+    const el = scroller.current?.querySelector<HTMLElement>(`[data-testid="message"][data-seq="${focus}"]`);
+    if (!el) return;
+    p.atBottom.current = false;
+    el.scrollIntoView({ block: "center" });
+    setFlash(focus);
+    p.chat.clearFocus();
+  }, [focus, p.timeline.items]);
+  useEffect(() => {
+    if (flash === null) return;
+    const timer = window.setTimeout(() => setFlash(null), 2500);
+    return () => window.clearTimeout(timer);
+  }, [flash]);
 
   const onScroll = () => {
     const el = scroller.current;
     if (!el) return;
     const bottom = el.scrollHeight - el.scrollTop - el.clientHeight < 48;
     p.atBottom.current = bottom;
+    if (bottom !== (away === null)) setAway(bottom ? null : { seq: lastSeq(p.timeline.items) });
     before.current = { height: el.scrollHeight, top: el.scrollTop, first: firstKey };
     if (bottom) p.onBottom();
     if (el.scrollTop < 160) p.onTop();
   };
 
   return (
-    <div class="timeline" ref={scroller} onScroll={onScroll} data-testid="timeline">
-      <div class="timeline-top">
-        {p.timeline.loadingOlder ? (
-          <span class="muted small">Loading older messages…</span>
-        ) : !p.timeline.hasMore && p.timeline.loaded ? (
-          <span class="muted small">This is the beginning of the conversation.</span>
-        ) : p.timeline.loaded ? (
-          <button class="link small" onClick={p.onTop}>
-            Load older messages
-          </button>
-        ) : (
-          <span class="muted small">Loading…</span>
-        )}
+    <div class="timeline-wrap">
+      <div class="timeline" ref={scroller} onScroll={onScroll} data-testid="timeline">
+        <div class="timeline-top">
+          {p.timeline.loadingOlder ? (
+            <span class="muted small">Loading older messages…</span>
+          ) : !p.timeline.hasMore && p.timeline.loaded ? (
+            <span class="muted small">This is the beginning of the conversation.</span>
+          ) : p.timeline.loaded ? (
+            <button class="link small" onClick={p.onTop}>
+              Load older messages
+            </button>
+          ) : (
+            <span class="muted small">Loading…</span>
+          )}
+        </div>
+        {list.map((row) => {
+          switch (row.type) {
+            case "day":
+              return (
+                <div key={row.key} class="day">
+                  <span>{row.label}</span>
+                </div>
+              );
+            case "system":
+              return (
+                <div key={row.key} class="system" data-testid="system-line">
+                  {row.text}
+                </div>
+              );
+            case "unread":
+              return (
+                <div key={row.key} class="unread-line" data-testid="unread-line" role="separator">
+                  <span>New messages</span>
+                </div>
+              );
+            case "message":
+              return <Bubble key={row.key} row={row} flash={row.item.seq !== null && row.item.seq === flash} {...p} />;
+          }
+        })}
       </div>
-      {list.map((row) => {
-        switch (row.type) {
-          case "day":
-            return (
-              <div key={row.key} class="day">
-                <span>{row.label}</span>
-              </div>
-            );
-          case "system":
-            return (
-              <div key={row.key} class="system" data-testid="system-line">
-                {row.text}
-              </div>
-            );
-          case "message":
-            return <Bubble key={row.key} row={row} {...p} />;
-        }
-      })}
+      {away && (
+        <button class={`jump${newBelow > 0 ? " has-new" : ""}`} onClick={toBottom} data-testid="jump-to-latest" title="Jump to the latest message">
+          {newBelow > 0 ? `${newBelow} new` : ""}
+          <DownIcon size={18} />
+        </button>
+      )}
     </div>
   );
 }
 
-function Bubble({ row, conv, state, onReply, onEdit, onDelete, onRetry, onDiscard, actions }: Props & { row: Extract<ReturnType<typeof rows>[number], { type: "message" }> }) {
+function Bubble({ row, flash, conv, state, onReply, onEdit, onDelete, chat }: Props & { row: Extract<ReturnType<typeof rows>[number], { type: "message" }>; flash: boolean }) {
   const it = row.item;
   const showName = conv.kind === "room" && !row.mine && row.first;
-  const q = it.replyTo ? quote(state, conv.id, it.replyTo) : null;
+  const q = it.replyTo && !it.deleted ? quote(state, conv.id, it.replyTo) : null;
   const m = row.mine ? mark(state, conv.id, it) : null;
   const canAct = it.state === "sent" && it.id !== null && !it.deleted;
+  const mentionsMe = !row.mine && state.me !== null && mentioned(it.text).includes(state.me.username);
   const name = userName(state, it.sender);
   return (
     <div
-      class={`msg ${row.mine ? "mine" : "theirs"}${row.first ? " first" : ""}${row.last ? " last" : ""} ${it.state}`}
+      class={`msg ${row.mine ? "mine" : "theirs"}${row.first ? " first" : ""}${row.last ? " last" : ""} ${it.state}${flash ? " flash" : ""}${mentionsMe ? " mentions-me" : ""}`}
       data-testid="message"
       data-key={it.key}
       data-seq={it.seq ?? ""}
@@ -128,7 +183,7 @@ function Bubble({ row, conv, state, onReply, onEdit, onDelete, onRetry, onDiscar
           <p class="text deleted">This message was deleted.</p>
         ) : (
           <>
-            {it.attachment && <AttachmentView attachment={it.attachment} actions={actions} />}
+            {it.attachment && <AttachmentView attachment={it.attachment} chat={chat} />}
             {it.uploadName && !it.attachment && (
               <div class="file uploading">
                 <FileIcon />
@@ -140,7 +195,7 @@ function Bubble({ row, conv, state, onReply, onEdit, onDelete, onRetry, onDiscar
             )}
             {it.text && (
               <p class="text" data-testid="message-text">
-                {it.text}
+                <Rich text={it.text} me={state.me?.username ?? null} onLink={(href) => chat.openLink(href)} />
               </p>
             )}
           </>
@@ -169,10 +224,10 @@ function Bubble({ row, conv, state, onReply, onEdit, onDelete, onRetry, onDiscar
         <div class="failed-line" role="alert">
           <AlertIcon size={14} />
           <span>Not sent{it.error ? `: ${it.error}` : ""}</span>
-          <button class="link" onClick={() => onRetry(it)} data-testid="retry">
+          <button class="link" onClick={() => chat.retry(conv.id, it)} data-testid="retry">
             Retry
           </button>
-          <button class="link" onClick={() => onDiscard(it)}>
+          <button class="link" onClick={() => chat.discard(conv.id, it)}>
             Discard
           </button>
         </div>
@@ -198,20 +253,16 @@ function Bubble({ row, conv, state, onReply, onEdit, onDelete, onRetry, onDiscar
   );
 }
 
-function AttachmentView({ attachment, actions }: { attachment: NonNullable<Item["attachment"]>; actions: Actions }) {
+function AttachmentView({ attachment, chat }: { attachment: NonNullable<Item["attachment"]>; chat: ChatController }) {
   const [broken, setBroken] = useState(false);
-  const save = () =>
-    api.saveAttachment(attachment.id, attachment.name).then(
-      (path) => actions.toast(`Saved to ${path}`),
-      (e) => actions.fail(e),
-    );
+  const save = () => chat.saveAttachment(attachment.id, attachment.name);
   if (attachment.mime.startsWith("image/") && !broken) {
     return (
       <figure class="image">
-        <img src={api.attachmentUrl(attachment.id)} alt={attachment.name} loading="lazy" onError={() => setBroken(true)} onDblClick={() => void save()} data-testid="image" />
+        <img src={attachmentUrl(attachment.id)} alt={attachment.name} loading="lazy" onError={() => setBroken(true)} onDblClick={save} data-testid="image" />
         <figcaption>
           <span>{attachment.name}</span>
-          <button class="icon small" title="Save to Downloads" aria-label="Save to Downloads" onClick={() => void save()}>
+          <button class="icon small" title="Save to Downloads" aria-label="Save to Downloads" onClick={save}>
             <DownloadIcon size={15} />
           </button>
         </figcaption>
@@ -225,7 +276,7 @@ function AttachmentView({ attachment, actions }: { attachment: NonNullable<Item[
         {attachment.name}
         <span class="muted small"> · {fileSize(attachment.size)}</span>
       </span>
-      <button class="icon small" title="Save to Downloads" aria-label="Save to Downloads" onClick={() => void save()} data-testid="save-file">
+      <button class="icon small" title="Save to Downloads" aria-label="Save to Downloads" onClick={save} data-testid="save-file">
         <DownloadIcon size={16} />
       </button>
     </div>

@@ -3,6 +3,7 @@
 
 import type { ComponentChildren } from "preact";
 import { useEffect, useRef } from "preact/hooks";
+import type { Toast } from "../model/controller";
 import { hue, initials } from "../model/format";
 import { CloseIcon } from "./icons";
 
@@ -53,18 +54,26 @@ export function ErrorText({ error }: { error: string | null }) {
   );
 }
 
-export interface Toast {
-  id: number;
-  text: string;
-  tone: "info" | "error";
-}
-
 export function Toasts({ toasts, onDismiss }: { toasts: Toast[]; onDismiss: (id: number) => void }) {
   return (
     <div class="toasts" aria-live="polite">
       {toasts.map((t) => (
-        <div key={t.id} class={`toast ${t.tone}`} onClick={() => onDismiss(t.id)} data-testid="toast">
-          {t.text}
+        <div key={t.id} class={`toast ${t.tone}`} data-testid="toast">
+          <span class="toast-text" onClick={() => onDismiss(t.id)}>
+            {t.text}
+          </span>
+          {t.action && (
+            <button
+              class="toast-action"
+              data-testid="toast-action"
+              onClick={() => {
+                onDismiss(t.id);
+                t.action?.run();
+              }}
+            >
+              {t.action.label}
+            </button>
+          )}
         </div>
       ))}
     </div>

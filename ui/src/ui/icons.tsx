@@ -161,3 +161,10 @@ export const LogoutIcon = (p: P) => (
     <path d="M21 12H9" />
   </Svg>
 );
+
+export const DownIcon = (p: P) => (
+  <Svg {...p}>
+    <path d="M12 5v14" />
+    <path d="m19 12-7 7-7-7" />
+  </Svg>
+);
