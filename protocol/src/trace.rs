@@ -1,8 +1,9 @@
 //! Structured events a node streams to observers (the lab) on `GET /trace`, one JSON object per
 //! WebSocket text message: each hop of a message through the node, and each change of a
 //! connection. Nodes produce them only while somebody listens, and sample messages by id
-//! (`?sample=N` keeps ids where `id % N == 0`) so that a sampled message is seen on every node it
-//! crosses.
+//! (`?sample=N` keeps one id in N, see [`sampled`]) so that a sampled message is seen on every
+//! node it crosses. The controller streams the same way on its own `GET /trace`: each
+//! least-loaded answer, with the loads it was chosen over ([`Trace::Assigned`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +59,37 @@ pub enum Trace {
         /// What changed.
         change: NodeChange,
     },
+    /// The controller told a client where to connect (on the controller's stream only).
+    Assigned {
+        /// The node chosen, with its load right after the answer (the new reservation
+        /// included).
+        chosen: NodeLoad,
+        /// Every other node taking devices, with its load at the same moment, least loaded
+        /// first. Read just after the answer: under a burst, answers given in between may
+        /// show in these figures.
+        others: Vec<NodeLoad>,
+        /// Nodes the client asked to leave out (the ones it just failed on).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        excluded: Vec<NodeId>,
+    },
+}
+
+/// One node's load as the least-loaded answer counts it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLoad {
+    /// The node.
+    pub node: NodeId,
+    /// Devices connected, as of its last heartbeat.
+    pub connections: u64,
+    /// Slots handed out and not yet used or expired.
+    pub reserved: u64,
+}
+
+impl NodeLoad {
+    /// What the answer compares: connections plus reservations.
+    pub fn total(&self) -> u64 {
+        self.connections + self.reserved
+    }
 }
 
 /// Steps of a message through a node.
@@ -72,6 +104,10 @@ pub enum Hop {
     Published,
     /// Arrived from the bus, from the node in `peers`.
     Received,
+    /// The bus brought the node its own envelope back (fanout sends to every node, the
+    /// sender's included): read and dropped. Counted with `Received` as an envelope the bus
+    /// carried.
+    Returned,
     /// Written to a device's queue.
     Delivered,
     /// Fetched from the store to fill a gap in a device's sequence.
@@ -134,5 +170,28 @@ mod tests {
             .count();
         assert!((8_000..12_000).contains(&kept), "{kept}");
         assert!(sampled(MessageId(12345), 1));
+    }
+
+    #[test]
+    fn an_assignment_reads_back() {
+        let load = |n: &str, c, r| NodeLoad {
+            node: NodeId::new(n).expect("id"),
+            connections: c,
+            reserved: r,
+        };
+        let ev = TraceEvent {
+            at_us: 1,
+            node: NodeId::new("controller").expect("id"),
+            what: Trace::Assigned {
+                chosen: load("n2", 31, 1),
+                others: vec![load("n1", 33, 0), load("n3", 34, 0)],
+                excluded: vec![],
+            },
+        };
+        let json = serde_json::to_string(&ev).expect("json");
+        assert!(json.contains(r#""type":"assigned""#), "{json}");
+        assert!(!json.contains("excluded"), "{json}");
+        assert_eq!(serde_json::from_str::<TraceEvent>(&json).ok(), Some(ev));
+        assert_eq!(load("n2", 31, 1).total(), 32);
     }
 }

@@ -1,14 +1,30 @@
-//! The node's trace stream for observers (`GET /trace`): hop and connection events as
-//! [`protocol::trace::TraceEvent`]s on a broadcast channel. Emitting costs one atomic load when
-//! nobody listens, so it stays on; listeners sample messages by id.
+//! The trace stream for observers (`GET /trace` on a node and on the controller): hop,
+//! connection and assignment events as [`protocol::trace::TraceEvent`]s on a broadcast channel.
+//! Emitting costs one atomic load when nobody listens, so it stays on; listeners sample
+//! messages by id.
 
 use std::sync::Arc;
 
-use protocol::trace::{ConnChange, Hop, NodeChange, Trace, TraceEvent};
+use axum::extract::ws::{Message, WebSocket};
+use protocol::trace::{ConnChange, Hop, NodeChange, NodeLoad, Trace, TraceEvent};
 use protocol::{ConvId, DeviceId, MessageId, NodeId, Seq, UserId};
 use tokio::sync::broadcast;
 
 use crate::ids::now_us;
+
+/// `GET /trace?sample=N`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct TraceQuery {
+    /// Keep one message in this many (1, the default, keeps all).
+    pub sample: Option<u32>,
+}
+
+impl TraceQuery {
+    /// The sampling rate asked for, at least 1.
+    pub fn sample(&self) -> u32 {
+        self.sample.unwrap_or(1).max(1)
+    }
+}
 
 /// A cheap-to-clone handle on the trace stream.
 #[derive(Clone)]
@@ -85,6 +101,47 @@ impl Tracer {
     pub fn node(&self, change: NodeChange) {
         if self.enabled() {
             self.emit(Trace::Node { change });
+        }
+    }
+
+    /// A least-loaded answer (the controller's stream).
+    pub fn assigned(&self, chosen: NodeLoad, others: Vec<NodeLoad>, excluded: Vec<NodeId>) {
+        if self.enabled() {
+            self.emit(Trace::Assigned {
+                chosen,
+                others,
+                excluded,
+            });
+        }
+    }
+
+    /// Streams events to one observer's WebSocket as JSON text messages until either side
+    /// ends, keeping the hops of one message in `sample` (see [`protocol::trace::sampled`]).
+    /// A listener that falls behind loses the oldest events, never slows the process.
+    pub async fn stream(&self, sample: u32, mut socket: WebSocket) {
+        let mut rx = self.subscribe();
+        loop {
+            let ev = tokio::select! {
+                ev = rx.recv() => ev,
+                msg = socket.recv() => match msg {
+                    Some(Ok(_)) => continue,
+                    _ => return,
+                },
+            };
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            };
+            if let Trace::Hop { id, .. } = &ev.what
+                && !protocol::trace::sampled(*id, sample)
+            {
+                continue;
+            }
+            let json = serde_json::to_string(&*ev).unwrap_or_default();
+            if socket.send(Message::Text(json.into())).await.is_err() {
+                return;
+            }
         }
     }
 }

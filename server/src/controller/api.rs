@@ -20,6 +20,7 @@ use protocol::http::{
 };
 use protocol::limits::{self, HISTORY_PAGE_MAX, NAME_MAX_CHARS};
 use protocol::model::{ConversationSummary, MemberAction, MemberInfo, UserInfo};
+use protocol::trace::NodeLoad;
 use protocol::ws::ServerFrame;
 use protocol::{AttachmentId, ConvId, DeviceId, NodeId, UserId};
 use serde::Deserialize;
@@ -60,6 +61,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/rooms/{id}/invite", post(invite))
         .route("/v1/rooms/{id}/leave", post(leave))
         .route("/internal/link", get(super::link))
+        .route("/trace", get(trace))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(state)
 }
@@ -238,12 +240,57 @@ async fn assign(
         .filter_map(|p| NodeId::new(p).ok())
         .collect();
     metrics::counter!("chat_assignments_total").increment(1);
-    s.router
+    let answer = s
+        .router
         .registry
         .assign(&exclude)
         .await?
-        .map(Json)
-        .ok_or(ApiError::NoNode)
+        .ok_or(ApiError::NoNode)?;
+    if s.tracer.enabled() {
+        trace_assignment(&s, &answer.node, exclude).await;
+    }
+    Ok(Json(answer))
+}
+
+/// Streams an answer with the loads it was chosen over. Only while somebody watches: it costs
+/// a read of every node's load (a round trip with a shared registry).
+async fn trace_assignment(s: &AppState, chosen: &NodeId, excluded: Vec<NodeId>) {
+    let nodes = match s.router.registry.nodes().await {
+        Ok(nodes) => nodes,
+        Err(e) => {
+            tracing::debug!(error = %e, "no loads to trace an assignment with");
+            return;
+        }
+    };
+    let load = |n: &protocol::http::NodeStatus| NodeLoad {
+        node: n.id.clone(),
+        connections: n.connections,
+        reserved: n.reserved,
+    };
+    let Some(chosen) = nodes.iter().find(|n| n.id == *chosen).map(load) else {
+        return;
+    };
+    let mut others: Vec<NodeLoad> = nodes
+        .iter()
+        .filter(|n| {
+            n.id != chosen.node
+                && n.state == protocol::http::NodeState::Live
+                && !excluded.contains(&n.id)
+        })
+        .map(load)
+        .collect();
+    others.sort_by_key(|l| (l.total(), l.node.clone()));
+    s.tracer.assigned(chosen, others, excluded);
+}
+
+/// `GET /trace?sample=N`: the controller's trace stream (see [`crate::trace`]).
+async fn trace(
+    State(s): State<Arc<AppState>>,
+    axum::extract::Query(q): axum::extract::Query<crate::trace::TraceQuery>,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    let sample = q.sample();
+    ws.on_upgrade(move |socket| async move { s.tracer.stream(sample, socket).await })
 }
 
 async fn nodes(State(s): State<Arc<AppState>>) -> Api<Json<NodesResponse>> {

@@ -85,6 +85,8 @@ pub struct AppState {
     pub backends: protocol::http::Backends,
     /// Stops background work.
     pub cancel: CancellationToken,
+    /// The controller's trace stream (`GET /trace`): its least-loaded answers.
+    pub tracer: crate::trace::Tracer,
 }
 
 /// A running controller.
@@ -162,6 +164,7 @@ impl Controller {
             max_attachment_bytes: config.max_attachment_bytes,
             token_ttl_secs: config.token_ttl_secs,
             cancel: cancel.clone(),
+            tracer: crate::trace::Tracer::new(config.id.clone(), 4096),
         });
         let worker_keeper = workers.map(|w| {
             let state = state.clone();

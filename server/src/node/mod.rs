@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router as HttpRouter;
-use axum::extract::ws::{Message, WebSocketUpgrade};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -32,7 +32,7 @@ use axum::routing::get;
 use protocol::bus::{BusKind, Envelope};
 use protocol::http::{ErrorBody, Health, NodeState};
 use protocol::limits;
-use protocol::trace::{Hop, NodeChange, Trace};
+use protocol::trace::{Hop, NodeChange};
 use protocol::ws::ErrorCode;
 use protocol::{NodeId, UserId};
 use serde::Deserialize;
@@ -487,44 +487,14 @@ async fn healthz(State(ctx): State<Arc<NodeCtx>>) -> Json<Health> {
     })
 }
 
-#[derive(Deserialize)]
-struct TraceQuery {
-    sample: Option<u32>,
-}
-
 /// `GET /trace?sample=N`: streams trace events as JSON text messages.
 async fn trace(
     State(ctx): State<Arc<NodeCtx>>,
-    Query(q): Query<TraceQuery>,
+    Query(q): Query<crate::trace::TraceQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let sample = q.sample.unwrap_or(1).max(1);
-    ws.on_upgrade(move |mut socket| async move {
-        let mut rx = ctx.tracer.subscribe();
-        loop {
-            let ev = tokio::select! {
-                ev = rx.recv() => ev,
-                msg = socket.recv() => match msg {
-                    Some(Ok(_)) => continue,
-                    _ => return,
-                },
-            };
-            let ev = match ev {
-                Ok(ev) => ev,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(_) => return,
-            };
-            if let Trace::Hop { id, .. } = &ev.what
-                && !protocol::trace::sampled(*id, sample)
-            {
-                continue;
-            }
-            let json = serde_json::to_string(&*ev).unwrap_or_default();
-            if socket.send(Message::Text(json.into())).await.is_err() {
-                return;
-            }
-        }
-    })
+    let sample = q.sample();
+    ws.on_upgrade(move |socket| async move { ctx.tracer.stream(sample, socket).await })
 }
 
 /// Hands envelopes from the bus to local devices.
@@ -539,6 +509,14 @@ async fn consume_inbox(ctx: Arc<NodeCtx>, mut inbox: Inbox) {
             }
         };
         if env.header.origin == ctx.id {
+            // Fanout brings every node its own envelopes back: a copy the bus carried for
+            // nothing, which observers count.
+            if let BusKind::Event { conv, seq, id } = env.header.kind
+                && ctx.tracer.enabled()
+            {
+                ctx.tracer
+                    .hop(Hop::Returned, id, conv, seq, None, None, vec![]);
+            }
             continue;
         }
         metrics::counter!("chat_bus_received_total").increment(1);
