@@ -308,6 +308,10 @@ impl Bus for AmqpBus {
         Ok(rx)
     }
 
+    fn sessions(&self) -> u64 {
+        AmqpBus::sessions(self)
+    }
+
     fn is_up(&self) -> bool {
         self.shared.connected.load(Ordering::Acquire)
             && (!self.shared.subscribed.load(Ordering::Acquire)

@@ -86,6 +86,14 @@ pub trait Bus: Send + Sync + 'static {
     /// Whether the bus is connected right now (for health, metrics and the lab).
     fn is_up(&self) -> bool;
 
+    /// Connections made so far: 1 after the first, one more per reconnect. What a node missed
+    /// while its bus was away is not on the bus (pub/sub drops it; the embedded bus routes
+    /// around a node whose link closed), so a node catches its devices up with the store
+    /// whenever this grows.
+    fn sessions(&self) -> u64 {
+        0
+    }
+
     /// Whether the bus takes [`Targets::Users`], finding the users' nodes itself as it routes
     /// (a bus that hosts the registry); otherwise publishers `locate` them first.
     fn resolves_users(&self) -> bool {

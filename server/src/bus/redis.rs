@@ -222,6 +222,10 @@ impl Bus for RedisBus {
         Ok(rx)
     }
 
+    fn sessions(&self) -> u64 {
+        RedisBus::sessions(self)
+    }
+
     fn is_up(&self) -> bool {
         if self.inner.subscribed.load(Ordering::Acquire) {
             self.inner.sub_up.load(Ordering::Acquire)

@@ -44,6 +44,8 @@ struct Shared {
     url: String,
     secret: Secret,
     up: AtomicBool,
+    /// Links established so far.
+    sessions: AtomicU64,
     next_id: AtomicU64,
     /// Requests waiting to be written (attach/detach also wait here while the link is down).
     queue: Mutex<VecDeque<(LinkOp, Option<Reply>)>>,
@@ -85,6 +87,7 @@ impl LinkClient {
             url,
             secret,
             up: AtomicBool::new(false),
+            sessions: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             queue: Mutex::new(VecDeque::new()),
             queue_notify: Notify::new(),
@@ -315,6 +318,10 @@ impl Bus for LinkClient {
         self.shared.up.load(Ordering::Acquire)
     }
 
+    fn sessions(&self) -> u64 {
+        self.shared.sessions.load(Ordering::Relaxed)
+    }
+
     fn resolves_users(&self) -> bool {
         true
     }
@@ -519,6 +526,7 @@ async fn session(shared: &Arc<Shared>, ws: Ws, cancel: &CancellationToken) -> St
         return e.to_string();
     }
     shared.up.store(true, Ordering::Release);
+    shared.sessions.fetch_add(1, Ordering::Relaxed);
     shared.lease.send_replace(Some(lease));
 
     // 3. Steady state.

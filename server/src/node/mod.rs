@@ -561,11 +561,23 @@ async fn consume_inbox(ctx: Arc<NodeCtx>, mut inbox: Inbox) {
 async fn heartbeat(ctx: Arc<NodeCtx>, info: NodeInfo, lease_ms: u64, cancel: CancellationToken) {
     let period = Duration::from_millis((lease_ms / 5).clamp(100, 1000));
     let mut bus_up = true;
+    let mut bus_sessions = ctx.router.bus.sessions();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
         }
+        let sessions = ctx.router.bus.sessions();
+        if sessions > bus_sessions && bus_sessions > 0 {
+            // However short the outage, what was published meanwhile may have gone elsewhere
+            // or nowhere: every local device compares itself with the store.
+            let n = ctx.devices.resync_all();
+            tracing::info!(
+                devices = n,
+                "the bus connected again; devices catch up with the store"
+            );
+        }
+        bus_sessions = bus_sessions.max(sessions);
         let up = ctx.router.bus.is_up();
         if up != bus_up {
             ctx.tracer.node(if up {
