@@ -12,6 +12,7 @@
 //! - [`link`]: frames between a node and the controller when the controller hosts the registry
 //!   and the bus (the embedded, one-machine setup).
 //! - [`trace`]: structured hop and connection events a node streams to observers (the lab).
+//! - [`lab`]: the lab panel's stream, operations and report, and `lab up`'s ready line.
 //! - [`limits`]: sizes and rates both sides agree on.
 //!
 //! The protocol version is [`PROTOCOL_VERSION`]; a device says which one it speaks in its
@@ -21,6 +22,7 @@
 pub mod bus;
 pub mod http;
 pub mod ids;
+pub mod lab;
 pub mod limits;
 pub mod link;
 pub mod model;
