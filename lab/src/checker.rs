@@ -1,0 +1,1069 @@
+//! The live checker: what every device got of what the cluster acknowledged, judged as it
+//! happens — Maelstrom's lost / duplicate / out-of-order checks, but live, on real processes,
+//! per device and conversation, the sender's other devices included.
+//!
+//! It is fed observations in the order a device saw them ([`Checker::sent`],
+//! [`Checker::acked`], [`Checker::shown`], [`Checker::status`]) and the nodes' sampled hops
+//! ([`Checker::hop`], for bus envelopes per message), and owns no task and no clock: callers pass
+//! the time (microseconds on the lab's clock), so lessons and tests drive it headless.
+//!
+//! What it calls broken:
+//! - **lost**: a committed message (acknowledged to its sender, or shown on any device) that a
+//!   device which must get it — every device of every member that was registered before the
+//!   message was sent — has not shown once the run settled ([`Checker::settle`]). Before
+//!   that, one older than the stale bound is only **stale** (amber): a failover takes seconds.
+//! - **duplicate**: a device showed the same event twice.
+//! - **out of order**: a device showed a conversation's events other than 1, 2, 3…: a `seq`
+//!   skipped, or one arriving after a later one.
+//!
+//! Invariant: every counter only grows until [`Checker::reset`]; the verdict is red from the
+//! first broken guarantee on, and its headline names that first message, device and node.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+
+use protocol::lab::{CheckRow, CheckerView, Failover, Histogram, Level, Violation, ViolationKind};
+use protocol::model::Event;
+use protocol::trace::Hop;
+use protocol::ws::Ack;
+use protocol::{ClientMsgId, ConvId, DeviceId, MessageId, Seq};
+
+/// How the checker judges.
+#[derive(Clone, Debug)]
+pub struct CheckerConfig {
+    /// A delivery not made after this long is stale (amber); lost only once the run settles.
+    pub stale_after: Duration,
+    /// Violations kept in full (the counters have them all).
+    pub max_violations: usize,
+    /// Rows (device × conversation) reported.
+    pub max_rows: usize,
+    /// Failovers listed.
+    pub max_failovers: usize,
+    /// Sampled messages the msgs-per-op figure is over.
+    pub ops_window: usize,
+}
+
+impl Default for CheckerConfig {
+    fn default() -> Self {
+        CheckerConfig {
+            stale_after: Duration::from_secs(5),
+            max_violations: 50,
+            max_rows: 40,
+            max_failovers: 20,
+            ops_window: 200,
+        }
+    }
+}
+
+/// A device the checker follows.
+#[derive(Debug)]
+struct Device {
+    user: String,
+    registered_us: i64,
+    /// The node slot of its current (or last) session.
+    node: Option<String>,
+    /// Since when it has been without a live session, and the node it lost.
+    down: Option<(i64, Option<String>)>,
+    live: bool,
+}
+
+/// A send handed to a client core, until it is committed.
+#[derive(Debug)]
+struct Send {
+    device: DeviceId,
+    conv: ConvId,
+    at_us: i64,
+}
+
+/// A committed message some device has not shown yet.
+#[derive(Debug)]
+struct Pending {
+    /// The device that sent it (it shows its own message at once: no delivery latency).
+    sender: DeviceId,
+    conv: ConvId,
+    seq: Seq,
+    sent_us: i64,
+    /// When it was first known committed: the stale clock starts here.
+    committed_us: i64,
+    /// Devices that must still show it.
+    missing: Vec<DeviceId>,
+    /// Whether each missing device was already counted stale.
+    stale: Vec<bool>,
+}
+
+/// One device's position in one conversation.
+#[derive(Debug, Default)]
+struct Position {
+    last: Option<Seq>,
+    /// Sequence numbers skipped so far (a later one came first): one arriving now is late, not
+    /// a duplicate.
+    skipped: BTreeSet<Seq>,
+}
+
+/// Counts for one device in one conversation.
+#[derive(Clone, Debug, Default)]
+struct Row {
+    sender: bool,
+    delivered: u64,
+    expected: u64,
+    stale: u64,
+    lost: u64,
+    duplicates: u64,
+    out_of_order: u64,
+}
+
+/// The live checker. See the module docs.
+#[derive(Debug)]
+pub struct Checker {
+    config: CheckerConfig,
+    devices: HashMap<DeviceId, Device>,
+    /// Devices that must get each conversation's messages.
+    members: HashMap<ConvId, Vec<DeviceId>>,
+    sends: HashMap<ClientMsgId, Send>,
+    /// Messages already settled into `pending` (or fully delivered), by id, with their send
+    /// time; entries go once every device showed them.
+    pending: HashMap<MessageId, Pending>,
+    /// Messages every device showed: a later showing is a duplicate (kept bounded).
+    done: HashMap<MessageId, (ConvId, Seq)>,
+    done_order: VecDeque<MessageId>,
+    positions: HashMap<(DeviceId, ConvId), Position>,
+    rows: HashMap<(DeviceId, ConvId), Row>,
+    sent: u64,
+    acked: u64,
+    refused: u64,
+    expected: u64,
+    delivered: u64,
+    stale: u64,
+    lost: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    violations: Vec<Violation>,
+    latency: hdrhistogram::Histogram<u64>,
+    failover: hdrhistogram::Histogram<u64>,
+    failovers: VecDeque<Failover>,
+    /// Sampled messages: when persisted, and the bus envelopes seen for them.
+    ops: HashMap<MessageId, (Option<i64>, u32)>,
+    ops_order: VecDeque<MessageId>,
+}
+
+/// How many fully delivered messages are remembered to recognise duplicates of.
+const DONE_KEPT: usize = 100_000;
+/// Histogram bounds, microseconds (one hour).
+const HIST_MAX_US: u64 = 3_600_000_000;
+/// Bucket bounds the panel draws, in milliseconds.
+const BUCKETS_MS: &[f64] = &[
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    20.0,
+    50.0,
+    100.0,
+    200.0,
+    500.0,
+    1000.0,
+    2000.0,
+    5000.0,
+    10000.0,
+    f64::INFINITY,
+];
+
+fn histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, HIST_MAX_US, 2)
+        .unwrap_or_else(|_| unreachable!("constant bounds are valid"))
+}
+
+impl Checker {
+    /// A checker with nothing seen yet.
+    pub fn new(config: CheckerConfig) -> Self {
+        Checker {
+            config,
+            devices: HashMap::new(),
+            members: HashMap::new(),
+            sends: HashMap::new(),
+            pending: HashMap::new(),
+            done: HashMap::new(),
+            done_order: VecDeque::new(),
+            positions: HashMap::new(),
+            rows: HashMap::new(),
+            sent: 0,
+            acked: 0,
+            refused: 0,
+            expected: 0,
+            delivered: 0,
+            stale: 0,
+            lost: 0,
+            duplicates: 0,
+            out_of_order: 0,
+            violations: Vec::new(),
+            latency: histogram(),
+            failover: histogram(),
+            failovers: VecDeque::new(),
+            ops: HashMap::new(),
+            ops_order: VecDeque::new(),
+        }
+    }
+
+    /// Forgets every count and violation; keeps the devices and conversations, which from now
+    /// on must get only what is sent from now on.
+    pub fn reset(&mut self, now_us: i64) {
+        let devices = std::mem::take(&mut self.devices);
+        let members = std::mem::take(&mut self.members);
+        *self = Checker::new(self.config.clone());
+        self.members = members;
+        self.devices = devices
+            .into_iter()
+            .map(|(id, mut d)| {
+                d.registered_us = now_us;
+                (id, d)
+            })
+            .collect();
+    }
+
+    /// The stale bound.
+    pub fn stale_after(&self) -> Duration {
+        self.config.stale_after
+    }
+
+    /// A device to follow, of user `user`: it must get every message sent from `at_us` on in
+    /// the conversations it is [`Checker::join`]ed to.
+    pub fn add_device(&mut self, device: DeviceId, user: &str, at_us: i64) {
+        self.devices.insert(
+            device,
+            Device {
+                user: user.to_owned(),
+                registered_us: at_us,
+                node: None,
+                down: None,
+                live: false,
+            },
+        );
+    }
+
+    /// `device` must get the messages of `conv`.
+    pub fn join(&mut self, conv: ConvId, device: DeviceId) {
+        let members = self.members.entry(conv).or_default();
+        if !members.contains(&device) {
+            members.push(device);
+        }
+    }
+
+    /// `device` handed a message for `conv` to its client core.
+    pub fn sent(&mut self, device: &DeviceId, conv: ConvId, client_id: ClientMsgId, at_us: i64) {
+        self.sent += 1;
+        self.rows.entry((device.clone(), conv)).or_default().sender = true;
+        self.sends.insert(
+            client_id,
+            Send {
+                device: device.clone(),
+                conv,
+                at_us,
+            },
+        );
+    }
+
+    /// A send was refused for good.
+    pub fn refused(&mut self, client_id: &ClientMsgId) {
+        if self.sends.remove(client_id).is_some() {
+            self.refused += 1;
+        }
+    }
+
+    /// The sending device got its acknowledgement.
+    pub fn acked(&mut self, ack: &Ack, at_us: i64) {
+        if self.sends.contains_key(&ack.client_id) {
+            self.acked += 1;
+        }
+        self.committed(&ack.client_id, ack.id, ack.conv, ack.seq, at_us);
+    }
+
+    /// A message is known committed (acked, or shown somewhere): from now on every device
+    /// that must get it is waited for.
+    fn committed(
+        &mut self,
+        client_id: &ClientMsgId,
+        id: MessageId,
+        conv: ConvId,
+        seq: Seq,
+        at_us: i64,
+    ) {
+        let Some(send) = self.sends.remove(client_id) else {
+            return;
+        };
+        if self.pending.contains_key(&id) || self.done.contains_key(&id) {
+            return;
+        }
+        let missing: Vec<DeviceId> = self
+            .members
+            .get(&send.conv)
+            .map(|m| {
+                m.iter()
+                    .filter(|d| {
+                        self.devices
+                            .get(*d)
+                            .is_some_and(|d| d.registered_us <= send.at_us)
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.expected += missing.len() as u64;
+        for d in &missing {
+            self.rows.entry((d.clone(), conv)).or_default().expected += 1;
+        }
+        let stale = vec![false; missing.len()];
+        self.pending.insert(
+            id,
+            Pending {
+                sender: send.device,
+                conv,
+                seq,
+                sent_us: send.at_us,
+                committed_us: at_us,
+                missing,
+                stale,
+            },
+        );
+    }
+
+    /// `device` showed `event` to its user.
+    pub fn shown(&mut self, device: &DeviceId, event: &Event, at_us: i64) {
+        let key = (device.clone(), event.conv);
+        let node = self.devices.get(device).and_then(|d| d.node.clone());
+        // Order first: it tells a duplicate from a late arrival.
+        let position = self.positions.entry(key.clone()).or_default();
+        let order = match position.last {
+            None => Ok(()),
+            Some(last) if event.seq == last + 1 => Ok(()),
+            Some(last) if event.seq > last + 1 => {
+                position.skipped.extend(last + 1..event.seq);
+                Err((
+                    ViolationKind::OutOfOrder,
+                    format!(
+                        "seq {} after {last}: {} skipped",
+                        event.seq,
+                        if event.seq == last + 2 {
+                            format!("{}", last + 1)
+                        } else {
+                            format!("{}–{}", last + 1, event.seq - 1)
+                        }
+                    ),
+                ))
+            }
+            Some(last) if position.skipped.remove(&event.seq) => Err((
+                ViolationKind::OutOfOrder,
+                format!("seq {} after {last}: arrived late", event.seq),
+            )),
+            Some(_) => Err((
+                ViolationKind::Duplicate,
+                format!("seq {} a second time", event.seq),
+            )),
+        };
+        if position.last.is_none_or(|l| event.seq > l) {
+            position.last = Some(event.seq);
+        }
+        if let Some(client_id) = &event.client_id {
+            self.committed(client_id, event.id, event.conv, event.seq, at_us);
+        }
+        if let Err((kind, detail)) = order {
+            let row = self.rows.entry(key).or_default();
+            if kind == ViolationKind::Duplicate {
+                self.duplicates += 1;
+                row.duplicates += 1;
+            } else {
+                self.out_of_order += 1;
+                row.out_of_order += 1;
+            }
+            self.violate(
+                kind,
+                Some(event.id),
+                event.conv,
+                Some(event.seq),
+                device,
+                node,
+                at_us,
+                &detail,
+            );
+            if kind == ViolationKind::Duplicate {
+                return;
+            }
+        }
+        self.delivered_to(device, event.id, at_us);
+    }
+
+    /// Marks `id` shown on `device`, if it was waited for there.
+    fn delivered_to(&mut self, device: &DeviceId, id: MessageId, at_us: i64) {
+        let Some(p) = self.pending.get_mut(&id) else {
+            return;
+        };
+        let Some(i) = p.missing.iter().position(|d| d == device) else {
+            return;
+        };
+        p.missing.swap_remove(i);
+        let was_stale = p.stale.swap_remove(i);
+        self.delivered += 1;
+        if was_stale {
+            self.stale = self.stale.saturating_sub(1);
+        }
+        let row = self.rows.entry((device.clone(), p.conv)).or_default();
+        row.delivered += 1;
+        if was_stale {
+            row.stale = row.stale.saturating_sub(1);
+        }
+        // The sender's own device sees its message at once: only other devices measure the
+        // cluster's delivery.
+        if *device != p.sender {
+            let latency = (at_us - p.sent_us).max(1) as u64;
+            let _ = self.latency.record(latency.min(HIST_MAX_US));
+        }
+        if p.missing.is_empty()
+            && let Some(p) = self.pending.remove(&id)
+        {
+            self.remember_done(id, p.conv, p.seq);
+        }
+    }
+
+    fn remember_done(&mut self, id: MessageId, conv: ConvId, seq: Seq) {
+        self.done.insert(id, (conv, seq));
+        self.done_order.push_back(id);
+        while self.done_order.len() > DONE_KEPT {
+            if let Some(old) = self.done_order.pop_front() {
+                self.done.remove(&old);
+            }
+        }
+    }
+
+    /// A device's session changed: live on `node`, or not live (`node` is then the node it
+    /// was on, if known). A loss of the node followed by a live session is a failover.
+    pub fn status(&mut self, device: &DeviceId, node: Option<&str>, live: bool, at_us: i64) {
+        let Some(d) = self.devices.get_mut(device) else {
+            return;
+        };
+        if live {
+            if let Some((since, from)) = d.down.take() {
+                let ms = ((at_us - since).max(0) / 1000) as u64;
+                let _ = self
+                    .failover
+                    .record(((at_us - since).max(1) as u64).min(HIST_MAX_US));
+                self.failovers.push_back(Failover {
+                    device: device.clone(),
+                    from,
+                    to: node.map(str::to_owned),
+                    at_us: since,
+                    ms,
+                });
+                while self.failovers.len() > self.config.max_failovers {
+                    self.failovers.pop_front();
+                }
+            }
+            d.live = true;
+            d.node = node.map(str::to_owned);
+        } else {
+            if d.live {
+                d.down = Some((at_us, d.node.clone()));
+            }
+            d.live = false;
+            if node.is_some() {
+                d.node = node.map(str::to_owned);
+            }
+        }
+    }
+
+    /// A sampled hop seen on a node: persists count messages, received and returned
+    /// envelopes count bus traffic (msgs-per-op).
+    pub fn hop(&mut self, hop: Hop, id: MessageId, at_us: i64) {
+        let counts = matches!(hop, Hop::Persisted | Hop::Received | Hop::Returned);
+        if !counts {
+            return;
+        }
+        let entry = self.ops.entry(id).or_insert_with(|| {
+            self.ops_order.push_back(id);
+            (None, 0)
+        });
+        match hop {
+            Hop::Persisted => entry.0 = Some(at_us),
+            _ => entry.1 += 1,
+        }
+        while self.ops_order.len() > self.config.ops_window * 4 {
+            if let Some(old) = self.ops_order.pop_front() {
+                self.ops.remove(&old);
+            }
+        }
+    }
+
+    /// Counts deliveries older than the stale bound as stale. Call it a few times a second.
+    pub fn tick(&mut self, now_us: i64) {
+        let bound = self.config.stale_after.as_micros() as i64;
+        for p in self.pending.values_mut() {
+            if now_us - p.committed_us < bound {
+                continue;
+            }
+            for (i, d) in p.missing.iter().enumerate() {
+                if !p.stale[i] {
+                    p.stale[i] = true;
+                    self.stale += 1;
+                    self.rows.entry((d.clone(), p.conv)).or_default().stale += 1;
+                }
+            }
+        }
+    }
+
+    /// The run has settled (traffic stopped and the cluster had time): every delivery still
+    /// missing past the stale bound is lost.
+    pub fn settle(&mut self, now_us: i64) {
+        self.tick(now_us);
+        let bound = self.config.stale_after.as_micros() as i64;
+        let due: Vec<MessageId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now_us - p.committed_us >= bound)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut gone: Vec<(MessageId, Pending)> = due
+            .into_iter()
+            .filter_map(|id| self.pending.remove(&id).map(|p| (id, p)))
+            .collect();
+        gone.sort_by_key(|(_, p)| (p.committed_us, p.seq));
+        for (id, p) in gone {
+            for d in &p.missing {
+                self.lost += 1;
+                self.stale = self.stale.saturating_sub(1);
+                let row = self.rows.entry((d.clone(), p.conv)).or_default();
+                row.lost += 1;
+                row.stale = row.stale.saturating_sub(1);
+                let node = self.devices.get(d).and_then(|d| d.node.clone());
+                let detail = format!(
+                    "never arrived ({} s after it was committed)",
+                    (now_us - p.committed_us) / 1_000_000
+                );
+                self.violate(
+                    ViolationKind::Lost,
+                    Some(id),
+                    p.conv,
+                    Some(p.seq),
+                    d,
+                    node,
+                    now_us,
+                    &detail,
+                );
+            }
+            self.remember_done(id, p.conv, p.seq);
+        }
+    }
+
+    /// Whether no delivery is waited for (everything committed was shown everywhere).
+    pub fn quiet(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Deliveries waited for.
+    pub fn waiting(&self) -> usize {
+        self.pending.values().map(|p| p.missing.len()).sum()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn violate(
+        &mut self,
+        kind: ViolationKind,
+        id: Option<MessageId>,
+        conv: ConvId,
+        seq: Option<Seq>,
+        device: &DeviceId,
+        node: Option<String>,
+        at_us: i64,
+        detail: &str,
+    ) {
+        if self.violations.len() >= self.config.max_violations {
+            return;
+        }
+        let user = self
+            .devices
+            .get(device)
+            .map(|d| d.user.clone())
+            .unwrap_or_default();
+        let what = match kind {
+            ViolationKind::Lost => "LOST",
+            ViolationKind::Duplicate => "DUPLICATE",
+            ViolationKind::OutOfOrder => "OUT OF ORDER",
+        };
+        let message = id
+            .map(|id| format!("message {id}"))
+            .unwrap_or_else(|| "an event".into());
+        let text = format!(
+            "{what}: {message} of conversation {} to device {device} ({user}){}: {detail}",
+            conv.0,
+            node.as_deref()
+                .map(|n| format!(" on {n}"))
+                .unwrap_or_default(),
+        );
+        self.violations.push(Violation {
+            kind,
+            id,
+            conv,
+            seq,
+            device: device.clone(),
+            user,
+            node,
+            at_us,
+            text,
+        });
+    }
+
+    /// Green, amber or red.
+    pub fn verdict(&self) -> Level {
+        if self.lost + self.duplicates + self.out_of_order > 0 {
+            Level::Bad
+        } else if self.stale > 0 {
+            Level::Warn
+        } else {
+            Level::Ok
+        }
+    }
+
+    /// The first broken guarantees, in the order they were found.
+    pub fn violations(&self) -> &[Violation] {
+        &self.violations
+    }
+
+    /// Everything the panel shows.
+    pub fn view(&self) -> CheckerView {
+        let verdict = self.verdict();
+        let devices = self.devices.len();
+        let waiting = self.waiting() as u64;
+        let headline = match verdict {
+            Level::Bad => self
+                .violations
+                .first()
+                .map(|v| v.text.clone())
+                .unwrap_or_else(|| "a guarantee broke".into()),
+            Level::Warn => format!(
+                "{} deliver{} late (more than {:.0} s): {}",
+                self.stale,
+                if self.stale == 1 { "y" } else { "ies" },
+                self.config.stale_after.as_secs_f64(),
+                self.oldest_stale().unwrap_or_default()
+            ),
+            Level::Ok if self.acked == 0 && self.delivered == 0 => format!(
+                "Waiting for traffic: {devices} device{} followed",
+                if devices == 1 { "" } else { "s" }
+            ),
+            Level::Ok => format!(
+                "All {} acknowledged messages reached every device that must get them, once, in \
+                 order ({} deliveries{})",
+                self.acked,
+                self.delivered,
+                if waiting > 0 {
+                    format!(", {waiting} on their way")
+                } else {
+                    String::new()
+                }
+            ),
+        };
+        let (msgs_per_op, ops_sampled) = self.msgs_per_op();
+        CheckerView {
+            verdict,
+            headline,
+            sent: self.sent,
+            acked: self.acked,
+            refused: self.refused,
+            expected: self.expected,
+            delivered: self.delivered,
+            pending: waiting.saturating_sub(self.stale),
+            stale: self.stale,
+            lost: self.lost,
+            duplicates: self.duplicates,
+            out_of_order: self.out_of_order,
+            stale_after_ms: self.config.stale_after.as_millis() as u64,
+            violations: self.violations.clone(),
+            rows: self.rows(),
+            latency: summarize(&self.latency),
+            msgs_per_op,
+            ops_sampled,
+            failover: summarize(&self.failover),
+            failovers: self.failovers.iter().rev().cloned().collect(),
+        }
+    }
+
+    /// "message X to device Y on n2" for the oldest stale delivery.
+    fn oldest_stale(&self) -> Option<String> {
+        let (id, p) = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.stale.iter().any(|s| *s))
+            .min_by_key(|(_, p)| p.committed_us)?;
+        let i = p.stale.iter().position(|s| *s)?;
+        let device = &p.missing[i];
+        let d = self.devices.get(device);
+        Some(format!(
+            "message {id} of conversation {} not yet on device {device} ({}){}",
+            p.conv.0,
+            d.map(|d| d.user.as_str()).unwrap_or(""),
+            d.and_then(|d| d.node.as_deref())
+                .map(|n| format!(", last on {n}"))
+                .unwrap_or_default()
+        ))
+    }
+
+    /// Envelopes per message over the last sampled messages whose envelopes have all had time
+    /// to arrive (persisted at least a second before the newest one).
+    fn msgs_per_op(&self) -> (Option<f64>, u64) {
+        let newest = self.ops.values().filter_map(|(p, _)| *p).max();
+        let Some(newest) = newest else {
+            return (None, 0);
+        };
+        let settled = self
+            .ops_order
+            .iter()
+            .rev()
+            .filter_map(|id| self.ops.get(id))
+            .filter_map(|(p, n)| p.map(|p| (p, *n)))
+            .filter(|(p, _)| newest - p >= 1_000_000)
+            .take(self.config.ops_window);
+        let (mut ops, mut envelopes) = (0u64, 0u64);
+        for (_, n) in settled {
+            ops += 1;
+            envelopes += u64::from(n);
+        }
+        if ops == 0 {
+            (None, 0)
+        } else {
+            (Some(envelopes as f64 / ops as f64), ops)
+        }
+    }
+
+    fn rows(&self) -> Vec<CheckRow> {
+        let mut rows: Vec<CheckRow> = self
+            .rows
+            .iter()
+            .filter(|(_, r)| r.expected > 0 || r.duplicates + r.out_of_order > 0)
+            .map(|((device, conv), r)| {
+                let level = if r.lost + r.duplicates + r.out_of_order > 0 {
+                    Level::Bad
+                } else if r.stale > 0 {
+                    Level::Warn
+                } else {
+                    Level::Ok
+                };
+                CheckRow {
+                    device: device.clone(),
+                    user: self
+                        .devices
+                        .get(device)
+                        .map(|d| d.user.clone())
+                        .unwrap_or_default(),
+                    conv: *conv,
+                    sender: r.sender,
+                    delivered: r.delivered,
+                    expected: r.expected,
+                    stale: r.stale,
+                    lost: r.lost,
+                    duplicates: r.duplicates,
+                    out_of_order: r.out_of_order,
+                    level,
+                }
+            })
+            .collect();
+        let rank = |l: Level| match l {
+            Level::Bad => 0,
+            Level::Warn => 1,
+            Level::Ok => 2,
+        };
+        rows.sort_by(|a, b| {
+            rank(a.level)
+                .cmp(&rank(b.level))
+                .then((b.expected - b.delivered).cmp(&(a.expected - a.delivered)))
+                .then(a.user.cmp(&b.user))
+                .then(a.device.cmp(&b.device))
+                .then(a.conv.cmp(&b.conv))
+        });
+        rows.truncate(self.config.max_rows);
+        rows
+    }
+}
+
+/// p50, p99, max and the panel's buckets of a histogram of microseconds.
+pub fn summarize(h: &hdrhistogram::Histogram<u64>) -> Histogram {
+    if h.is_empty() {
+        return Histogram {
+            buckets: BUCKETS_MS.iter().map(|b| (*b, 0)).collect(),
+            ..Histogram::default()
+        };
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    let mut buckets = Vec::with_capacity(BUCKETS_MS.len());
+    let mut below = 0u64;
+    for &bound in BUCKETS_MS {
+        let upto = if bound.is_finite() {
+            h.count_between(0, (bound * 1000.0) as u64)
+        } else {
+            h.len()
+        };
+        buckets.push((bound, upto.saturating_sub(below)));
+        below = upto;
+    }
+    Histogram {
+        count: h.len(),
+        p50_ms: ms(h.value_at_quantile(0.5)),
+        p99_ms: ms(h.value_at_quantile(0.99)),
+        max_ms: ms(h.max()),
+        buckets,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::UserId;
+    use protocol::model::{EventBody, Message, MessageKind};
+
+    use super::*;
+
+    const C: ConvId = ConvId(7);
+    const MS: i64 = 1000;
+
+    fn dev(s: &str) -> DeviceId {
+        DeviceId::new(s).expect("device id")
+    }
+
+    fn cid(s: &str) -> ClientMsgId {
+        ClientMsgId::new(s).expect("client id")
+    }
+
+    /// Alice has a laptop and a phone, Bob one device; all three are on conversation C.
+    fn three_devices() -> Checker {
+        let mut c = Checker::new(CheckerConfig::default());
+        for (d, u) in [
+            ("a-laptop", "alice"),
+            ("a-phone", "alice"),
+            ("b-desk", "bob"),
+        ] {
+            c.add_device(dev(d), u, 0);
+            c.join(C, dev(d));
+            c.status(&dev(d), Some("n1"), true, 0);
+        }
+        c.status(&dev("b-desk"), Some("n2"), true, 0);
+        c
+    }
+
+    fn event(seq: Seq, client_id: &str) -> Event {
+        Event {
+            conv: C,
+            seq,
+            id: MessageId(1000 + seq as i64),
+            at: 0,
+            sender: UserId(1),
+            device: Some(dev("a-laptop")),
+            client_id: Some(cid(client_id)),
+            body: EventBody::Message(Message {
+                kind: MessageKind::Text,
+                text: format!("m{seq}"),
+                attachment: None,
+                reply_to: None,
+                edited_at: None,
+                deleted: false,
+            }),
+        }
+    }
+
+    fn ack(seq: Seq, client_id: &str) -> Ack {
+        Ack {
+            client_id: cid(client_id),
+            conv: C,
+            seq,
+            id: MessageId(1000 + seq as i64),
+            at: 0,
+            duplicate: false,
+        }
+    }
+
+    /// The laptop sends `seq`, gets its ack, and every device in `to` shows it.
+    fn send(c: &mut Checker, seq: Seq, to: &[&str], at: i64) {
+        let id = format!("c{seq}");
+        c.sent(&dev("a-laptop"), C, cid(&id), at);
+        c.acked(&ack(seq, &id), at + MS);
+        for d in to {
+            c.shown(&dev(d), &event(seq, &id), at + 2 * MS);
+        }
+    }
+
+    const ALL: &[&str] = &["a-laptop", "a-phone", "b-desk"];
+
+    #[test]
+    fn everything_delivered_once_in_order_is_green() {
+        let mut c = three_devices();
+        for seq in 1..=5 {
+            send(&mut c, seq, ALL, seq as i64 * 10 * MS);
+        }
+        c.settle(60_000 * MS);
+        let v = c.view();
+        assert_eq!(v.verdict, Level::Ok, "{}", v.headline);
+        assert_eq!((v.acked, v.expected, v.delivered), (5, 15, 15));
+        assert!(
+            v.headline.starts_with("All 5 acknowledged messages"),
+            "{}",
+            v.headline
+        );
+        assert_eq!(
+            v.latency.count, 10,
+            "the sender's own device is not a delivery latency"
+        );
+    }
+
+    #[test]
+    fn a_lost_delivery_to_the_senders_other_device_turns_red_naming_it() {
+        let mut c = three_devices();
+        send(&mut c, 1, ALL, 0);
+        // Message 2 never reaches Alice's phone.
+        send(&mut c, 2, &["a-laptop", "b-desk"], 10 * MS);
+        // Before the bound it is only on its way; past it, late; once settled, lost.
+        c.tick(100 * MS);
+        assert_eq!(c.verdict(), Level::Ok);
+        c.tick(6_000 * MS);
+        assert_eq!(c.verdict(), Level::Warn);
+        assert!(
+            c.view().headline.contains("not yet on device a-phone"),
+            "{}",
+            c.view().headline
+        );
+        c.settle(60_000 * MS);
+        let v = c.view();
+        assert_eq!(v.verdict, Level::Bad);
+        assert_eq!(v.lost, 1);
+        assert_eq!(v.stale, 0);
+        let lost = &v.violations[0];
+        assert_eq!(lost.kind, ViolationKind::Lost);
+        assert_eq!(lost.id, Some(MessageId(1002)));
+        assert_eq!(lost.device, dev("a-phone"));
+        assert_eq!(lost.user, "alice");
+        assert_eq!(lost.node.as_deref(), Some("n1"));
+        assert!(
+            v.headline.starts_with("LOST: message 1002"),
+            "{}",
+            v.headline
+        );
+        assert!(
+            v.headline.contains("device a-phone (alice) on n1"),
+            "{}",
+            v.headline
+        );
+        // The phone's row is the first one, and red.
+        assert_eq!(v.rows[0].device, dev("a-phone"));
+        assert_eq!(v.rows[0].level, Level::Bad);
+        assert_eq!((v.duplicates, v.out_of_order), (0, 0));
+    }
+
+    #[test]
+    fn a_doubled_delivery_turns_red_at_once_naming_message_and_device() {
+        let mut c = three_devices();
+        send(&mut c, 1, ALL, 0);
+        send(&mut c, 2, ALL, 10 * MS);
+        c.shown(&dev("b-desk"), &event(2, "c2"), 30 * MS);
+        let v = c.view();
+        assert_eq!(v.verdict, Level::Bad);
+        assert_eq!((v.duplicates, v.out_of_order, v.lost), (1, 0, 0));
+        let d = &v.violations[0];
+        assert_eq!(d.kind, ViolationKind::Duplicate);
+        assert_eq!((d.id, d.seq), (Some(MessageId(1002)), Some(2)));
+        assert_eq!(d.device, dev("b-desk"));
+        assert_eq!(d.node.as_deref(), Some("n2"));
+        assert!(
+            v.headline.starts_with("DUPLICATE: message 1002"),
+            "{}",
+            v.headline
+        );
+        assert!(
+            v.headline.contains("device b-desk (bob) on n2"),
+            "{}",
+            v.headline
+        );
+        // Counted once as delivered: the duplicate is not a delivery.
+        assert_eq!(v.delivered, 6);
+    }
+
+    #[test]
+    fn a_reordered_delivery_turns_red_at_once_naming_message_and_device() {
+        let mut c = three_devices();
+        send(&mut c, 1, ALL, 0);
+        // Bob's device gets 3 before 2.
+        for (seq, to) in [(2, &["a-laptop", "a-phone"][..]), (3, ALL)] {
+            send(&mut c, seq, to, seq as i64 * 10 * MS);
+        }
+        c.shown(&dev("b-desk"), &event(2, "c2"), 40 * MS);
+        let v = c.view();
+        assert_eq!(v.verdict, Level::Bad);
+        assert_eq!(
+            (v.out_of_order, v.duplicates),
+            (2, 0),
+            "the skip, then the late one"
+        );
+        let first = &v.violations[0];
+        assert_eq!(first.kind, ViolationKind::OutOfOrder);
+        assert_eq!((first.id, first.seq), (Some(MessageId(1003)), Some(3)));
+        assert_eq!(first.device, dev("b-desk"));
+        assert!(
+            first.text.contains("seq 3 after 1: 2 skipped"),
+            "{}",
+            first.text
+        );
+        let late = &v.violations[1];
+        assert_eq!(late.id, Some(MessageId(1002)));
+        assert!(late.text.contains("arrived late"), "{}", late.text);
+        // Everything arrived in the end: nothing is lost.
+        c.settle(60_000 * MS);
+        assert_eq!(c.view().lost, 0);
+    }
+
+    #[test]
+    fn devices_added_after_a_send_are_not_owed_it_and_failovers_are_timed() {
+        let mut c = three_devices();
+        c.sent(&dev("a-laptop"), C, cid("early"), 5 * MS);
+        c.add_device(dev("a-tablet"), "alice", 6 * MS);
+        c.join(C, dev("a-tablet"));
+        c.acked(&ack(1, "early"), 7 * MS);
+        for d in ALL {
+            c.shown(&dev(d), &event(1, "early"), 8 * MS);
+        }
+        assert!(c.quiet());
+        c.status(&dev("b-desk"), None, false, 100 * MS);
+        c.status(&dev("b-desk"), Some("n3"), true, 1_300 * MS);
+        let v = c.view();
+        assert_eq!(v.failover.count, 1);
+        assert_eq!(v.failovers[0].from.as_deref(), Some("n2"));
+        assert_eq!(v.failovers[0].to.as_deref(), Some("n3"));
+        assert_eq!(v.failovers[0].ms, 1200);
+    }
+
+    #[test]
+    fn msgs_per_op_counts_envelopes_per_sampled_message() {
+        let mut c = Checker::new(CheckerConfig::default());
+        for i in 0..10i64 {
+            let id = MessageId(i);
+            c.hop(Hop::Persisted, id, i * 100 * MS);
+            // Fanout on three nodes: two other nodes receive it, the bus returns one copy.
+            c.hop(Hop::Received, id, i * 100 * MS + 1);
+            c.hop(Hop::Received, id, i * 100 * MS + 2);
+            c.hop(Hop::Returned, id, i * 100 * MS + 3);
+            c.hop(Hop::Delivered, id, i * 100 * MS + 4);
+        }
+        let (per_op, ops) = c.msgs_per_op();
+        // Persisted at 0..900 ms: those a second before the newest count.
+        assert_eq!(ops, 0);
+        c.hop(Hop::Persisted, MessageId(99), 2_000 * MS);
+        let (per_op2, ops2) = c.msgs_per_op();
+        assert_eq!(per_op, None);
+        assert_eq!(ops2, 10);
+        assert_eq!(per_op2, Some(3.0));
+    }
+
+    #[test]
+    fn reset_forgets_counts_but_keeps_devices() {
+        let mut c = three_devices();
+        send(&mut c, 1, &["a-laptop"], 0);
+        c.settle(60_000 * MS);
+        assert_eq!(c.verdict(), Level::Bad);
+        c.reset(70_000 * MS);
+        assert_eq!(c.verdict(), Level::Ok);
+        send(&mut c, 2, ALL, 80_000 * MS);
+        let v = c.view();
+        assert_eq!((v.expected, v.delivered, v.lost), (3, 3, 0));
+    }
+}
