@@ -23,6 +23,7 @@ use rand::Rng;
 
 use crate::LabError;
 use crate::process::{Exit, ProcessSpec, ServerProcess};
+use crate::proxy::CutProxy;
 use crate::status::ControllerClient;
 
 /// The environment variable every server process reads its secret from.
@@ -116,6 +117,10 @@ pub struct ClusterConfig {
     /// Start each process in a process group of its own (see
     /// [`ProcessSpec::own_process_group`]): on for the interactive CLI, off for tests.
     pub own_process_groups: bool,
+    /// Put a [`CutProxy`] between each node and its bus, so that [`Cluster::cut_bus`] can cut
+    /// one node's bus connection while it keeps running. With the embedded bus the proxy sits
+    /// on the node's link to the controller, which carries the embedded registry too.
+    pub cuttable_bus: bool,
 }
 
 impl ClusterConfig {
@@ -136,6 +141,7 @@ impl ClusterConfig {
             // A node drains for up to ~10 s; leave room on top.
             stop_timeout: Duration::from_secs(15),
             own_process_groups: false,
+            cuttable_bus: false,
         }
     }
 
@@ -144,8 +150,8 @@ impl ClusterConfig {
         Duration::from_millis(self.lease_ms.unwrap_or(5_000))
     }
 
-    /// Flags both roles take.
-    fn common_args(&self, data_dir: &Path) -> Vec<OsString> {
+    /// Flags both roles take; `bus` is the bus URL this process connects to.
+    fn common_args(&self, data_dir: &Path, bus: &str) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["--data-dir".into(), data_dir.into()];
         if let Some(store) = &self.backends.store {
             args.extend(["--store".into(), store.into()]);
@@ -154,7 +160,7 @@ impl ClusterConfig {
             "--registry".into(),
             (&self.backends.registry).into(),
             "--bus".into(),
-            (&self.backends.bus).into(),
+            bus.into(),
             "--routing".into(),
             self.backends.routing.as_str().into(),
         ]);
@@ -167,7 +173,7 @@ impl ClusterConfig {
     /// The controller's command line (after the program).
     pub fn controller_command(&self, data_dir: &Path) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["controller".into(), "--listen".into(), LISTEN.into()];
-        args.extend(self.common_args(data_dir));
+        args.extend(self.common_args(data_dir, &self.backends.bus));
         args.extend(self.controller_args.iter().map(OsString::from));
         args
     }
@@ -179,6 +185,18 @@ impl ClusterConfig {
         controller_url: &str,
         id: &NodeId,
     ) -> Vec<OsString> {
+        self.node_command_via(data_dir, controller_url, &self.backends.bus, id)
+    }
+
+    /// A node's command line reaching the controller and the bus at the addresses given (a
+    /// [`CutProxy`]'s, when the bus can be cut).
+    pub fn node_command_via(
+        &self,
+        data_dir: &Path,
+        controller_url: &str,
+        bus: &str,
+        id: &NodeId,
+    ) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec![
             "node".into(),
             "--listen".into(),
@@ -186,7 +204,7 @@ impl ClusterConfig {
             "--controller".into(),
             controller_url.into(),
         ];
-        args.extend(self.common_args(data_dir));
+        args.extend(self.common_args(data_dir, bus));
         args.extend(["--id".into(), id.as_str().into()]);
         args.extend(self.node_args.iter().map(OsString::from));
         args
@@ -234,6 +252,8 @@ pub struct NodeInfo {
     pub pid: u32,
     /// Running, killed, stopped, died.
     pub process: ProcessState,
+    /// Whether the lab cut its bus connection ([`Cluster::cut_bus`]).
+    pub bus_cut: bool,
 }
 
 /// A node process that became ready.
@@ -259,6 +279,8 @@ struct Slot {
     restarts: u32,
     node: NodeProcess,
     ended_by: Option<EndedBy>,
+    /// Between the node and its bus, when the cluster's bus can be cut. It outlives restarts.
+    proxy: Option<CutProxy>,
 }
 
 impl Slot {
@@ -278,6 +300,7 @@ impl Slot {
             http_url: self.node.http_url.clone(),
             pid: self.node.process.pid(),
             process,
+            bus_cut: self.proxy.as_ref().is_some_and(CutProxy::is_cut),
         }
     }
 }
@@ -354,17 +377,57 @@ impl Launcher {
         Ok((process, url))
     }
 
-    /// Starts a node and returns once it is live in `/v1/nodes`.
-    async fn start_node(&self, id: NodeId) -> Result<NodeProcess, LabError> {
-        self.start_node_with(id, &[]).await
+    /// A proxy for a new slot's bus connection, when the cluster's bus can be cut.
+    async fn proxy(&self) -> Result<Option<CutProxy>, LabError> {
+        if !self.config.cuttable_bus {
+            return Ok(None);
+        }
+        let bus = &self.config.backends.bus;
+        let url = if bus == "embedded" {
+            self.controller.base()
+        } else {
+            bus.as_str()
+        };
+        let (target, _) =
+            crate::proxy::split_authority(url, "").ok_or_else(|| LabError::NotCuttable {
+                name: "the cluster".into(),
+                why: format!("no host:port in {url:?} to put a proxy in front of"),
+            })?;
+        CutProxy::start(&target).await.map(Some)
     }
 
-    /// Starts a node with extra arguments for it alone (after the cluster-wide ones).
-    async fn start_node_with(&self, id: NodeId, extra: &[String]) -> Result<NodeProcess, LabError> {
+    /// Starts a node and returns once it is live in `/v1/nodes`.
+    async fn start_node(
+        &self,
+        id: NodeId,
+        proxy: Option<&CutProxy>,
+    ) -> Result<NodeProcess, LabError> {
+        self.start_node_with(id, &[], proxy).await
+    }
+
+    /// Starts a node with extra arguments for it alone (after the cluster-wide ones), through
+    /// `proxy` to its bus when there is one.
+    async fn start_node_with(
+        &self,
+        id: NodeId,
+        extra: &[String],
+        proxy: Option<&CutProxy>,
+    ) -> Result<NodeProcess, LabError> {
         let limit = self.config.ready_timeout;
+        let bus = &self.config.backends.bus;
+        let (controller, bus) = match proxy {
+            None => (self.controller.base().to_owned(), bus.clone()),
+            Some(p) if bus == "embedded" => (format!("http://{}", p.addr()), bus.clone()),
+            Some(p) => (
+                self.controller.base().to_owned(),
+                crate::proxy::split_authority(bus, &p.addr().to_string())
+                    .map(|(_, url)| url)
+                    .unwrap_or_else(|| bus.clone()),
+            ),
+        };
         let mut args = self
             .config
-            .node_command(&self.data_dir, self.controller.base(), &id);
+            .node_command_via(&self.data_dir, &controller, &bus, &id);
         args.extend(extra.iter().map(std::ffi::OsString::from));
         let mut process = ServerProcess::spawn(self.spec(id.as_str(), args))?;
         let ready = process.wait_ready(limit).await?.clone();
@@ -417,17 +480,21 @@ async fn launch(launcher: &mut Launcher) -> Result<(ServerProcess, Vec<Slot>), L
     let launcher = &*launcher;
     let names = (0..launcher.config.nodes).map(slot_name);
     let nodes = futures::future::try_join_all(names.map(|name| async move {
-        let node = launcher.start_node(node_id(&name, 0)?).await?;
-        Ok::<_, LabError>((name, node))
+        let proxy = launcher.proxy().await?;
+        let node = launcher
+            .start_node(node_id(&name, 0)?, proxy.as_ref())
+            .await?;
+        Ok::<_, LabError>((name, node, proxy))
     }))
     .await?;
     let slots = nodes
         .into_iter()
-        .map(|(name, node)| Slot {
+        .map(|(name, node, proxy)| Slot {
             name,
             restarts: 0,
             node,
             ended_by: None,
+            proxy,
         })
         .collect();
     Ok((controller, slots))
@@ -670,7 +737,16 @@ impl Cluster {
             let slot = self.slot(index)?;
             (slot.name.clone(), slot.restarts + 1)
         };
-        let node = self.launcher.start_node(node_id(&name, restarts)?).await?;
+        // A node starting behind a cut proxy could not register: restarting gives the slot
+        // its bus back.
+        let slot = self.slot(index)?;
+        if let Some(p) = &slot.proxy {
+            p.restore();
+        }
+        let node = self
+            .launcher
+            .start_node(node_id(&name, restarts)?, slot.proxy.as_ref())
+            .await?;
         let slot = self
             .slots
             .get_mut(index)
@@ -692,17 +768,58 @@ impl Cluster {
     pub async fn add_node_with_args(&mut self, extra: &[String]) -> Result<NodeInfo, LabError> {
         let index = self.slots.len();
         let name = slot_name(index);
+        let proxy = self.launcher.proxy().await?;
         let node = self
             .launcher
-            .start_node_with(node_id(&name, 0)?, extra)
+            .start_node_with(node_id(&name, 0)?, extra, proxy.as_ref())
             .await?;
         self.slots.push(Slot {
             name,
             restarts: 0,
             node,
             ended_by: None,
+            proxy,
         });
         self.node(index)
+    }
+
+    /// Cuts a node's connection to its bus: the [`CutProxy`] in front of it closes every
+    /// connection and refuses new ones. The node keeps running and serving its devices; what
+    /// it does about its bus (retry, catch up afterwards) is the server's own behaviour. With
+    /// the embedded bus this is the node's link to the controller, registry included, so the
+    /// controller drops the node until the link is back.
+    pub fn cut_bus(&mut self, index: usize) -> Result<(), LabError> {
+        self.proxy_of(index)?.cut();
+        Ok(())
+    }
+
+    /// Gives a node its bus connection back (it reconnects by itself).
+    pub fn restore_bus(&mut self, index: usize) -> Result<(), LabError> {
+        self.proxy_of(index)?.restore();
+        Ok(())
+    }
+
+    fn proxy_of(&self, index: usize) -> Result<&CutProxy, LabError> {
+        let slot = self.slot(index)?;
+        slot.proxy.as_ref().ok_or_else(|| LabError::NotCuttable {
+            name: slot.node.id.to_string(),
+            why: "the cluster was started without proxies in front of the bus \
+                  (ClusterConfig::cuttable_bus)"
+                .into(),
+        })
+    }
+
+    /// Switches the cluster to `routing`: every running node is restarted in turn with it
+    /// (each drains first, so its devices move to the others). The controller keeps the
+    /// routing it started with for its own publishes (membership changes, revocations).
+    pub async fn set_routing(&mut self, routing: Routing) -> Result<Vec<NodeInfo>, LabError> {
+        self.launcher.config.backends.routing = routing;
+        for index in 0..self.slots.len() {
+            if self.slots[index].node.process.is_running() {
+                self.restart_node(index).await?;
+            }
+        }
+        Ok(self.nodes())
     }
 
     /// `GET /v1/nodes`.

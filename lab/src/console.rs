@@ -706,6 +706,7 @@ mod tests {
             http_url: String::new(),
             pid: 1,
             process: ProcessState::Running,
+            bus_cut: false,
         }
     }
 

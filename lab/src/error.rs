@@ -135,6 +135,16 @@ pub enum LabError {
         name: String,
     },
 
+    /// The cluster was started without proxies in front of its nodes' bus connections
+    /// ([`crate::ClusterConfig::cuttable_bus`]), so none can be cut.
+    #[error("cannot cut {name}'s bus connection: {why}")]
+    NotCuttable {
+        /// The node.
+        name: String,
+        /// Why not.
+        why: String,
+    },
+
     /// One or more processes did not stop cleanly during [`crate::Cluster::shutdown`] (every
     /// process has been ended anyway).
     #[error("unclean shutdown: {summary}")]

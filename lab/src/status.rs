@@ -423,6 +423,7 @@ mod tests {
             http_url: String::new(),
             pid,
             process,
+            bus_cut: false,
         }
     }
 
