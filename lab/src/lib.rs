@@ -17,6 +17,18 @@
 //!   cluster that persists each message before acknowledging it costs on this machine.
 //! - [`console`]: the interactive `lab up` session and `lab status` (the binary is a thin
 //!   wrapper around it).
+//! - [`proxy`]: the TCP proxy between a node and its bus, which cuts the connection for real
+//!   ([`Cluster::cut_bus`]).
+//! - [`users`]: virtual users, each device a real client core, talking at a rate; what each
+//!   device saw.
+//! - [`checker`]: the live checker: lost, duplicate and out-of-order deliveries per device and
+//!   conversation, latency, msgs-per-op, failover times. No task, no clock: usable headless.
+//! - [`observe`]: the merged `/trace` streams of every node and the controller.
+//! - [`world`]: the lab's picture of a run, fed by all of the above; panel frames and reports.
+//! - [`control`]: [`control::Lab`], a running lab: the task that owns the cluster and carries
+//!   out operations one at a time, the pollers and the observer. What the panel, the console,
+//!   lessons and tests drive.
+//! - [`stacks`]: backend sets a lab can restart its cluster on, and whether they run here.
 //!
 //! Invariant: the lab never sleeps and hopes. Every wait polls the process (its ready line, its
 //! exit) or the controller, and has a deadline whose error quotes the relevant log.
@@ -34,16 +46,31 @@
 //! ```
 
 pub mod bench;
+pub mod checker;
 pub mod cluster;
 pub mod console;
+pub mod control;
 mod error;
 pub mod find;
 pub mod floor;
+pub mod observe;
 pub mod peer;
 pub mod process;
+pub mod proxy;
+pub mod stacks;
 pub mod status;
+pub mod users;
+pub mod world;
 
 pub use cluster::{Backends, Cluster, ClusterConfig, NodeInfo, ProcessState, Routing};
 pub use error::LabError;
 pub use process::Exit;
 pub use status::ControllerClient;
+
+/// Microseconds since the Unix epoch: the lab's clock, which the nodes on this machine share
+/// (their trace events carry the same), so that steps on devices and nodes line up.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
