@@ -19,7 +19,7 @@ use protocol::model::MessageKind;
 use protocol::{ClientMsgId, DeviceId, NodeId};
 use server::ids::{Snowflakes, now_ms};
 use server::store::sqlite::SqliteStore;
-use server::store::{NewBody, NewEvent, Store};
+use server::store::{Creation, NewBody, NewEvent, Store};
 
 const CONVERSATIONS: usize = 100;
 
@@ -97,9 +97,12 @@ async fn writer(args: &[String]) -> anyhow::Result<()> {
         let b = store
             .create_user(&format!("w{index}b{i}"), "-", now)
             .await?;
-        let (conv, _) = store
-            .open_direct(a.id, b.id, ids.next(), &origin, now)
-            .await?;
+        let creation = Creation {
+            id: ids.next(),
+            origin: &origin,
+            at: now,
+        };
+        let (conv, _) = store.open_direct(a.id, b.id, creation).await?;
         conversations.push((conv, a.id));
     }
     let mut tick = tokio::time::interval(Duration::from_nanos(

@@ -28,7 +28,9 @@ use serde::Deserialize;
 use super::AppState;
 use super::error::{ApiError, Authed, Body, PathOf, QueryOf, RawBody};
 use crate::ids::now_ms;
-use crate::store::{Appended, AttachmentBlob, DeviceRecord, NewBody, NewEvent, Page};
+use crate::store::{
+    Appended, AttachmentBlob, Creation, DeviceRecord, NewBody, NewEvent, NewRoom, Page,
+};
 
 type Api<T> = Result<T, ApiError>;
 
@@ -421,10 +423,12 @@ async fn direct(
             "a direct conversation needs another user".into(),
         ));
     }
-    let (conv, created) = s
-        .store
-        .open_direct(me.user, other, s.ids.next(), &s.id, now_ms())
-        .await?;
+    let creation = Creation {
+        id: s.ids.next(),
+        origin: &s.id,
+        at: now_ms(),
+    };
+    let (conv, created) = s.store.open_direct(me.user, other, creation).await?;
     if let Some(appended) = created {
         publish_event(&s, appended);
     }
@@ -444,10 +448,17 @@ async fn create_room(
             invitees.push(id);
         }
     }
-    let (conv, created) = s
-        .store
-        .create_room(me.user, &name, req.public, s.ids.next(), &s.id, now_ms())
-        .await?;
+    let room = NewRoom {
+        creator: me.user,
+        name: &name,
+        public: req.public,
+        creation: Creation {
+            id: s.ids.next(),
+            origin: &s.id,
+            at: now_ms(),
+        },
+    };
+    let (conv, created) = s.store.create_room(room).await?;
     publish_event(&s, created);
     for user in invitees {
         append_one(

@@ -27,15 +27,22 @@ use protocol::{
     AttachmentId, ClientMsgId, ConvId, DeviceId, MessageId, Millis, NodeId, Seq, UserId,
 };
 
-mod common;
+mod encoding;
+mod errors;
+mod member_cache;
+mod migrations;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+mod reads;
+mod rows;
+mod rules;
 pub mod sqlite;
 #[cfg(test)]
 pub mod suite;
+mod write;
 
 /// Why a store call failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The thing asked for does not exist (or the caller may not know it exists).
     #[error("not found")]
@@ -188,6 +195,31 @@ pub struct NewEvent {
     pub origin: NodeId,
 }
 
+/// How a conversation the store creates comes into being: its first event (`Member { Created
+/// }`), with the id the caller made for it, the node that persists it and the time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Creation<'a> {
+    /// The first event's Snowflake id.
+    pub id: MessageId,
+    /// The node (or controller) that persists it.
+    pub origin: &'a NodeId,
+    /// Server time of creation.
+    pub at: Millis,
+}
+
+/// A room to create, with its creator as only member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewRoom<'a> {
+    /// Its creator, and first member.
+    pub creator: UserId,
+    /// Its name.
+    pub name: &'a str,
+    /// Whether anyone may join.
+    pub public: bool,
+    /// Its first event.
+    pub creation: Creation<'a>,
+}
+
 /// A persisted event and who must get it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Appended {
@@ -263,27 +295,16 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_device(&self, user: UserId, device: &DeviceId) -> StoreResult<DeviceRecord>;
 
     /// Finds or creates the direct conversation of `a` and `b` (a ≠ b). When it is created, its
-    /// first event (`Member { Created, user: a }`, id `created_id`) is returned too.
+    /// first event (`Member { Created, user: a }`) is returned too.
     async fn open_direct(
         &self,
         a: UserId,
         b: UserId,
-        created_id: MessageId,
-        origin: &NodeId,
-        now: Millis,
+        creation: Creation<'_>,
     ) -> StoreResult<(ConvId, Option<Appended>)>;
     /// Creates a room with its creator as only member, and its first event
-    /// (`Member { Created, user: creator }`, id `created_id`). Invite others with
-    /// [`Store::append`].
-    async fn create_room(
-        &self,
-        creator: UserId,
-        name: &str,
-        public: bool,
-        created_id: MessageId,
-        origin: &NodeId,
-        now: Millis,
-    ) -> StoreResult<(ConvId, Appended)>;
+    /// (`Member { Created, user: creator }`). Invite others with [`Store::append`].
+    async fn create_room(&self, room: NewRoom<'_>) -> StoreResult<(ConvId, Appended)>;
 
     /// Appends events in one transaction (group commit), in order. Each gets its own result;
     /// a refusal of one (not a member, bad target…) does not affect the others. If the
@@ -307,7 +328,9 @@ pub trait Store: Send + Sync + 'static {
     /// The conversation's row.
     async fn conversation(&self, conv: ConvId) -> StoreResult<Option<ConversationRecord>>;
     /// Whether `user` is a member of `conv` now.
-    async fn is_member(&self, conv: ConvId, user: UserId) -> StoreResult<bool>;
+    async fn is_member(&self, conv: ConvId, user: UserId) -> StoreResult<bool> {
+        Ok(self.joined_seq(conv, user).await?.is_some())
+    }
     /// `user`'s membership: the `seq` that made them a member, if they are one.
     async fn joined_seq(&self, conv: ConvId, user: UserId) -> StoreResult<Option<Seq>>;
     /// The members, by name.

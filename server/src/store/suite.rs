@@ -27,7 +27,8 @@ use protocol::{
 };
 
 use super::{
-    Appended, AttachmentBlob, NewBody, NewEvent, Page, SharedStore, Store, StoreError, StoreResult,
+    Appended, AttachmentBlob, Creation, NewBody, NewEvent, NewRoom, Page, SharedStore, Store,
+    StoreError, StoreResult,
 };
 
 /// A database the suite can open handles onto.
@@ -104,6 +105,25 @@ fn node() -> anyhow::Result<NodeId> {
     Ok(NodeId::new(unique("node"))?)
 }
 
+/// A conversation's first event: a fresh id, now, persisted by `origin`.
+fn creation(origin: &NodeId) -> Creation<'_> {
+    Creation {
+        id: next_id(),
+        origin,
+        at: now(),
+    }
+}
+
+/// A room to create, with its first event as [`creation`] makes it.
+fn new_room<'a>(creator: UserId, name: &'a str, public: bool, origin: &'a NodeId) -> NewRoom<'a> {
+    NewRoom {
+        creator,
+        name,
+        public,
+        creation: creation(origin),
+    }
+}
+
 fn cid(s: &str) -> anyhow::Result<ClientMsgId> {
     Ok(ClientMsgId::new(s)?)
 }
@@ -117,13 +137,13 @@ async fn user(store: &dyn Store, prefix: &str) -> anyhow::Result<UserId> {
 
 async fn room(store: &dyn Store, creator: UserId, public: bool) -> anyhow::Result<ConvId> {
     Ok(store
-        .create_room(creator, &unique("room"), public, next_id(), &node()?, now())
+        .create_room(new_room(creator, &unique("room"), public, &node()?))
         .await?
         .0)
 }
 
 async fn direct(store: &dyn Store, a: UserId, b: UserId) -> anyhow::Result<ConvId> {
-    Ok(store.open_direct(a, b, next_id(), &node()?, now()).await?.0)
+    Ok(store.open_direct(a, b, creation(&node()?)).await?.0)
 }
 
 /// A new event with a fresh id, now, from no device, persisted by a random node.
@@ -321,7 +341,17 @@ pub async fn direct_conversations_are_found_again(db: &dyn TestDb) -> anyhow::Re
     let store = db.open().await?;
     let (a, b) = (user(&*store, "da").await?, user(&*store, "db").await?);
     let created_id = next_id();
-    let (conv, created) = store.open_direct(a, b, created_id, &node()?, now()).await?;
+    let (conv, created) = store
+        .open_direct(
+            a,
+            b,
+            Creation {
+                id: created_id,
+                origin: &node()?,
+                at: now(),
+            },
+        )
+        .await?;
     let created = created.context("the first open creates")?;
     assert_eq!(created.event.seq, 1);
     assert_eq!(created.event.id, created_id);
@@ -335,7 +365,7 @@ pub async fn direct_conversations_are_found_again(db: &dyn TestDb) -> anyhow::Re
     );
     assert_eq!(&*created.recipients, &sorted(vec![a, b])[..]);
 
-    let (again, none) = store.open_direct(b, a, next_id(), &node()?, now()).await?;
+    let (again, none) = store.open_direct(b, a, creation(&node()?)).await?;
     assert_eq!(again, conv);
     assert!(none.is_none(), "nothing created the second time");
 
@@ -353,12 +383,12 @@ pub async fn direct_conversations_are_found_again(db: &dyn TestDb) -> anyhow::Re
     assert_eq!(history(&*store, conv).await?, vec![created.event]);
 
     assert_err!(
-        store.open_direct(a, a, next_id(), &node()?, now()).await,
+        store.open_direct(a, a, creation(&node()?)).await,
         StoreError::Invalid(_)
     );
     assert_err!(
         store
-            .open_direct(a, UserId(i64::MAX), next_id(), &node()?, now())
+            .open_direct(a, UserId(i64::MAX), creation(&node()?))
             .await,
         StoreError::NotFound
     );
@@ -378,7 +408,7 @@ pub async fn concurrent_direct_opens_make_one_conversation(db: &dyn TestDb) -> a
         let (x, y) = if i % 3 == 0 { (a, b) } else { (b, a) };
         let origin = node()?;
         tasks.push(tokio::spawn(async move {
-            store.open_direct(x, y, next_id(), &origin, now()).await
+            store.open_direct(x, y, creation(&origin)).await
         }));
     }
     let mut convs = BTreeSet::new();
@@ -407,9 +437,7 @@ pub async fn room_membership_rules(db: &dyn TestDb) -> anyhow::Result<()> {
     );
 
     let name = unique("room");
-    let (private, created) = s
-        .create_room(a, &name, false, next_id(), &node()?, now())
-        .await?;
+    let (private, created) = s.create_room(new_room(a, &name, false, &node()?)).await?;
     assert_eq!(&*created.recipients, &[a]);
     let record = s.conversation(private).await?.context("room row")?;
     assert_eq!(
@@ -417,12 +445,11 @@ pub async fn room_membership_rules(db: &dyn TestDb) -> anyhow::Result<()> {
         (ConvKind::Room, name.as_str(), false)
     );
     assert_err!(
-        s.create_room(a, "  ", true, next_id(), &node()?, now())
-            .await,
+        s.create_room(new_room(a, "  ", true, &node()?)).await,
         StoreError::Invalid(_)
     );
     assert_err!(
-        s.create_room(UserId(i64::MAX), "orphan", true, next_id(), &node()?, now())
+        s.create_room(new_room(UserId(i64::MAX), "orphan", true, &node()?))
             .await,
         StoreError::NotFound
     );
@@ -1246,7 +1273,7 @@ pub async fn conversation_summaries(db: &dyn TestDb) -> anyhow::Result<()> {
     let dm = direct(s, a, b).await?;
     let room_name = unique("room");
     let (group, _) = s
-        .create_room(a, &room_name, true, next_id(), &node()?, now())
+        .create_room(new_room(a, &room_name, true, &node()?))
         .await?;
     append(s, member(group, c, MemberAction::Joined, c)).await?;
     assert!(s.conversations_of(user(s, "lz").await?).await?.is_empty());
@@ -1400,7 +1427,7 @@ pub async fn public_rooms_by_name(db: &dyn TestDb) -> anyhow::Result<()> {
     let (a, b) = (user(s, "pa").await?, user(s, "pb").await?);
     let tag = unique("tag");
     let make = |name: String, public: bool| async move {
-        s.create_room(a, &name, public, next_id(), &node()?, now())
+        s.create_room(new_room(a, &name, public, &node()?))
             .await
             .map(|x| x.0)
             .map_err(anyhow::Error::from)

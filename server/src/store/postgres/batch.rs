@@ -6,7 +6,11 @@ use protocol::model::Event;
 use protocol::{ConvId, MessageId, NodeId};
 
 use super::writer::Writer;
-use crate::store::common::{self, ConvHead, EventColumns, TakenKeys};
+use std::collections::HashSet;
+
+use crate::store::encoding;
+use crate::store::rows::EventColumns;
+use crate::store::write::ConvHead;
 use crate::store::{NewEvent, StoreError, StoreResult};
 
 /// The inserts of a batch, deferred: each statement is a round trip to the server, and one
@@ -21,6 +25,50 @@ pub(super) struct Deferred {
     pub(super) rows: EventRows,
 }
 
+/// The keys a batch's deferred inserts may not take: the event ids and `(sender, client_id)`
+/// pairs found taken when the batch began, and those of the events waiting to be inserted.
+#[derive(Default)]
+pub(super) struct TakenKeys {
+    ids: HashSet<i64>,
+    client_ids: HashSet<(i64, String)>,
+}
+
+impl TakenKeys {
+    /// Keys found in the database: `(id, sender, client_id)` rows.
+    pub(super) fn found(rows: impl IntoIterator<Item = (i64, i64, Option<String>)>) -> Self {
+        let mut keys = TakenKeys::default();
+        for (id, sender, client_id) in rows {
+            keys.ids.insert(id);
+            if let Some(client_id) = client_id {
+                keys.client_ids.insert((sender, client_id));
+            }
+        }
+        keys
+    }
+
+    /// Takes the keys of `event` for it; `false` (and nothing taken) if one is taken already.
+    pub(super) fn claim(&mut self, event: &Event) -> bool {
+        let pair = event
+            .client_id
+            .as_ref()
+            .map(|c| (event.sender.0, c.as_str().to_owned()));
+        if self.ids.contains(&event.id.0)
+            || pair.as_ref().is_some_and(|p| self.client_ids.contains(p))
+        {
+            return false;
+        }
+        self.ids.insert(event.id.0);
+        if let Some(pair) = pair {
+            self.client_ids.insert(pair);
+        }
+        true
+    }
+
+    /// Whether `id` is taken (by a stored event or a waiting one).
+    pub(super) fn has_id(&self, id: MessageId) -> bool {
+        self.ids.contains(&id.0)
+    }
+}
 /// Events column by column, as `UNNEST` takes them.
 #[derive(Default)]
 pub(super) struct EventRows {
@@ -82,7 +130,7 @@ impl EventRows {
         let c = EventColumns::of(&event.body);
         self.id.push(event.id.0);
         self.conv_id.push(event.conv.0);
-        self.seq.push(common::seq_to_db(event.seq));
+        self.seq.push(encoding::seq_to_db(event.seq));
         self.at.push(event.at);
         self.sender.push(event.sender.0);
         self.device
@@ -121,8 +169,9 @@ impl HeadRows {
         };
         for (conv, head) in heads {
             rows.id.push(conv.0);
-            rows.last_seq.push(common::seq_to_db(head.last_seq));
-            rows.last_msg_seq.push(common::seq_to_db(head.last_msg_seq));
+            rows.last_seq.push(encoding::seq_to_db(head.last_seq));
+            rows.last_msg_seq
+                .push(encoding::seq_to_db(head.last_msg_seq));
             rows.last_activity.push(head.last_activity);
             rows.member_epoch.push(head.member_epoch);
         }

@@ -2,7 +2,7 @@
 //! serialization failures), what is unavailable for now, what the database could not hold.
 
 use crate::store::StoreError;
-use crate::store::common;
+use crate::store::errors;
 
 /// A batch's transaction failed: with what, and whether trying it again may succeed.
 pub(super) struct Failed {
@@ -61,7 +61,7 @@ pub(super) fn sqlstate_error(code: &str, message: &str) -> Option<StoreError> {
 
 /// The store's word for a failed statement.
 pub(super) fn db_err(e: sqlx::Error) -> StoreError {
-    if let Some(mapped) = common::constraint_error(&e) {
+    if let Some(mapped) = errors::constraint_error(&e) {
         return mapped;
     }
     if let Some(mapped) = sqlstate(&e).and_then(|code| sqlstate_error(&code, &e.to_string())) {

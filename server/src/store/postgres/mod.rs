@@ -1,6 +1,6 @@
 //! The shared store: PostgreSQL, for clusters whose nodes run on several machines. The rules of
-//! appending live in [`super::common`], as for SQLite; this module is the SQL and the way many
-//! writers in many processes stay out of each other's way.
+//! appending live in the store's `write` module, as for SQLite; this module is the SQL and the
+//! way many writers in many processes stay out of each other's way.
 //!
 //! Many writers at once:
 //! - Transactions are `READ COMMITTED`. A batch first locks the row of every conversation it
@@ -43,7 +43,7 @@
 //!
 //! Errors: connection losses, shutdowns, timeouts, deadlocks and exhausted resources become
 //! [`StoreError::Unavailable`] (retry later), constraint violations the store's own words (see
-//! [`common::constraint_error`]), values the database cannot hold [`StoreError::Invalid`].
+//! the store's `errors` module), values the database cannot hold [`StoreError::Invalid`].
 //!
 //! Code map: this file connects and keeps the contract; `writer` is the write path's
 //! statements, `batch` a batch's statements over many rows at once (its keys looked up, its
@@ -58,18 +58,21 @@ use std::time::Duration;
 use async_trait::async_trait;
 use protocol::http::RoomListing;
 use protocol::model::{ConversationSummary, Event};
-use protocol::{AttachmentId, ConvId, DeviceId, MessageId, Millis, NodeId, Seq, UserId};
+use protocol::{AttachmentId, ConvId, DeviceId, Millis, NodeId, Seq, UserId};
 use sqlx::Connection;
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
-use super::common::{
-    self, AttachmentRow, ConversationRow, DeviceRow, EventRow, MemberCache, MemberRow, RoomRow,
-    SummaryRow, UserRow, event_select,
+use super::errors::is_unique_violation;
+use super::member_cache::MemberCache;
+use super::rows::{
+    AttachmentRow, ConversationRow, DeviceRow, EventRow, MemberRow, RoomRow, SummaryRow, UserRow,
+    event_select,
 };
+use super::write::{self, WriteTransactions};
 use super::{
-    Appended, AttachmentBlob, ConversationRecord, DeviceRecord, MemberRecord, NewEvent, Page,
-    Store, StoreError, StoreResult, UserRecord,
+    Appended, AttachmentBlob, ConversationRecord, Creation, DeviceRecord, MemberRecord, NewEvent,
+    NewRoom, Page, Store, StoreError, StoreResult, UserRecord, encoding, migrations, reads,
 };
 
 mod batch;
@@ -198,7 +201,7 @@ impl PostgresStore {
     ) -> Result<Vec<StoreResult<Appended>>, Failed> {
         let mut tx = self.pool.begin().await.map_err(Failed::from)?;
         let mut writer = Writer::new(&mut tx);
-        let outcome = common::append_batch(&mut writer, &self.members, batch).await;
+        let outcome = write::append_batch(&mut writer, &self.members, batch).await;
         let retry = writer.retry;
         // On error the transaction rolls back when `tx` is dropped.
         let outcome = outcome.map_err(|error| Failed { error, retry })?;
@@ -215,12 +218,29 @@ fn millis(d: Duration) -> String {
 
 /// Applies the migrations, one process at a time.
 async fn migrate(conn: &mut PgConnection) -> StoreResult<()> {
-    let lock_err = |e| common::migrate_error(e, "PostgreSQL", db_err);
+    let lock_err = |e| migrations::migrate_error(e, "PostgreSQL", db_err);
     conn.lock().await.map_err(lock_err)?;
-    let applied = common::apply_migrations(conn, &MIGRATOR, "PostgreSQL", db_err).await;
+    let applied = migrations::apply_migrations(conn, &MIGRATOR, "PostgreSQL", db_err).await;
     let unlocked = conn.unlock().await.map_err(lock_err);
     applied?;
     unlocked
+}
+
+impl WriteTransactions for PostgresStore {
+    type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+    type Ops<'t> = Writer<'t>;
+
+    async fn begin_write(&self) -> StoreResult<Self::Tx> {
+        self.pool.begin().await.map_err(db_err)
+    }
+
+    fn ops(tx: &mut Self::Tx) -> Writer<'_> {
+        Writer::new(tx)
+    }
+
+    async fn commit(tx: Self::Tx) -> StoreResult<()> {
+        tx.commit().await.map_err(db_err)
+    }
 }
 
 /// A transaction that reads several statements from one snapshot, never waits for a writer
@@ -250,7 +270,7 @@ impl Store for PostgresStore {
         .fetch_one(&self.pool)
         .await
         .map_err(|e| {
-            if common::is_unique_violation(&e) {
+            if is_unique_violation(&e) {
                 StoreError::Conflict(format!("username {username:?} is taken"))
             } else {
                 db_err(e)
@@ -354,9 +374,7 @@ impl Store for PostgresStore {
         &self,
         a: UserId,
         b: UserId,
-        created_id: MessageId,
-        origin: &NodeId,
-        now: Millis,
+        creation: Creation<'_>,
     ) -> StoreResult<(ConvId, Option<Appended>)> {
         if a != b {
             // Most opens find the conversation: answer those without a transaction.
@@ -373,29 +391,11 @@ impl Store for PostgresStore {
                 return Ok((ConvId(id), None));
             }
         }
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let mut writer = Writer::new(&mut tx);
-        let opened = common::open_direct(&mut writer, a, b, created_id, origin, now).await?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(opened)
+        write::open_direct(self, a, b, creation).await
     }
 
-    async fn create_room(
-        &self,
-        creator: UserId,
-        name: &str,
-        public: bool,
-        created_id: MessageId,
-        origin: &NodeId,
-        now: Millis,
-    ) -> StoreResult<(ConvId, Appended)> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let mut writer = Writer::new(&mut tx);
-        let created =
-            common::create_room(&mut writer, creator, name, public, created_id, origin, now)
-                .await?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(created)
+    async fn create_room(&self, room: NewRoom<'_>) -> StoreResult<(ConvId, Appended)> {
+        write::create_room(self, room).await
     }
 
     async fn append(&self, batch: Vec<NewEvent>) -> Vec<StoreResult<Appended>> {
@@ -413,7 +413,7 @@ impl Store for PostgresStore {
                     tracing::debug!(attempt, %error, "batch aborted by the database, retrying");
                 }
                 Err(Failed { error, .. }) => {
-                    return (0..n).map(|_| Err(common::copy_error(&error))).collect();
+                    return (0..n).map(|_| Err(error.clone())).collect();
                 }
             }
             // Apart, so that the two transactions that met do not meet again at once.
@@ -435,10 +435,6 @@ impl Store for PostgresStore {
         .transpose()
     }
 
-    async fn is_member(&self, conv: ConvId, user: UserId) -> StoreResult<bool> {
-        Ok(self.joined_seq(conv, user).await?.is_some())
-    }
-
     async fn joined_seq(&self, conv: ConvId, user: UserId) -> StoreResult<Option<Seq>> {
         let seq: Option<i64> = sqlx::query_scalar(
             "SELECT joined_seq FROM members WHERE conv_id = $1 AND user_id = $2",
@@ -448,7 +444,7 @@ impl Store for PostgresStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(db_err)?;
-        seq.map(common::seq_from_db).transpose()
+        seq.map(encoding::seq_from_db).transpose()
     }
 
     async fn members(&self, conv: ConvId) -> StoreResult<Vec<MemberRecord>> {
@@ -594,7 +590,7 @@ impl Store for PostgresStore {
                 ))
                 .bind(conv.0)
                 .bind(fetch)
-                .bind(common::seq_to_db(seq)),
+                .bind(encoding::seq_to_db(seq)),
                 true,
             ),
             Page::After(seq) => (
@@ -604,7 +600,7 @@ impl Store for PostgresStore {
                 ))
                 .bind(conv.0)
                 .bind(fetch)
-                .bind(common::seq_to_db(seq)),
+                .bind(encoding::seq_to_db(seq)),
                 false,
             ),
         };
@@ -660,7 +656,7 @@ impl Store for PostgresStore {
             members_of
                 .entry(ConvId(conv))
                 .or_default()
-                .push((UserId(user), common::seq_from_db(joined)?));
+                .push((UserId(user), encoding::seq_from_db(joined)?));
         }
 
         Ok(events
@@ -668,7 +664,7 @@ impl Store for PostgresStore {
             .map(|event| {
                 let members = members_of.get(&event.conv).map_or(&[][..], Vec::as_slice);
                 Appended {
-                    recipients: common::replay_recipients(&event, members),
+                    recipients: reads::replay_recipients(&event, members),
                     event,
                     duplicate: false,
                 }
@@ -693,14 +689,14 @@ impl Store for PostgresStore {
         )
         .bind(conv.0)
         .bind(user.0)
-        .bind(common::seq_to_db(seq))
+        .bind(encoding::seq_to_db(seq))
         .fetch_one(&self.pool)
         .await
         .map_err(db_err)?;
         if !member {
             return Err(StoreError::NotMember);
         }
-        moved.map(common::seq_from_db).transpose()
+        moved.map(encoding::seq_from_db).transpose()
     }
 
     async fn put_attachment(&self, blob: AttachmentBlob) -> StoreResult<()> {
@@ -726,7 +722,7 @@ impl Store for PostgresStore {
         .execute(&self.pool)
         .await
         .map_err(|e| {
-            if common::is_unique_violation(&e) {
+            if is_unique_violation(&e) {
                 StoreError::Conflict(format!("attachment {} exists already", blob.meta.id))
             } else {
                 db_err(e)

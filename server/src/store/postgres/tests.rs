@@ -7,13 +7,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
-use protocol::ClientMsgId;
 use protocol::model::{Attachment, MessageKind};
+use protocol::{ClientMsgId, MessageId};
 
 use super::errors::sqlstate_error;
 use super::*;
 use crate::store::suite::TestDb;
-use crate::store::{NewBody, SharedStore};
+use crate::store::{Creation, NewBody, SharedStore};
 
 /// The server the tests use unless [`URL_VAR`] names another.
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -236,7 +236,12 @@ async fn users<const N: usize>(store: &dyn Store) -> anyhow::Result<[UserId; N]>
 }
 
 async fn direct(store: &dyn Store, a: UserId, b: UserId) -> anyhow::Result<ConvId> {
-    Ok(store.open_direct(a, b, next_id(), &origin()?, 0).await?.0)
+    let creation = Creation {
+        id: next_id(),
+        origin: &origin()?,
+        at: 0,
+    };
+    Ok(store.open_direct(a, b, creation).await?.0)
 }
 
 async fn seqs(store: &dyn Store, conv: ConvId) -> anyhow::Result<Vec<Seq>> {

@@ -9,14 +9,13 @@ use sqlx::postgres::PgConnection;
 
 use super::batch::Deferred;
 use super::errors::{db_err, is_retryable};
-use crate::store::common::{
-    self, BatchStart, ConvHead, EventColumns, EventRow, MessageRef, NewConversation, WriteOps,
-    event_select,
-};
+use crate::store::encoding;
+use crate::store::rows::{EventColumns, EventRow, event_select};
+use crate::store::write::{BatchStart, ConvHead, MessageRef, NewConversation, WriteOps};
 use crate::store::{NewEvent, StoreError, StoreResult};
 
 /// A write transaction as the shared write path drives it.
-pub(super) struct Writer<'c> {
+pub(crate) struct Writer<'c> {
     pub(super) conn: &'c mut PgConnection,
     /// Whether a statement failed in a way worth trying the whole transaction again for.
     pub(super) retry: bool,
@@ -69,10 +68,10 @@ impl WriteOps for Writer<'_> {
             start.heads.push((
                 ConvId(id),
                 ConvHead {
-                    kind: common::parse_conv_kind(&kind)?,
+                    kind: encoding::parse_conv_kind(&kind)?,
                     public,
-                    last_seq: common::seq_from_db(last_seq)?,
-                    last_msg_seq: common::seq_from_db(last_msg_seq)?,
+                    last_seq: encoding::seq_from_db(last_seq)?,
+                    last_msg_seq: encoding::seq_from_db(last_msg_seq)?,
                     last_activity,
                     member_epoch,
                 },
@@ -144,10 +143,10 @@ impl WriteOps for Writer<'_> {
             return Ok(None);
         };
         Ok(Some(ConvHead {
-            kind: common::parse_conv_kind(&kind)?,
+            kind: encoding::parse_conv_kind(&kind)?,
             public,
-            last_seq: common::seq_from_db(last_seq)?,
-            last_msg_seq: common::seq_from_db(last_msg_seq)?,
+            last_seq: encoding::seq_from_db(last_seq)?,
+            last_msg_seq: encoding::seq_from_db(last_msg_seq)?,
             last_activity,
             member_epoch,
         }))
@@ -208,7 +207,7 @@ impl WriteOps for Writer<'_> {
         };
         Ok(Some(MessageRef {
             conv: ConvId(conv),
-            is_message: body_type == common::body_type::MESSAGE,
+            is_message: body_type == encoding::body_type::MESSAGE,
             sender: UserId(sender),
             deleted,
             attachment: attachment
@@ -240,7 +239,7 @@ impl WriteOps for Writer<'_> {
         )
         .bind(event.id.0)
         .bind(event.conv.0)
-        .bind(common::seq_to_db(event.seq))
+        .bind(encoding::seq_to_db(event.seq))
         .bind(event.at)
         .bind(event.sender.0)
         .bind(event.device.as_ref().map(DeviceId::as_str))
@@ -314,7 +313,7 @@ impl WriteOps for Writer<'_> {
         )
         .bind(conv.0)
         .bind(user.0)
-        .bind(common::seq_to_db(seq))
+        .bind(encoding::seq_to_db(seq))
         .execute(&mut *self.conn)
         .await
         .map_err(|e| self.err(e))?;
@@ -337,8 +336,8 @@ impl WriteOps for Writer<'_> {
              WHERE id = $1",
         )
         .bind(conv.0)
-        .bind(common::seq_to_db(head.last_seq))
-        .bind(common::seq_to_db(head.last_msg_seq))
+        .bind(encoding::seq_to_db(head.last_seq))
+        .bind(encoding::seq_to_db(head.last_msg_seq))
         .bind(head.last_activity)
         .bind(head.member_epoch)
         .execute(&mut *self.conn)
@@ -371,7 +370,7 @@ impl WriteOps for Writer<'_> {
              VALUES ($1, $2, $3, $4, $5, 1, 0, $5, 1, $6, $7) \
              ON CONFLICT (direct_lo, direct_hi) DO NOTHING RETURNING id",
         )
-        .bind(common::conv_kind_str(conv.kind))
+        .bind(encoding::conv_kind_str(conv.kind))
         .bind(conv.name)
         .bind(conv.public)
         .bind(conv.created_by.0)

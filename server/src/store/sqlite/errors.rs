@@ -3,7 +3,7 @@
 //! same mapping for sqlx's errors (reads) and rusqlite's (the write connection).
 
 use crate::store::StoreError;
-use crate::store::common;
+use crate::store::errors;
 
 /// SQLite's primary result codes that mean "not now" rather than "never".
 const SQLITE_BUSY: i32 = 5;
@@ -27,7 +27,7 @@ pub(super) fn is_busy(e: &sqlx::Error) -> bool {
 
 /// The store's word for a failed statement.
 pub(super) fn db_err(e: sqlx::Error) -> StoreError {
-    if let Some(mapped) = common::constraint_error(&e) {
+    if let Some(mapped) = errors::constraint_error(&e) {
         return mapped;
     }
     if matches!(

@@ -1,6 +1,6 @@
 //! The embedded store: one SQLite file that every process on the machine (the controller and
-//! its chat nodes) opens at the same time. The rules of appending live in [`super::common`];
-//! this module is the SQL and the way processes share the file.
+//! its chat nodes) opens at the same time. The rules of appending live in the store's `write`
+//! module; this module is the SQL and the way processes share the file.
 //!
 //! Sharing one file between processes:
 //! - WAL journal: readers never wait for the writer nor it for them. `synchronous = NORMAL`:
@@ -27,7 +27,7 @@
 //!   processes opening a new file at once apply them one after the other.
 //!
 //! Busy, locked and I/O errors become [`StoreError::Unavailable`] (retry later); constraint
-//! violations become the store's own words (see [`common::constraint_error`]).
+//! violations become the store's own words (see the store's `errors` module).
 //!
 //! Code map: this file opens the store and keeps the contract; `lock` is the writers' file
 //! lock, `writer` the write connection with its transactions and the write path's statements,
@@ -41,7 +41,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use protocol::http::RoomListing;
 use protocol::model::{ConversationSummary, Event};
-use protocol::{AttachmentId, ConvId, DeviceId, MessageId, Millis, NodeId, Seq, UserId};
+use protocol::{AttachmentId, ConvId, DeviceId, Millis, NodeId, Seq, UserId};
 use sqlx::Connection;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
@@ -49,13 +49,15 @@ use sqlx::sqlite::{
 };
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::common::{
-    self, AttachmentRow, ConversationRow, DeviceRow, EventRow, MemberCache, MemberRow, RoomRow,
-    SummaryRow, UserRow, event_select,
+use super::member_cache::MemberCache;
+use super::rows::{
+    AttachmentRow, ConversationRow, DeviceRow, EventRow, MemberRow, RoomRow, SummaryRow, UserRow,
+    event_select,
 };
+use super::write::{self, WriteTransactions};
 use super::{
-    Appended, AttachmentBlob, ConversationRecord, DeviceRecord, MemberRecord, NewEvent, Page,
-    Store, StoreError, StoreResult, TopUp, UserRecord,
+    Appended, AttachmentBlob, ConversationRecord, Creation, DeviceRecord, MemberRecord, NewEvent,
+    NewRoom, Page, Store, StoreError, StoreResult, TopUp, UserRecord, encoding, migrations, reads,
 };
 
 mod checkpoint;
@@ -226,7 +228,7 @@ impl SqliteStore {
         };
         match outcome {
             Ok(results) => results,
-            Err(e) => (0..n).map(|_| Err(common::copy_error(&e))).collect(),
+            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
         }
     }
 
@@ -239,7 +241,7 @@ impl SqliteStore {
             tx.roll_back();
             return Err(e);
         }
-        let outcome = common::append_batch(&mut SqliteWriter::new(&mut tx), &self.members, batch)
+        let outcome = write::append_batch(&mut SqliteWriter::new(&mut tx), &self.members, batch)
             .await
             .and_then(|outcome| tx.commit_here().map(|()| outcome));
         match outcome {
@@ -253,6 +255,23 @@ impl SqliteStore {
                 Err(e)
             }
         }
+    }
+}
+
+impl WriteTransactions for SqliteStore {
+    type Tx = WriteTx;
+    type Ops<'t> = SqliteWriter<'t>;
+
+    async fn begin_write(&self) -> StoreResult<WriteTx> {
+        self.write_tx().await
+    }
+
+    fn ops(tx: &mut WriteTx) -> SqliteWriter<'_> {
+        SqliteWriter::new(tx)
+    }
+
+    async fn commit(tx: WriteTx) -> StoreResult<()> {
+        tx.commit()
     }
 }
 
@@ -283,7 +302,7 @@ async fn enable_wal(conn: &mut SqliteConnection) -> StoreResult<()> {
 async fn migrate(conn: &mut SqliteConnection) -> StoreResult<()> {
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
     // Nested in our transaction: sqlx makes its own a savepoint.
-    common::apply_migrations(&mut *tx, &MIGRATOR, "SQLite", db_err).await?;
+    migrations::apply_migrations(&mut *tx, &MIGRATOR, "SQLite", db_err).await?;
     tx.commit().await.map_err(db_err)
 }
 
@@ -417,9 +436,7 @@ impl Store for SqliteStore {
         &self,
         a: UserId,
         b: UserId,
-        created_id: MessageId,
-        origin: &NodeId,
-        now: Millis,
+        creation: Creation<'_>,
     ) -> StoreResult<(ConvId, Option<Appended>)> {
         if a != b {
             // Most opens find the conversation: answer those without queueing for the write lock.
@@ -436,42 +453,11 @@ impl Store for SqliteStore {
                 return Ok((ConvId(id), None));
             }
         }
-        let mut tx = self.write_tx().await?;
-        let opened = common::open_direct(
-            &mut SqliteWriter::new(&mut tx),
-            a,
-            b,
-            created_id,
-            origin,
-            now,
-        )
-        .await?;
-        tx.commit()?;
-        Ok(opened)
+        write::open_direct(self, a, b, creation).await
     }
 
-    async fn create_room(
-        &self,
-        creator: UserId,
-        name: &str,
-        public: bool,
-        created_id: MessageId,
-        origin: &NodeId,
-        now: Millis,
-    ) -> StoreResult<(ConvId, Appended)> {
-        let mut tx = self.write_tx().await?;
-        let created = common::create_room(
-            &mut SqliteWriter::new(&mut tx),
-            creator,
-            name,
-            public,
-            created_id,
-            origin,
-            now,
-        )
-        .await?;
-        tx.commit()?;
-        Ok(created)
+    async fn create_room(&self, room: NewRoom<'_>) -> StoreResult<(ConvId, Appended)> {
+        write::create_room(self, room).await
     }
 
     async fn append(&self, batch: Vec<NewEvent>) -> Vec<StoreResult<Appended>> {
@@ -503,10 +489,6 @@ impl Store for SqliteStore {
         .transpose()
     }
 
-    async fn is_member(&self, conv: ConvId, user: UserId) -> StoreResult<bool> {
-        Ok(self.joined_seq(conv, user).await?.is_some())
-    }
-
     async fn joined_seq(&self, conv: ConvId, user: UserId) -> StoreResult<Option<Seq>> {
         let seq: Option<i64> = sqlx::query_scalar(
             "SELECT joined_seq FROM members WHERE conv_id = $1 AND user_id = $2",
@@ -516,7 +498,7 @@ impl Store for SqliteStore {
         .fetch_optional(&self.reader)
         .await
         .map_err(db_err)?;
-        seq.map(common::seq_from_db).transpose()
+        seq.map(encoding::seq_from_db).transpose()
     }
 
     async fn members(&self, conv: ConvId) -> StoreResult<Vec<MemberRecord>> {
@@ -662,7 +644,7 @@ impl Store for SqliteStore {
                 ))
                 .bind(conv.0)
                 .bind(fetch)
-                .bind(common::seq_to_db(seq)),
+                .bind(encoding::seq_to_db(seq)),
                 true,
             ),
             Page::After(seq) => (
@@ -672,7 +654,7 @@ impl Store for SqliteStore {
                 ))
                 .bind(conv.0)
                 .bind(fetch)
-                .bind(common::seq_to_db(seq)),
+                .bind(encoding::seq_to_db(seq)),
                 false,
             ),
         };
@@ -725,7 +707,7 @@ impl Store for SqliteStore {
                     .map_err(db_err)?;
             let members = rows
                 .into_iter()
-                .map(|(u, j)| Ok((UserId(u), common::seq_from_db(j)?)))
+                .map(|(u, j)| Ok((UserId(u), encoding::seq_from_db(j)?)))
                 .collect::<StoreResult<Vec<_>>>()?;
             members_of.insert(event.conv, members);
         }
@@ -736,7 +718,7 @@ impl Store for SqliteStore {
             .map(|event| {
                 let members = members_of.get(&event.conv).map_or(&[][..], Vec::as_slice);
                 Appended {
-                    recipients: common::replay_recipients(&event, members),
+                    recipients: reads::replay_recipients(&event, members),
                     event,
                     duplicate: false,
                 }
@@ -750,7 +732,7 @@ impl Store for SqliteStore {
             last_seq_of!("m.conv_id"),
             " FROM members m WHERE m.conv_id = $1 AND m.user_id = $2"
         );
-        let wanted = common::seq_to_db(seq);
+        let wanted = encoding::seq_to_db(seq);
         // Devices mark read often and mostly again: answer a marker that would not move without
         // taking the write lock.
         let now: Option<(i64, i64)> = sqlx::query_as(MARKERS)
@@ -778,7 +760,7 @@ impl Store for SqliteStore {
             [conv.0, user.0, target],
         )?;
         tx.commit()?;
-        common::seq_from_db(target).map(Some)
+        encoding::seq_from_db(target).map(Some)
     }
 
     async fn put_attachment(&self, blob: AttachmentBlob) -> StoreResult<()> {

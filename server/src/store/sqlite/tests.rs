@@ -2,12 +2,12 @@
 //! file, its log starting over under writers that never pause, transactions cut off half-way.
 
 use anyhow::Context;
-use protocol::ClientMsgId;
+use protocol::{ClientMsgId, MessageId};
 
 use super::checkpoint::kept_open;
 use super::*;
-use crate::store::SharedStore;
 use crate::store::suite::TestDb;
+use crate::store::{Creation, SharedStore};
 
 /// A fresh file in a temporary directory, removed with it.
 struct TempDb {
@@ -30,6 +30,11 @@ async fn temp_db() -> anyhow::Result<TempDb> {
 }
 
 crate::store::suite::store_suite!(temp_db());
+
+/// A conversation's first event with id `id`, at time 0.
+fn at_zero(id: MessageId, origin: &NodeId) -> Creation<'_> {
+    Creation { id, origin, at: 0 }
+}
 
 /// Many handles (as many processes would) open a file that does not exist yet at once: all
 /// succeed, the file is in WAL mode and the schema was applied once.
@@ -211,7 +216,7 @@ async fn processes_share_one_file() -> anyhow::Result<()> {
     let store = SqliteStore::open(&db.path).await?;
     let (hub, spoke) = child_users(&store).await?;
     let (conv, created) = store
-        .open_direct(hub, spoke, MessageId(1), &NodeId::new("parent")?, 0)
+        .open_direct(hub, spoke, at_zero(MessageId(1), &NodeId::new("parent")?))
         .await?;
     assert!(created.is_none(), "the children made it");
     let (events, _) = store.events(conv, Page::After(0), 10_000).await?;
@@ -262,7 +267,9 @@ async fn child_process_appends() -> anyhow::Result<()> {
     let origin = NodeId::new(format!("child-{me}"))?;
     // Ids unique across processes: the pid in the high bits.
     let id = |n: usize| MessageId((i64::from(me) << 24) | n as i64);
-    let (conv, _) = store.open_direct(hub, spoke, id(0), &origin, 0).await?;
+    let (conv, _) = store
+        .open_direct(hub, spoke, at_zero(id(0), &origin))
+        .await?;
     let start: i64 = std::env::var(CHILD_START)?.parse()?;
     tokio::time::sleep(Duration::from_millis(
         u64::try_from(start - unix_ms()).unwrap_or(0),
@@ -321,7 +328,7 @@ async fn the_log_starts_over_while_writers_keep_writing() -> anyhow::Result<()> 
         let a = first.create_user(&format!("a{i}"), "x", 0).await?.id;
         let b = first.create_user(&format!("b{i}"), "x", 0).await?.id;
         let (conv, _) = first
-            .open_direct(a, b, MessageId(i + 1), &origin, 0)
+            .open_direct(a, b, at_zero(MessageId(i + 1), &origin))
             .await?;
         convs.push((conv, a));
     }
@@ -463,7 +470,9 @@ async fn transactions_dropped_half_way_are_rolled_back() -> anyhow::Result<()> {
     let a = store.create_user("a", "x", 0).await?.id;
     let b = store.create_user("b", "x", 0).await?.id;
     let origin = NodeId::new("cut")?;
-    let (conv, _) = store.open_direct(a, b, MessageId(1), &origin, 0).await?;
+    let (conv, _) = store
+        .open_direct(a, b, at_zero(MessageId(1), &origin))
+        .await?;
     let mut next = 2;
     for micros in (0..40).map(|i| i * 25) {
         let batch: Vec<NewEvent> = (0..3)

@@ -12,9 +12,9 @@ use protocol::{
 use super::errors::write_err;
 use super::lock::FileLock;
 use super::{BUSY_TIMEOUT, last_seq_of};
-use crate::store::common::{
-    self, ConvHead, EventColumns, EventRow, MessageRef, NewConversation, WriteOps, event_select,
-};
+use crate::store::encoding;
+use crate::store::rows::{EventColumns, EventRow, event_select};
+use crate::store::write::{ConvHead, MessageRef, NewConversation, WriteOps};
 use crate::store::{StoreError, StoreResult};
 
 /// The write connection's page cache, in KiB (SQLite's default is 2 MiB).
@@ -61,7 +61,7 @@ impl WriteConn {
 /// A write transaction: the process's write connection and the writers' file lock, both held
 /// until it ends. Committed with [`WriteTx::commit`] (or [`SqliteWriter::commit`]); dropped
 /// otherwise, it is rolled back, by the next writer of the process at the latest.
-pub(super) struct WriteTx {
+pub(crate) struct WriteTx {
     pub(super) conn: tokio::sync::OwnedMutexGuard<WriteConn>,
     /// To roll back from a task of its own when dropped half-way.
     pub(super) mutex: Arc<tokio::sync::Mutex<WriteConn>>,
@@ -160,7 +160,7 @@ pub(super) fn open_writer(path: &Path) -> StoreResult<rusqlite::Connection> {
 /// A write transaction as the shared write path drives it (see [`WriteOps`]): each statement
 /// runs at once on the calling thread, so the trait's defaults (a statement per conversation
 /// at a batch's start and end) cost no round trips.
-pub(super) struct SqliteWriter<'t> {
+pub(crate) struct SqliteWriter<'t> {
     conn: &'t mut rusqlite::Connection,
 }
 
@@ -236,9 +236,9 @@ impl WriteOps for SqliteWriter<'_> {
             return Ok(None);
         };
         Ok(Some(ConvHead {
-            kind: common::parse_conv_kind(&kind)?,
+            kind: encoding::parse_conv_kind(&kind)?,
             public,
-            last_seq: common::seq_from_db(last_seq)?,
+            last_seq: encoding::seq_from_db(last_seq)?,
             // Not kept here: read from the events when a list is made (see the schema).
             last_msg_seq: 0,
             last_activity: 0,
@@ -308,7 +308,7 @@ impl WriteOps for SqliteWriter<'_> {
         };
         Ok(Some(MessageRef {
             conv: ConvId(conv),
-            is_message: body_type == common::body_type::MESSAGE,
+            is_message: body_type == encoding::body_type::MESSAGE,
             sender: UserId(sender),
             deleted,
             attachment: attachment
@@ -330,7 +330,7 @@ impl WriteOps for SqliteWriter<'_> {
             rusqlite::params![
                 event.id.0,
                 event.conv.0,
-                common::seq_to_db(event.seq),
+                encoding::seq_to_db(event.seq),
                 event.at,
                 event.sender.0,
                 event.device.as_ref().map(DeviceId::as_str),
@@ -383,7 +383,7 @@ impl WriteOps for SqliteWriter<'_> {
     async fn add_member(&mut self, conv: ConvId, user: UserId, seq: Seq) -> StoreResult<()> {
         self.execute(
             "INSERT INTO members (conv_id, user_id, joined_seq, read_seq) VALUES (?1, ?2, ?3, ?3)",
-            rusqlite::params![conv.0, user.0, common::seq_to_db(seq)],
+            rusqlite::params![conv.0, user.0, encoding::seq_to_db(seq)],
         )?;
         Ok(())
     }
@@ -424,7 +424,7 @@ impl WriteOps for SqliteWriter<'_> {
              VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7) \
              ON CONFLICT (direct_lo, direct_hi) DO NOTHING RETURNING id",
             rusqlite::params![
-                common::conv_kind_str(conv.kind),
+                encoding::conv_kind_str(conv.kind),
                 conv.name,
                 conv.public,
                 conv.created_by.0,
