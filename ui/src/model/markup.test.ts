@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { mentioned, openable, parse } from "./markup";
+import { mentioned, openable, parse, plainText } from "./markup";
 
 describe("message formatting", () => {
   it("reads bold, italic, struck and code", () => {
@@ -47,6 +47,10 @@ describe("message formatting", () => {
     expect(nodes[1]).toEqual({ t: "strong", c: [{ t: "text", s: "<b>hi</b>" }] });
     expect(openable("javascript:alert(1)")).toBe(false);
     expect(openable("https://example.org")).toBe(true);
+  });
+
+  it("reads as plain text in previews", () => {
+    expect(plainText("**Release** is `v1.2`, see _notes_ @Bob")).toBe("Release is v1.2, see notes @bob");
   });
 
   it("finds mentions, not e-mail addresses", () => {

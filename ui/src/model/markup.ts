@@ -137,6 +137,28 @@ export function mentioned(text: string): string[] {
   return [...users];
 }
 
+/** A text without its formatting marks, as a one-line preview shows it. */
+export function plainText(text: string): string {
+  const walk = (nodes: Node[]): string =>
+    nodes
+      .map((n) => {
+        switch (n.t) {
+          case "text":
+          case "code":
+          case "pre":
+            return n.s;
+          case "link":
+            return n.s;
+          case "mention":
+            return `@${n.user}`;
+          default:
+            return walk(n.c);
+        }
+      })
+      .join("");
+  return walk(parse(text));
+}
+
 /** Whether a link may be opened outside the app (the system's browser or mail client). */
 export function openable(href: string): boolean {
   return /^(https?:\/\/|mailto:)/i.test(href);

@@ -5,6 +5,7 @@
 import type { ChatEvent, ConvId, ConversationSummary, Millis, NodeView, Seq, ServerState, Status, UserId, UserInfo } from "../ipc/types";
 import type { ChatState, Item } from "./chat";
 import { dayLabel, fileSize } from "./format";
+import { plainText } from "./markup";
 
 // ---------------------------------------------------------------------------------------------
 // Conversation list
@@ -32,11 +33,12 @@ export function describeMessage(e: ChatEvent): string {
   const b = e.body;
   if (b.type !== "message") return "";
   if (b.deleted) return "Message deleted";
+  const text = plainText(b.text);
   if (b.attachment) {
     const what = b.kind === "image" ? "Photo" : b.kind === "video" ? "Video" : b.kind === "voice" ? "Audio" : `File: ${b.attachment.name}`;
-    return b.text ? `${what} · ${b.text}` : what;
+    return text ? `${what} · ${text}` : what;
   }
-  return b.text;
+  return text;
 }
 
 /** The second line of a conversation in the list: the last message, or what I am sending. */
@@ -201,7 +203,7 @@ export function rows(s: ChatState, items: Item[], now: Millis = Date.now(), unre
       continue;
     }
     let dividedHere = false;
-    if (!divided && it.seq !== null && it.seq >= unreadFrom! && it.sender !== me) {
+    if (!divided && it.seq !== null && it.seq >= unreadFrom! && it.sender !== me && !it.deleted) {
       out.push({ type: "unread", key: "unread" });
       divided = dividedHere = true;
     }
@@ -251,7 +253,8 @@ export function typingLine(s: ChatState, conv: ConvId, now: Millis): string | nu
 export function quote(s: ChatState, conv: ConvId, id: string): { who: string; text: string } | null {
   const it = s.timelines[conv]?.items.find((x) => x.id === id);
   if (!it) return null;
-  const text = it.deleted ? "Message deleted" : it.attachment ? `${it.attachment.name}${it.text ? ` · ${it.text}` : ""}` : it.text;
+  const plain = plainText(it.text);
+  const text = it.deleted ? "Message deleted" : it.attachment ? `${it.attachment.name}${plain ? ` · ${plain}` : ""}` : plain;
   return { who: userName(s, it.sender), text };
 }
 

@@ -26,7 +26,7 @@ function draw(nodes: Node[], me: string | null, onLink: (href: string) => void):
         return <del key={i}>{draw(n.c, me, onLink)}</del>;
       case "mention":
         return (
-          <span key={i} class={`mention${n.user === me ? " me" : ""}`} data-testid="mention">
+          <span key={i} class={`mention${n.user === me ? " of-me" : ""}`} data-testid="mention">
             @{n.user}
           </span>
         );

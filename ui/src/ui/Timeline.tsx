@@ -29,6 +29,11 @@ interface Props {
   chat: ChatController;
 }
 
+/** Whether the end of the timeline is in view (give or take a line). */
+function atTheBottom(el: HTMLElement): boolean {
+  return el.scrollHeight - el.scrollTop - el.clientHeight < 48;
+}
+
 export function Timeline(p: Props) {
   const scroller = useRef<HTMLDivElement>(null);
   const before = useRef<{ height: number; top: number; first: string | undefined } | null>(null);
@@ -62,6 +67,10 @@ export function Timeline(p: Props) {
       el.scrollTop = el.scrollHeight;
     }
     before.current = { height: el.scrollHeight, top: el.scrollTop, first: firstKey };
+    // Whether the bottom is in view is a fact of the layout, not of the last scroll: a short
+    // conversation has no scroll at all.
+    p.atBottom.current = atTheBottom(el);
+    if (p.atBottom.current && away) setAway(null);
   });
   const newBelow = away ? p.timeline.items.filter((it) => it.seq !== null && it.seq > away.seq && it.kind === "message" && it.sender !== p.state.me?.id).length : 0;
   const toBottom = () => {
@@ -76,8 +85,8 @@ export function Timeline(p: Props) {
     if (focus === null) return;
     const el = scroller.current?.querySelector<HTMLElement>(`[data-testid="message"][data-seq="${focus}"]`);
     if (!el) return;
-    p.atBottom.current = false;
     el.scrollIntoView({ block: "center" });
+    if (scroller.current) p.atBottom.current = atTheBottom(scroller.current);
     setFlash(focus);
     p.chat.clearFocus();
   }, [focus, p.timeline.items]);
@@ -90,7 +99,7 @@ export function Timeline(p: Props) {
   const onScroll = () => {
     const el = scroller.current;
     if (!el) return;
-    const bottom = el.scrollHeight - el.scrollTop - el.clientHeight < 48;
+    const bottom = atTheBottom(el);
     p.atBottom.current = bottom;
     if (bottom !== (away === null)) setAway(bottom ? null : { seq: lastSeq(p.timeline.items) });
     before.current = { height: el.scrollHeight, top: el.scrollTop, first: firstKey };
