@@ -42,6 +42,9 @@ as_root() {
 apt_packages=(
   libwebkit2gtk-4.1-dev libgtk-3-dev librsvg2-dev libayatana-appindicator3-dev libssl-dev
   pkg-config build-essential file xvfb xauth webkit2gtk-driver
+  # The scenarios read native window titles (xwininfo) and record notifications on a session
+  # bus of their own (dbus-daemon, dbus-monitor).
+  x11-utils dbus-daemon dbus-bin
 )
 step "system packages"
 missing=()
