@@ -1,4 +1,4 @@
-// One node of the Socket.IO cluster that `lab bench --peer` measures this project against: the
+// One node of the Socket.IO cluster that `bench --peer` measures this project against: the
 // usual way to scale Socket.IO out, every node on one Redis through the Redis adapter, nothing
 // persisted. A user's sockets join a room named after the user; a direct message is an event
 // to the recipient's room, acknowledged to the sender once the node has handed it on.

@@ -14,10 +14,10 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use protocol::NodeId;
+use protocol::bus::Routing;
 use protocol::http::{NodeStatus, NodesResponse};
 use rand::Rng;
 
@@ -28,38 +28,6 @@ use crate::status::ControllerClient;
 
 /// The environment variable every server process reads its secret from.
 pub const SECRET_ENV: &str = "CHAT_SECRET";
-
-/// How nodes route events to each other.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Routing {
-    /// Only to the nodes holding a recipient.
-    #[default]
-    Routed,
-    /// To every node, as the design we started from did.
-    Fanout,
-}
-
-impl Routing {
-    /// `routed` or `fanout`, as the server's `--routing` takes it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Routing::Routed => "routed",
-            Routing::Fanout => "fanout",
-        }
-    }
-}
-
-impl FromStr for Routing {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "routed" => Ok(Routing::Routed),
-            "fanout" => Ok(Routing::Fanout),
-            other => Err(format!("unknown routing {other:?} (routed or fanout)")),
-        }
-    }
-}
 
 /// Which backends the servers use.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -927,6 +895,22 @@ fn new_secret() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Which slot a command's `N` names: a 1-based slot number, a slot name or a node id.
+pub fn resolve_target(target: &str, nodes: &[NodeInfo]) -> Result<usize, String> {
+    if let Ok(n) = target.parse::<usize>() {
+        return if (1..=nodes.len()).contains(&n) {
+            Ok(n - 1)
+        } else {
+            Err(format!("no node {n}: slots are 1 to {}", nodes.len()))
+        };
+    }
+    nodes
+        .iter()
+        .find(|n| n.name == target || n.id.as_str() == target)
+        .map(|n| n.index)
+        .ok_or_else(|| format!("no node {target:?}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -994,12 +978,6 @@ mod tests {
             node_id("n3", 2).map(|i| i.to_string()).ok().as_deref(),
             Some("n3-r2")
         );
-    }
-
-    #[test]
-    fn routing_parses() {
-        assert_eq!("fanout".parse::<Routing>(), Ok(Routing::Fanout));
-        assert!("broadcast".parse::<Routing>().is_err());
     }
 
     #[test]

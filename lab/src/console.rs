@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use crate::status::{ControllerClient, cluster_signature, format_cluster, format_nodes};
+use crate::cluster::resolve_target;
+use crate::status::{ControllerClient, cluster_signature, format_cluster, format_nodes, human};
 use crate::{Cluster, ClusterConfig, LabError, NodeInfo, ProcessState};
 
 /// A command typed at `lab up`.
@@ -85,22 +86,6 @@ impl Command {
             other => Err(format!("unknown command {other:?}; type help")),
         }
     }
-}
-
-/// Which slot a command's `N` names: a 1-based slot number, a slot name or a node id.
-pub fn resolve_target(target: &str, nodes: &[NodeInfo]) -> Result<usize, String> {
-    if let Ok(n) = target.parse::<usize>() {
-        return if (1..=nodes.len()).contains(&n) {
-            Ok(n - 1)
-        } else {
-            Err(format!("no node {n}: slots are 1 to {}", nodes.len()))
-        };
-    }
-    nodes
-        .iter()
-        .find(|n| n.name == target || n.id.as_str() == target)
-        .map(|n| n.index)
-        .ok_or_else(|| format!("no node {target:?}"))
 }
 
 /// Where the output goes: a terminal with the status pinned at the top, or plain lines.
@@ -620,15 +605,6 @@ impl Session {
             Command::Quit => {}
         }
         Ok(())
-    }
-}
-
-/// `38 ms` under a second, `1.3 s` above: what people read in event lines.
-pub fn human(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{} ms", d.as_millis())
-    } else {
-        format!("{:.1} s", d.as_secs_f64())
     }
 }
 

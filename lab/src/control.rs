@@ -33,8 +33,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::checker::CheckerConfig;
-use crate::console::{human, resolve_target};
+use crate::cluster::resolve_target;
 use crate::observe::{Observer, Target};
+use crate::status::human;
 use crate::users::{Observation, Traffic, UsersConfig, VirtualUsers};
 use crate::world::{Cursor, NodeCounters, Setup, World};
 use crate::{Cluster, ClusterConfig, LabError, NodeInfo, ProcessState, Routing, now_us, stacks};

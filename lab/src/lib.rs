@@ -10,13 +10,6 @@
 //! - [`find`]: where the `server` binary is.
 //! - [`status`]: asking the controller (`/healthz`, `/v1/nodes`), polling it until a condition
 //!   holds, and formatting what it says.
-//! - [`bench`]: `lab bench`, the load generator and its figures.
-//! - [`peer`]: the Socket.IO + Redis-adapter cluster that `lab bench --peer` measures ours
-//!   against, side by side.
-//! - [`floor`]: the bare relay that `lab bench --floor` measures beside ours: the least a
-//!   cluster that persists each message before acknowledging it costs on this machine.
-//! - [`console`]: the interactive `lab up` session and `lab status` (the binary is a thin
-//!   wrapper around it).
 //! - [`proxy`]: the TCP proxy between a node and its bus, which cuts the connection for real
 //!   ([`Cluster::cut_bus`]).
 //! - [`users`]: virtual users, each device a real client core, talking at a rate; what each
@@ -29,6 +22,11 @@
 //!   out operations one at a time, the pollers and the observer. What the panel, the console,
 //!   lessons and tests drive.
 //! - [`stacks`]: backend sets a lab can restart its cluster on, and whether they run here.
+//! - `console` (feature `console`, on by default): the interactive `lab up` session and `lab
+//!   status` (the binary is a thin wrapper around it).
+//! - `cli` (feature `console`): the flags that describe a cluster, shared with the benchmark.
+//!
+//! The benchmark, which starts its clusters through this supervisor, is the `bench` crate.
 //!
 //! Invariant: the lab never sleeps and hopes. Every wait polls the process (its ready line, its
 //! exit) or the controller, and has a deadline whose error quotes the relevant log.
@@ -45,16 +43,16 @@
 //! # Ok(()) }
 //! ```
 
-pub mod bench;
 pub mod checker;
+#[cfg(feature = "console")]
+pub mod cli;
 pub mod cluster;
+#[cfg(feature = "console")]
 pub mod console;
 pub mod control;
 mod error;
 pub mod find;
-pub mod floor;
 pub mod observe;
-pub mod peer;
 pub mod process;
 pub mod proxy;
 pub mod stacks;
@@ -62,9 +60,10 @@ pub mod status;
 pub mod users;
 pub mod world;
 
-pub use cluster::{Backends, Cluster, ClusterConfig, NodeInfo, ProcessState, Routing};
+pub use cluster::{Backends, Cluster, ClusterConfig, NodeInfo, ProcessState};
 pub use error::LabError;
 pub use process::Exit;
+pub use protocol::bus::Routing;
 pub use status::ControllerClient;
 
 /// Microseconds since the Unix epoch: the lab's clock, which the nodes on this machine share

@@ -1,12 +1,11 @@
 //! The `lab` binary: turns flags into a [`lab::ClusterConfig`] and hands over to
-//! [`lab::console`].
+//! [`lab::console`]. (The benchmark is a binary of its own: `bench`, in `bench/`.)
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use lab::{Backends, ClusterConfig, Routing};
+use lab::ClusterConfig;
+use lab::cli::ClusterArgs;
 
 #[derive(Parser)]
 #[command(
@@ -25,60 +24,18 @@ enum Cmd {
     /// stop N, restart N, add, status, help, quit). The first line of stdout is the
     /// controller's URL. Ctrl-C or SIGTERM stops the cluster gracefully.
     Up(UpArgs),
-    /// Benchmark a fresh local cluster: memory per idle connection, then cross-node direct
-    /// messages at fixed open-loop rates (latency percentiles, loss, server CPU per message).
-    /// Build with `--release` for meaningful figures.
-    Bench(BenchArgs),
     /// Print a controller's nodes once.
     Status {
         /// The controller's HTTP base.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         controller: String,
     },
-    /// One node of the floor that `lab bench --floor` measures (started by the bench itself).
-    #[command(hide = true)]
-    FloorNode {
-        /// Its place among the floor's nodes, from 0.
-        #[arg(long)]
-        index: usize,
-        /// Its SQLite file.
-        #[arg(long)]
-        db: PathBuf,
-    },
 }
 
 #[derive(Args)]
 struct UpArgs {
-    /// Nodes to start.
-    #[arg(long, short = 'n', default_value_t = 3)]
-    nodes: usize,
-    /// Data dir shared by the processes (kept afterwards). Default: a temp dir, removed at exit.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Keep the temp data dir (and the logs in it) at exit.
-    #[arg(long)]
-    keep: bool,
-    /// Where the processes' logs go. Default: <data dir>/logs.
-    #[arg(long)]
-    log_dir: Option<PathBuf>,
-    /// History store: sqlite://PATH or postgres://… (default: SQLite in the data dir).
-    #[arg(long)]
-    store: Option<String>,
-    /// Registry: embedded, redis://HOST:PORT or zookeeper://HOST:PORT.
-    #[arg(long, default_value = "embedded")]
-    registry: String,
-    /// Bus between nodes: embedded, redis://… or amqp://….
-    #[arg(long, default_value = "embedded")]
-    bus: String,
-    /// routed (only nodes holding a recipient) or fanout (every node).
-    #[arg(long, default_value = "routed")]
-    routing: Routing,
-    /// Node lease in milliseconds (server default: 5000).
-    #[arg(long)]
-    lease_ms: Option<u64>,
-    /// The server binary (default: $CHAT_SERVER_BIN, else beside this binary).
-    #[arg(long)]
-    server_bin: Option<PathBuf>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
     /// Plain output lines even on a terminal.
     #[arg(long)]
     plain: bool,
@@ -86,213 +43,10 @@ struct UpArgs {
 
 impl UpArgs {
     fn config(self) -> ClusterConfig {
-        let mut config = ClusterConfig::new(self.nodes);
-        config.data_dir = self.data_dir;
-        config.keep_data_dir = self.keep;
-        config.log_dir = self.log_dir;
-        config.backends = Backends {
-            store: self.store,
-            registry: self.registry,
-            bus: self.bus,
-            routing: self.routing,
-        };
-        config.lease_ms = self.lease_ms;
-        config.server_bin = self.server_bin;
+        let mut config = self.cluster.config();
         // Ctrl-C must reach the lab alone, so that it stops the nodes before the controller.
         config.own_process_groups = true;
         config
-    }
-}
-
-#[derive(Args)]
-struct BenchArgs {
-    #[command(flatten)]
-    cluster: UpArgs,
-    /// Virtual users, each with one socket, paired across nodes.
-    #[arg(long, default_value_t = 600)]
-    users: usize,
-    /// Offered rates (messages/s for the whole cluster), one phase each.
-    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1000,2000,4000,6000,8000,10000")]
-    rates: Vec<u32>,
-    /// Seconds per phase.
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
-    /// Idle connections opened first, to measure memory per connection (0 to skip).
-    #[arg(long, default_value_t = 6000)]
-    idle: usize,
-    /// Command names of outside servers to count in the CPU figure (e.g.
-    /// redis-server,beam.smp,postgres when the cluster uses them).
-    #[arg(long, value_delimiter = ',')]
-    external: Vec<String>,
-    /// Environment for every server process, KEY=VALUE, repeatable (the lab passes no CHAT_*
-    /// variable of its own environment on): e.g. CHAT_WORKER_THREADS=0 to compare runtimes.
-    #[arg(long = "server-env", value_parser = parse_env)]
-    server_env: Vec<(String, String)>,
-    /// Also measure the Socket.IO + Redis-adapter peer (`bench/socketio-peer/`, installed with
-    /// `npm ci --prefix bench/socketio-peer`) with the same generator and workload, phases of
-    /// the two interleaved, and print the two side by side.
-    #[arg(long)]
-    peer: bool,
-    /// Where the peer's sources are.
-    #[arg(long, default_value_os_t = lab::peer::default_dir())]
-    peer_dir: std::path::PathBuf,
-    /// The Redis the peer's adapter uses.
-    #[arg(long, default_value = "redis://127.0.0.1:6379")]
-    peer_redis: String,
-    /// Also measure the floor: as many bare relay nodes (this binary again) that persist each
-    /// message in a SQLite file of their own, acknowledge it and forward it to the recipient's
-    /// node, and nothing else: the least any cluster that persists before it acknowledges can
-    /// cost here. Phases interleaved with the others'; printed against ours and, with
-    /// `--peer`, against a third of the peer's CPU per message.
-    #[arg(long)]
-    floor: bool,
-}
-
-fn parse_env(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .filter(|(k, _)| !k.is_empty())
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
-}
-
-async fn bench(args: BenchArgs) -> anyhow::Result<bool> {
-    let nodes = args.cluster.nodes;
-    let mut config = args.cluster.config();
-    config.own_process_groups = false;
-    config.controller_args = vec!["--password-hash".into(), "fast".into()];
-    config.env = args.server_env;
-    let cluster = lab::Cluster::start(config).await?;
-    println!(
-        "cluster: {} · {} nodes · load average {}",
-        cluster.controller_url(),
-        cluster.nodes().len(),
-        lab::bench::load_average()
-    );
-    let bench = lab::bench::BenchConfig {
-        users: args.users,
-        rates: args.rates,
-        phase: std::time::Duration::from_secs(args.seconds),
-        idle: args.idle,
-        external: args.external,
-    };
-    if !args.peer && !args.floor {
-        let result = lab::bench::run(&cluster, &bench).await;
-        cluster.shutdown().await?;
-        let outcome = result?;
-        println!(
-            "\nsummary:\n{}",
-            lab::bench::format_summary(outcome.memory.as_ref(), &outcome.phases)
-        );
-        return Ok(true);
-    }
-    let others = Others::start(
-        &args.peer_dir,
-        &args.peer_redis,
-        args.peer,
-        args.floor,
-        nodes,
-    )
-    .await;
-    let others = match others {
-        Ok(others) => others,
-        Err(e) => {
-            cluster.shutdown().await?;
-            return Err(e);
-        }
-    };
-    let result = async {
-        let mut systems = vec![lab::bench::prepare(&cluster, &bench).await?];
-        if let Some(peer) = &others.peer {
-            systems.push(lab::peer::prepare(peer, &bench).await?);
-        }
-        if let Some(floor) = &others.floor {
-            systems.push(lab::floor::prepare(floor, &bench).await?);
-        }
-        let refs: Vec<&lab::bench::Prepared> = systems.iter().collect();
-        lab::bench::side_by_side(&refs, &bench).await
-    }
-    .await;
-    others.shutdown().await;
-    cluster.shutdown().await?;
-    let outcomes = result?;
-    let mut outcomes = outcomes.iter();
-    let ours = outcomes.next().context("no outcome of ours")?;
-    let peer = if args.peer { outcomes.next() } else { None };
-    let floor = if args.floor { outcomes.next() } else { None };
-    println!(
-        "\nsummary, ours:\n{}",
-        lab::bench::format_summary(ours.memory.as_ref(), &ours.phases)
-    );
-    if let Some(peer) = peer {
-        println!(
-            "summary, socket.io + redis adapter:\n{}",
-            lab::bench::format_summary(peer.memory.as_ref(), &peer.phases)
-        );
-        println!("{}", lab::bench::format_comparison(ours, peer));
-    }
-    if let Some(floor) = floor {
-        println!(
-            "summary, floor:\n{}",
-            lab::bench::format_summary(floor.memory.as_ref(), &floor.phases)
-        );
-        println!("{}", lab::bench::format_floor(ours, floor, peer));
-    }
-    Ok(true)
-}
-
-/// The systems measured beside ours: the Socket.IO peer and the floor, as asked.
-struct Others {
-    peer: Option<lab::peer::PeerCluster>,
-    floor: Option<lab::floor::FloorCluster>,
-}
-
-impl Others {
-    async fn start(
-        peer_dir: &std::path::Path,
-        peer_redis: &str,
-        peer: bool,
-        floor: bool,
-        nodes: usize,
-    ) -> anyhow::Result<Others> {
-        let mut others = Others {
-            peer: None,
-            floor: None,
-        };
-        if peer {
-            let started = lab::peer::PeerCluster::start(peer_dir, nodes, peer_redis).await?;
-            println!(
-                "peer: socket.io nodes on ports {:?}, redis adapter on {}",
-                started.ports(),
-                peer_redis
-            );
-            others.peer = Some(started);
-        }
-        if floor {
-            let started = match std::env::current_exe() {
-                Ok(me) => lab::floor::FloorCluster::start(&me, nodes).await,
-                Err(e) => Err(anyhow::Error::from(e).context("the lab's own path")),
-            };
-            match started {
-                Ok(started) => {
-                    println!("floor: bare relay nodes on ports {:?}", started.ports());
-                    others.floor = Some(started);
-                }
-                Err(e) => {
-                    others.shutdown().await;
-                    return Err(e);
-                }
-            }
-        }
-        Ok(others)
-    }
-
-    async fn shutdown(self) {
-        if let Some(peer) = self.peer {
-            peer.shutdown().await;
-        }
-        if let Some(floor) = self.floor {
-            floor.shutdown().await;
-        }
     }
 }
 
@@ -303,13 +57,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let result = match Cli::parse().command {
-        // A floor node runs on a runtime of one thread of its own (see `lab::floor`).
-        Cmd::FloorNode { index, db } => lab::floor::run_node(index, &db).map(|()| true),
-        command => tokio::runtime::Runtime::new()
-            .map_err(anyhow::Error::from)
-            .and_then(|runtime| runtime.block_on(run(command))),
-    };
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run(Cli::parse().command)));
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -328,12 +78,9 @@ async fn run(command: Cmd) -> anyhow::Result<bool> {
                 .await
                 .map_err(anyhow::Error::from)
         }
-        Cmd::Bench(args) => bench(args).await,
         Cmd::Status { controller } => lab::console::status_once(&controller)
             .await
             .map(|()| true)
             .map_err(anyhow::Error::from),
-        // Taken by `main` before any runtime starts.
-        Cmd::FloorNode { .. } => anyhow::bail!("a floor node needs a runtime of its own"),
     }
 }

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use protocol::lab::{BackendChoice, BackendsView};
 
-use crate::cluster::{Backends, Routing};
+use crate::Routing;
+use crate::cluster::Backends;
 
 const REDIS: &str = "127.0.0.1:6379";
 const RABBITMQ: &str = "127.0.0.1:5672";

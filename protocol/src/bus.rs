@@ -19,6 +19,45 @@ const PREFIX_LEN: usize = MAGIC.len() + 4;
 /// Largest header accepted when decoding (recipient lists of very large rooms fit easily).
 pub const MAX_HEADER_BYTES: usize = 8 * 1024 * 1024;
 
+/// Which nodes a node publishes an event to: the server's `--routing`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Routing {
+    /// Only the nodes holding a device of a recipient.
+    #[default]
+    Routed,
+    /// Every node, as the design this project started from did.
+    Fanout,
+}
+
+impl Routing {
+    /// `routed` or `fanout`, as `--routing` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Routing::Routed => "routed",
+            Routing::Fanout => "fanout",
+        }
+    }
+}
+
+impl std::fmt::Display for Routing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Routing {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "routed" => Ok(Routing::Routed),
+            "fanout" => Ok(Routing::Fanout),
+            other => Err(format!("unknown routing {other:?} (routed or fanout)")),
+        }
+    }
+}
+
 /// What an envelope is about and who it is for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BusHeader {
@@ -149,5 +188,17 @@ mod tests {
             Err(EnvelopeError::Header(_))
         ));
         Ok(())
+    }
+
+    #[test]
+    fn routing_reads_and_writes_the_words_of_the_cli() {
+        for r in [Routing::Routed, Routing::Fanout] {
+            assert_eq!(r.as_str().parse::<Routing>(), Ok(r));
+            assert_eq!(
+                serde_json::to_string(&r).ok(),
+                Some(format!("\"{}\"", r.as_str()))
+            );
+        }
+        assert!("broadcast".parse::<Routing>().is_err());
     }
 }

@@ -53,7 +53,7 @@ struct Common {
     #[arg(long, env = "CHAT_BUS", default_value = "embedded")]
     bus: String,
     /// Routed (only nodes holding a recipient) or fanout (every node).
-    #[arg(long, env = "CHAT_ROUTING", value_enum, default_value_t = Routing::Routed)]
+    #[arg(long, env = "CHAT_ROUTING", default_value_t = Routing::Routed)]
     routing: Routing,
     /// Node lease in milliseconds: a silent node is gone after this long.
     #[arg(long, env = "CHAT_LEASE_MS", default_value_t = server::registry::DEFAULT_LEASE_MS)]

@@ -30,25 +30,7 @@ pub mod redis;
 #[cfg(test)]
 pub mod suite;
 
-/// Which nodes get an event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Routing {
-    /// Only nodes holding a device of a recipient.
-    #[default]
-    Routed,
-    /// Every node.
-    Fanout,
-}
-
-impl Routing {
-    /// "routed" or "fanout".
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Routing::Routed => "routed",
-            Routing::Fanout => "fanout",
-        }
-    }
-}
+pub use protocol::bus::Routing;
 
 /// Why a bus call failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,4 @@
-//! `lab bench`'s generator against the systems it measures, briefly: this project's cluster
+//! The benchmark's generator against the systems it measures, briefly: this project's cluster
 //! (embedded stack), the Socket.IO peer on the real Redis, and the floor (bare relay nodes that
 //! persist each message). Every message sent in a phase must reach its recipient, on another
 //! node, and the figures must say so. The peer needs its
@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
-use lab::bench::{self, BenchConfig, PhaseReport};
-use lab::floor::{self, FloorCluster};
-use lab::peer::{self, PeerCluster};
+use bench::floor::{self, FloorCluster};
+use bench::peer::{self, PeerCluster};
+use bench::{BenchConfig, PhaseReport, ours};
 use lab::{Cluster, ClusterConfig};
 
 fn config() -> BenchConfig {
@@ -44,7 +44,7 @@ async fn ours_delivers_every_cross_node_message_of_a_phase() {
     let cluster = Cluster::start(cfg)
         .await
         .unwrap_or_else(|e| panic!("starting a cluster (is the server built?): {e}"));
-    let result = bench::run(&cluster, &config()).await;
+    let result = ours::run(&cluster, &config()).await;
     cluster.shutdown().await.expect("shutdown");
     let outcome = result.expect("bench run");
     let memory = outcome.memory.expect("memory measured");
@@ -81,8 +81,8 @@ async fn the_socketio_peer_delivers_every_cross_node_message_of_a_phase() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_floor_delivers_every_cross_node_message_of_a_phase() {
-    let lab_bin = std::path::Path::new(env!("CARGO_BIN_EXE_lab"));
-    let cluster = FloorCluster::start(lab_bin, 3)
+    let bench_bin = std::path::Path::new(env!("CARGO_BIN_EXE_bench"));
+    let cluster = FloorCluster::start(bench_bin, 3)
         .await
         .unwrap_or_else(|e| panic!("starting the floor: {e:#}"));
     assert_eq!(cluster.ports().len(), 3);

@@ -1,4 +1,4 @@
-//! The peer that `lab bench --peer` measures this project against, side by side: a cluster of
+//! The peer that `bench --peer` measures this project against, side by side: a cluster of
 //! Socket.IO nodes on one Redis through the Redis adapter (`bench/socketio-peer/`, Node.js),
 //! the usual way to scale Socket.IO out, persisting nothing.
 //!
@@ -21,11 +21,12 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::bench::{self, BenchConfig, CpuGroups, Members, Prepared, Recorder, Target, VUser};
+use crate::generator::{self, BenchConfig, Prepared, Recorder, Target, VUser};
+use crate::procs::{self, CpuGroups, Members};
 
 /// Where the peer's sources are in this repository.
 pub fn default_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/socketio-peer")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("socketio-peer")
 }
 
 /// One running peer node.
@@ -101,7 +102,7 @@ impl PeerCluster {
     /// Stops every node with SIGTERM, waiting a few seconds before killing what is left.
     pub async fn shutdown(mut self) {
         let nodes = self.nodes.iter_mut().map(|n| (n.pid, &mut n.child));
-        bench::stop_processes(nodes, Duration::from_secs(3)).await;
+        procs::stop_processes(nodes, Duration::from_secs(3)).await;
     }
 }
 
@@ -137,7 +138,7 @@ pub(crate) fn dm_frame(ack: u64, to: &str, text: String) -> Result<String> {
 async fn connect(node: &str, port: u16, user: Arc<str>, recorder: Arc<Recorder>) -> Result<VUser> {
     let url = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket");
     let (ws, _) =
-        tokio_tungstenite::connect_async_with_config(url, Some(bench::socket_config()), true)
+        tokio_tungstenite::connect_async_with_config(url, Some(generator::socket_config()), true)
             .await
             .with_context(|| format!("connecting to the peer on port {port}"))?;
     let (mut sink, mut stream) = ws.split();
@@ -161,7 +162,7 @@ async fn connect(node: &str, port: u16, user: Arc<str>, recorder: Arc<Recorder>)
             sink.send(Message::Text("3".into())).await?;
         }
     }
-    let tx = bench::spawn_writer(sink);
+    let tx = generator::spawn_writer(sink);
     let pong = tx.clone();
     tokio::spawn(async move {
         while let Some(Ok(msg)) = stream.next().await {
@@ -188,7 +189,7 @@ async fn connect(node: &str, port: u16, user: Arc<str>, recorder: Arc<Recorder>)
     })
 }
 
-/// Starts the peer's side of a run, as [`bench::prepare`] does ours: memory per idle
+/// Starts the peer's side of a run, as [`crate::ours::prepare`] does ours: memory per idle
 /// connection, then the talking users, each on the next node in turn, paired across nodes.
 pub async fn prepare(peer: &PeerCluster, config: &BenchConfig) -> Result<Prepared> {
     let mut groups: Vec<(String, Members)> = peer
@@ -215,7 +216,7 @@ pub async fn prepare(peer: &PeerCluster, config: &BenchConfig) -> Result<Prepare
             let user: Arc<str> = format!("idle-{i}").into();
             async move { connect(&n.name, n.port, user, recorder).await }
         };
-        Some(bench::measure_memory(&pids, config.idle, open).await?)
+        Some(generator::measure_memory(&pids, config.idle, open).await?)
     } else {
         None
     };
@@ -232,7 +233,7 @@ pub async fn prepare(peer: &PeerCluster, config: &BenchConfig) -> Result<Prepare
         connect(&n.name, n.port, names[i].clone(), recorder.clone())
     };
     let (vusers, senders) =
-        bench::talkers(config, open, |i| Target::Room(names[i].clone())).await?;
+        generator::talkers(config, open, |i| Target::Room(names[i].clone())).await?;
     println!(
         "load: {} cross-node pairs on the peer, {} senders",
         senders.len() / 2,
