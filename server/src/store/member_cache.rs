@@ -19,7 +19,7 @@ const MEMBER_CACHE_CONVERSATIONS: usize = 50_000;
 /// epoch equals the row's, which the store reads anyway. Appends to busy conversations thus
 /// cost no member query, while a join made by another process is seen on the next event.
 #[derive(Default)]
-pub(crate) struct MemberCache {
+pub struct MemberCache {
     // A plain mutex: held for a map lookup or insert, never across an await.
     lists: Mutex<HashMap<ConvId, EpochMembers>>,
 }

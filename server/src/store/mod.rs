@@ -4,7 +4,20 @@
 //!
 //! [`Store`] is the contract; [`sqlite`] is the embedded implementation (one file shared by
 //! every process on the machine) and `postgres` the one for many machines. The behavioural
-//! suite in [`suite`] runs against each.
+//! suite in `suite` runs against each.
+//!
+//! Code map:
+//! - this file: the contract, its records and its errors.
+//! - `sql`: the contract implemented once for both SQL backends, with the reads they share;
+//!   the backends bring their dialect and their writes.
+//! - `write`: the write path over a backend's statements: a batch of appends (`batch`), one
+//!   event (`append`) checked by its kind (`message`, `edit`, `member`), and the creation of
+//!   conversations (`create`).
+//! - `rules`: what an event's content may be; `member_cache`: member lists by membership epoch.
+//! - `rows`: rows ↔ records; `encoding`: values in columns; `migrations`: schema upgrades;
+//!   `errors`: constraint violations in the store's words.
+//! - [`sqlite`] and `postgres`: each backend (opening, lock, writer, checkpoint, errors, tests).
+//! - `suite`: the behavioural tests every backend runs.
 //!
 //! Invariants every implementation keeps:
 //! - Per conversation, `seq` runs 1, 2, 3… without gaps or repeats, even with many writers in
@@ -33,9 +46,9 @@ mod member_cache;
 mod migrations;
 #[cfg(feature = "postgres")]
 pub mod postgres;
-mod reads;
 mod rows;
 mod rules;
+mod sql;
 pub mod sqlite;
 #[cfg(test)]
 pub mod suite;

@@ -7,12 +7,13 @@ use protocol::http::{DeviceInfoState, RoomListing};
 use protocol::model::{
     Attachment, ConvKind, ConversationSummary, Event, EventBody, Message, UserInfo,
 };
-use protocol::{ConvId, DeviceId, MessageId, UserId};
+use protocol::{AttachmentId, ConvId, DeviceId, MessageId, UserId};
 
 use super::encoding::{
     body_type, member_action_str, message_kind_str, parse_conv_kind, parse_member_action,
     parse_message_kind, seq_from_db, size_from_db, token,
 };
+use super::write::{ConvHead, MessageRef};
 use super::{
     AttachmentBlob, ConversationRecord, DeviceRecord, MemberRecord, StoreError, StoreResult,
     UserRecord,
@@ -207,6 +208,61 @@ impl<'a> EventColumns<'a> {
             },
         }
     }
+}
+
+/// A conversation's head as the write path reads it: `kind, is_public, last_seq, last_msg_seq,
+/// last_activity, member_epoch`.
+pub(crate) type HeadColumns = (String, bool, i64, i64, i64, i64);
+
+impl ConvHead {
+    /// The head of [`HeadColumns`].
+    pub(crate) fn from_columns(columns: HeadColumns) -> StoreResult<ConvHead> {
+        let (kind, public, last_seq, last_msg_seq, last_activity, member_epoch) = columns;
+        Ok(ConvHead {
+            kind: parse_conv_kind(&kind)?,
+            public,
+            last_seq: seq_from_db(last_seq)?,
+            last_msg_seq: seq_from_db(last_msg_seq)?,
+            last_activity,
+            member_epoch,
+        })
+    }
+}
+
+/// What a change needs of an earlier event: `conv_id, body_type, sender, deleted,
+/// attachment_id`.
+pub(crate) type MessageColumns = (i64, String, i64, bool, Option<String>);
+
+impl MessageRef {
+    /// The reference of [`MessageColumns`].
+    pub(crate) fn from_columns(columns: MessageColumns) -> StoreResult<MessageRef> {
+        let (conv, body_type, sender, deleted, attachment) = columns;
+        Ok(MessageRef {
+            conv: ConvId(conv),
+            is_message: body_type == body_type::MESSAGE,
+            sender: UserId(sender),
+            deleted,
+            attachment: attachment.map(|a| token("attachment id", a)).transpose()?,
+        })
+    }
+}
+
+/// An attachment's metadata: `name, mime, size, conv_id`.
+pub(crate) type AttachmentColumns = (String, String, i64, i64);
+
+/// The metadata of attachment `id` from [`AttachmentColumns`].
+pub(crate) fn attachment_meta(
+    id: &AttachmentId,
+    columns: AttachmentColumns,
+) -> StoreResult<Attachment> {
+    let (name, mime, size, conv) = columns;
+    Ok(Attachment {
+        id: id.clone(),
+        name,
+        mime,
+        size: size_from_db(size)?,
+        conv: ConvId(conv),
+    })
 }
 
 /// `SELECT id, username, password_hash, created_at FROM users`.

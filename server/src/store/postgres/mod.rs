@@ -50,29 +50,24 @@
 //! inserts deferred, its heads written back), `errors` what PostgreSQL's errors mean, `tests`
 //! the suite and PostgreSQL's own tests.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use protocol::http::RoomListing;
-use protocol::model::{ConversationSummary, Event};
-use protocol::{AttachmentId, ConvId, DeviceId, Millis, NodeId, Seq, UserId};
+use protocol::{ConvId, DeviceId, Millis, Seq, UserId};
 use sqlx::Connection;
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Pool, Postgres};
 
 use super::errors::is_unique_violation;
 use super::member_cache::MemberCache;
-use super::rows::{
-    AttachmentRow, ConversationRow, DeviceRow, EventRow, MemberRow, RoomRow, SummaryRow, UserRow,
-    event_select,
-};
+use super::rows::{DeviceRow, UserRow, event_select};
+use super::sql::{Dialect, SqlBackend, SqlStore};
 use super::write::{self, WriteTransactions};
 use super::{
-    Appended, AttachmentBlob, ConversationRecord, Creation, DeviceRecord, MemberRecord, NewEvent,
-    NewRoom, Page, Store, StoreError, StoreResult, UserRecord, encoding, migrations, reads,
+    Appended, AttachmentBlob, DeviceRecord, NewEvent, StoreError, StoreResult, TopUp, UserRecord,
+    encoding, migrations,
 };
 
 mod batch;
@@ -132,9 +127,13 @@ impl Default for PostgresConfig {
 /// from the other processes sharing the server's budget.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The PostgreSQL store. Cheap to clone: the pool and the member cache are shared.
+/// The PostgreSQL store: the shared contract over [`PostgresBackend`].
+pub type PostgresStore = SqlStore<PostgresBackend>;
+
+/// PostgreSQL's pool, for reads and writes. Cheap to clone: the pool and the member cache are
+/// shared.
 #[derive(Clone)]
-pub struct PostgresStore {
+pub struct PostgresBackend {
     pool: PgPool,
     members: Arc<MemberCache>,
 }
@@ -188,12 +187,14 @@ impl PostgresStore {
             .connect_with(session)
             .await
             .map_err(db_err)?;
-        Ok(PostgresStore {
+        Ok(SqlStore::new(PostgresBackend {
             pool,
             members: Arc::new(MemberCache::default()),
-        })
+        }))
     }
+}
 
+impl PostgresBackend {
     /// One try at a batch, in one transaction.
     async fn append_attempt(
         &self,
@@ -226,7 +227,7 @@ async fn migrate(conn: &mut PgConnection) -> StoreResult<()> {
     unlocked
 }
 
-impl WriteTransactions for PostgresStore {
+impl WriteTransactions for PostgresBackend {
     type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
     type Ops<'t> = Writer<'t>;
 
@@ -243,14 +244,57 @@ impl WriteTransactions for PostgresStore {
     }
 }
 
-/// A transaction that reads several statements from one snapshot, never waits for a writer
-/// and never fails to serialize.
-const SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+/// The reads where PostgreSQL's statements are its own: a conversation's head is kept in its
+/// row, a room name is matched with `strpos` in the database's collation, and lists are read
+/// from one snapshot.
+const DIALECT: Dialect = Dialect {
+    conversation: "SELECT id, kind, name, is_public, last_seq, created_by, created_at \
+         FROM conversations WHERE id = $1",
+    summaries: "SELECT c.id, c.kind, c.name, c.is_public, c.last_seq, c.created_at, m.read_seq, \
+           (SELECT COUNT(*) FROM members x WHERE x.conv_id = c.id) AS member_count, \
+           (SELECT COUNT(*) FROM events e WHERE e.conv_id = c.id AND e.seq > m.read_seq \
+              AND e.body_type = 'message' AND e.deleted = FALSE AND e.sender <> m.user_id) AS unread, \
+           p.user_id AS peer_id, u.username AS peer_name, p.read_seq AS peer_read_seq \
+         FROM members m \
+         JOIN conversations c ON c.id = m.conv_id \
+         LEFT JOIN members p ON c.kind = 'direct' AND p.conv_id = c.id AND p.user_id <> m.user_id \
+         LEFT JOIN users u ON u.id = p.user_id \
+         WHERE m.user_id = $1 \
+         ORDER BY c.last_activity DESC, c.id DESC",
+    last_messages: concat!(
+        event_select!(),
+        " JOIN conversations c ON c.id = e.conv_id AND e.seq = c.last_msg_seq \
+         JOIN members m ON m.conv_id = c.id WHERE m.user_id = $1"
+    ),
+    // strpos, not LIKE: the query is matched as typed, `%` and `_` included. The name is
+    // lowered in the database's own collation (names sort in "C"), so letters beyond ASCII
+    // match regardless of case where the locale knows them.
+    public_rooms: "SELECT c.id, c.name, \
+           (SELECT COUNT(*) FROM members x WHERE x.conv_id = c.id) AS member_count \
+         FROM conversations c \
+         WHERE c.kind = 'room' AND c.is_public = TRUE \
+           AND strpos(lower(c.name COLLATE \"default\"), lower($1)) > 0 \
+         ORDER BY c.name, c.id LIMIT $2",
+    // Several statements from one snapshot, never waiting for a writer and never failing to
+    // serialize.
+    snapshot: Some("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+};
 
-#[async_trait]
-impl Store for PostgresStore {
-    fn kind(&self) -> &'static str {
-        "postgres"
+impl SqlBackend for PostgresBackend {
+    type Db = Postgres;
+    const KIND: &'static str = "postgres";
+    const DIALECT: Dialect = DIALECT;
+
+    fn read_pool(&self) -> &Pool<Postgres> {
+        &self.pool
+    }
+
+    fn member_cache(&self) -> &MemberCache {
+        &self.members
+    }
+
+    fn db_err(e: sqlx::Error) -> StoreError {
+        db_err(e)
     }
 
     async fn create_user(
@@ -279,28 +323,6 @@ impl Store for PostgresStore {
         Ok(row.into())
     }
 
-    async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>> {
-        let row = sqlx::query_as::<_, UserRow>(
-            "SELECT id, username, password_hash, created_at FROM users WHERE username = $1",
-        )
-        .bind(username)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(row.map(Into::into))
-    }
-
-    async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
-        let row = sqlx::query_as::<_, UserRow>(
-            "SELECT id, username, password_hash, created_at FROM users WHERE id = $1",
-        )
-        .bind(id.0)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(row.map(Into::into))
-    }
-
     async fn login_device(
         &self,
         user: UserId,
@@ -327,34 +349,6 @@ impl Store for PostgresStore {
         .into_record()
     }
 
-    async fn device(&self, user: UserId, device: &DeviceId) -> StoreResult<Option<DeviceRecord>> {
-        sqlx::query_as::<_, DeviceRow>(
-            "SELECT user_id, device_id, name, created_at, last_login, revoked, generation \
-             FROM devices WHERE user_id = $1 AND device_id = $2",
-        )
-        .bind(user.0)
-        .bind(device.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err)?
-        .map(DeviceRow::into_record)
-        .transpose()
-    }
-
-    async fn devices(&self, user: UserId) -> StoreResult<Vec<DeviceRecord>> {
-        sqlx::query_as::<_, DeviceRow>(
-            "SELECT user_id, device_id, name, created_at, last_login, revoked, generation \
-             FROM devices WHERE user_id = $1 ORDER BY last_login DESC, device_id",
-        )
-        .bind(user.0)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?
-        .into_iter()
-        .map(DeviceRow::into_record)
-        .collect()
-    }
-
     async fn revoke_device(&self, user: UserId, device: &DeviceId) -> StoreResult<DeviceRecord> {
         sqlx::query_as::<_, DeviceRow>(
             "UPDATE devices SET revoked = TRUE, generation = generation + 1 \
@@ -370,35 +364,12 @@ impl Store for PostgresStore {
         .into_record()
     }
 
-    async fn open_direct(
+    async fn append(
         &self,
-        a: UserId,
-        b: UserId,
-        creation: Creation<'_>,
-    ) -> StoreResult<(ConvId, Option<Appended>)> {
-        if a != b {
-            // Most opens find the conversation: answer those without a transaction.
-            let (lo, hi) = if a < b { (a, b) } else { (b, a) };
-            let existing: Option<i64> = sqlx::query_scalar(
-                "SELECT id FROM conversations WHERE direct_lo = $1 AND direct_hi = $2",
-            )
-            .bind(lo.0)
-            .bind(hi.0)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err)?;
-            if let Some(id) = existing {
-                return Ok((ConvId(id), None));
-            }
-        }
-        write::open_direct(self, a, b, creation).await
-    }
-
-    async fn create_room(&self, room: NewRoom<'_>) -> StoreResult<(ConvId, Appended)> {
-        write::create_room(self, room).await
-    }
-
-    async fn append(&self, batch: Vec<NewEvent>) -> Vec<StoreResult<Appended>> {
+        mut batch: Vec<NewEvent>,
+        top_up: TopUp<'_>,
+    ) -> Vec<StoreResult<Appended>> {
+        top_up(&mut batch);
         if batch.is_empty() {
             return Vec::new();
         }
@@ -421,255 +392,6 @@ impl Store for PostgresStore {
             tokio::time::sleep(Duration::from_millis(pause)).await;
             attempt += 1;
         }
-    }
-
-    async fn conversation(&self, conv: ConvId) -> StoreResult<Option<ConversationRecord>> {
-        sqlx::query_as::<_, ConversationRow>(
-            "SELECT id, kind, name, is_public, last_seq, created_by, created_at FROM conversations WHERE id = $1",
-        )
-        .bind(conv.0)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err)?
-        .map(ConversationRow::into_record)
-        .transpose()
-    }
-
-    async fn joined_seq(&self, conv: ConvId, user: UserId) -> StoreResult<Option<Seq>> {
-        let seq: Option<i64> = sqlx::query_scalar(
-            "SELECT joined_seq FROM members WHERE conv_id = $1 AND user_id = $2",
-        )
-        .bind(conv.0)
-        .bind(user.0)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err)?;
-        seq.map(encoding::seq_from_db).transpose()
-    }
-
-    async fn members(&self, conv: ConvId) -> StoreResult<Vec<MemberRecord>> {
-        sqlx::query_as::<_, MemberRow>(
-            "SELECT m.user_id, u.username, m.joined_seq, m.read_seq \
-             FROM members m JOIN users u ON u.id = m.user_id \
-             WHERE m.conv_id = $1 ORDER BY u.username",
-        )
-        .bind(conv.0)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?
-        .into_iter()
-        .map(MemberRow::into_record)
-        .collect()
-    }
-
-    async fn recipients(&self, conv: ConvId) -> StoreResult<Arc<[UserId]>> {
-        let epoch: Option<i64> =
-            sqlx::query_scalar("SELECT member_epoch FROM conversations WHERE id = $1")
-                .bind(conv.0)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_err)?;
-        let epoch = epoch.ok_or(StoreError::NotFound)?;
-        if let Some(members) = self.members.get(conv, epoch) {
-            return Ok(members);
-        }
-        // Epoch and list in one statement (one snapshot), so the list cached is the one of
-        // that epoch.
-        let rows: Vec<(i64, Option<i64>)> = sqlx::query_as(
-            "SELECT c.member_epoch, m.user_id FROM conversations c \
-             LEFT JOIN members m ON m.conv_id = c.id WHERE c.id = $1 ORDER BY m.user_id",
-        )
-        .bind(conv.0)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        let epoch = rows.first().map(|(e, _)| *e).ok_or(StoreError::NotFound)?;
-        let members: Arc<[UserId]> = rows.iter().filter_map(|(_, u)| u.map(UserId)).collect();
-        self.members.put(conv, epoch, members.clone());
-        Ok(members)
-    }
-
-    async fn contacts(&self, user: UserId) -> StoreResult<Vec<UserId>> {
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT DISTINCT o.user_id FROM members m JOIN members o ON o.conv_id = m.conv_id \
-             WHERE m.user_id = $1 AND o.user_id <> $1 ORDER BY o.user_id",
-        )
-        .bind(user.0)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(ids.into_iter().map(UserId).collect())
-    }
-
-    async fn conversations_of(&self, user: UserId) -> StoreResult<Vec<ConversationSummary>> {
-        // Two statements whatever the number of conversations, from one snapshot so that the
-        // summaries and their last messages are of the same moment.
-        let mut tx = self.pool.begin_with(SNAPSHOT).await.map_err(db_err)?;
-        let rows = sqlx::query_as::<_, SummaryRow>(
-            "SELECT c.id, c.kind, c.name, c.is_public, c.last_seq, c.created_at, m.read_seq, \
-               (SELECT COUNT(*) FROM members x WHERE x.conv_id = c.id) AS member_count, \
-               (SELECT COUNT(*) FROM events e WHERE e.conv_id = c.id AND e.seq > m.read_seq \
-                  AND e.body_type = 'message' AND e.deleted = FALSE AND e.sender <> m.user_id) AS unread, \
-               p.user_id AS peer_id, u.username AS peer_name, p.read_seq AS peer_read_seq \
-             FROM members m \
-             JOIN conversations c ON c.id = m.conv_id \
-             LEFT JOIN members p ON c.kind = 'direct' AND p.conv_id = c.id AND p.user_id <> m.user_id \
-             LEFT JOIN users u ON u.id = p.user_id \
-             WHERE m.user_id = $1 \
-             ORDER BY c.last_activity DESC, c.id DESC",
-        )
-        .bind(user.0)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let last = sqlx::query_as::<_, EventRow>(concat!(
-            event_select!(),
-            " JOIN conversations c ON c.id = e.conv_id AND e.seq = c.last_msg_seq \
-             JOIN members m ON m.conv_id = c.id WHERE m.user_id = $1"
-        ))
-        .bind(user.0)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
-
-        let mut last_by_conv = HashMap::with_capacity(last.len());
-        for row in last {
-            let event = row.into_event()?;
-            last_by_conv.insert(event.conv, event);
-        }
-        rows.into_iter()
-            .map(|row| {
-                let last_message = last_by_conv.remove(&row.conv());
-                row.into_summary(last_message)
-            })
-            .collect()
-    }
-
-    async fn public_rooms(&self, query: &str, limit: u32) -> StoreResult<Vec<RoomListing>> {
-        // strpos, not LIKE: the query is matched as typed, `%` and `_` included. The name is
-        // lowered in the database's own collation (names sort in "C"), so letters beyond ASCII
-        // match regardless of case where the locale knows them.
-        let rows = sqlx::query_as::<_, RoomRow>(
-            "SELECT c.id, c.name, (SELECT COUNT(*) FROM members x WHERE x.conv_id = c.id) AS member_count \
-             FROM conversations c \
-             WHERE c.kind = 'room' AND c.is_public = TRUE \
-               AND strpos(lower(c.name COLLATE \"default\"), lower($1)) > 0 \
-             ORDER BY c.name, c.id LIMIT $2",
-        )
-        .bind(query)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
-        Ok(rows.into_iter().map(Into::into).collect())
-    }
-
-    async fn events(
-        &self,
-        conv: ConvId,
-        page: Page,
-        limit: u32,
-    ) -> StoreResult<(Vec<Event>, bool)> {
-        // One row more than asked says whether there are more.
-        let fetch = i64::from(limit) + 1;
-        let (query, newest_first) = match page {
-            Page::Latest => (
-                sqlx::query_as::<_, EventRow>(concat!(
-                    event_select!(),
-                    " WHERE e.conv_id = $1 ORDER BY e.seq DESC LIMIT $2"
-                ))
-                .bind(conv.0)
-                .bind(fetch),
-                true,
-            ),
-            Page::Before(seq) => (
-                sqlx::query_as::<_, EventRow>(concat!(
-                    event_select!(),
-                    " WHERE e.conv_id = $1 AND e.seq < $3 ORDER BY e.seq DESC LIMIT $2"
-                ))
-                .bind(conv.0)
-                .bind(fetch)
-                .bind(encoding::seq_to_db(seq)),
-                true,
-            ),
-            Page::After(seq) => (
-                sqlx::query_as::<_, EventRow>(concat!(
-                    event_select!(),
-                    " WHERE e.conv_id = $1 AND e.seq > $3 ORDER BY e.seq ASC LIMIT $2"
-                ))
-                .bind(conv.0)
-                .bind(fetch)
-                .bind(encoding::seq_to_db(seq)),
-                false,
-            ),
-        };
-        let rows = query.fetch_all(&self.pool).await.map_err(db_err)?;
-        let has_more = rows.len() > limit as usize;
-        let mut events = rows
-            .into_iter()
-            .take(limit as usize)
-            .map(EventRow::into_event)
-            .collect::<StoreResult<Vec<_>>>()?;
-        if newest_first {
-            events.reverse();
-        }
-        Ok((events, has_more))
-    }
-
-    async fn events_by_origin(
-        &self,
-        origin: &NodeId,
-        since: Millis,
-        limit: u32,
-    ) -> StoreResult<Vec<Appended>> {
-        let mut tx = self.pool.begin_with(SNAPSHOT).await.map_err(db_err)?;
-        let rows = sqlx::query_as::<_, EventRow>(concat!(
-            event_select!(),
-            " WHERE e.origin = $1 AND e.at >= $2 ORDER BY e.at, e.conv_id, e.seq LIMIT $3"
-        ))
-        .bind(origin.as_str())
-        .bind(since)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let events = rows
-            .into_iter()
-            .map(EventRow::into_event)
-            .collect::<StoreResult<Vec<_>>>()?;
-
-        // The members of every conversation involved, in one statement.
-        let mut convs: Vec<i64> = events.iter().map(|e| e.conv.0).collect();
-        convs.sort_unstable();
-        convs.dedup();
-        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
-            "SELECT conv_id, user_id, joined_seq FROM members WHERE conv_id = ANY($1)",
-        )
-        .bind(&convs)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
-        let mut members_of = HashMap::<ConvId, Vec<(UserId, Seq)>>::new();
-        for (conv, user, joined) in rows {
-            members_of
-                .entry(ConvId(conv))
-                .or_default()
-                .push((UserId(user), encoding::seq_from_db(joined)?));
-        }
-
-        Ok(events
-            .into_iter()
-            .map(|event| {
-                let members = members_of.get(&event.conv).map_or(&[][..], Vec::as_slice);
-                Appended {
-                    recipients: reads::replay_recipients(&event, members),
-                    event,
-                    duplicate: false,
-                }
-            })
-            .collect())
     }
 
     async fn mark_read(&self, conv: ConvId, user: UserId, seq: Seq) -> StoreResult<Option<Seq>> {
@@ -700,13 +422,6 @@ impl Store for PostgresStore {
     }
 
     async fn put_attachment(&self, blob: AttachmentBlob) -> StoreResult<()> {
-        if blob.meta.size != blob.data.len() as u64 {
-            return Err(StoreError::Invalid(format!(
-                "attachment says {} bytes but has {}",
-                blob.meta.size,
-                blob.data.len()
-            )));
-        }
         sqlx::query(
             "INSERT INTO attachments (id, conv_id, uploader, name, mime, size, created_at, data) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -729,17 +444,5 @@ impl Store for PostgresStore {
             }
         })?;
         Ok(())
-    }
-
-    async fn attachment(&self, id: &AttachmentId) -> StoreResult<Option<AttachmentBlob>> {
-        sqlx::query_as::<_, AttachmentRow>(
-            "SELECT id, conv_id, uploader, name, mime, size, created_at, data FROM attachments WHERE id = $1",
-        )
-        .bind(id.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err)?
-        .map(AttachmentRow::into_blob)
-        .transpose()
     }
 }

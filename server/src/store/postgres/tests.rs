@@ -2,18 +2,28 @@
 //! what only it does: many pools on one conversation, sessions ended under it, held locks,
 //! deferred inserts.
 
+use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail, ensure};
+use async_trait::async_trait;
 use bytes::Bytes;
 use protocol::model::{Attachment, MessageKind};
-use protocol::{ClientMsgId, MessageId};
+use protocol::{
+    AttachmentId, ClientMsgId, ConvId, DeviceId, MessageId, Millis, NodeId, Seq, UserId,
+};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
 
-use super::errors::sqlstate_error;
-use super::*;
+use super::errors::{db_err, sqlstate_error};
+use super::{MIGRATOR, PostgresConfig, PostgresStore};
 use crate::store::suite::TestDb;
-use crate::store::{Creation, NewBody, SharedStore};
+use crate::store::{
+    Appended, AttachmentBlob, Creation, NewBody, NewEvent, Page, SharedStore, Store, StoreError,
+    StoreResult,
+};
 
 /// The server the tests use unless [`URL_VAR`] names another.
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -651,7 +661,7 @@ async fn many_handles_migrate_one_schema_at_once() -> anyhow::Result<()> {
     let db = TestSchema::create().await?;
     let stores = futures::future::try_join_all((0..6).map(|_| db.store())).await?;
     let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
-        .fetch_one(&stores[0].pool)
+        .fetch_one(&stores[0].backend().pool)
         .await?;
     assert_eq!(applied as usize, MIGRATOR.iter().count());
     let tables: Vec<String> = sqlx::query_scalar(
@@ -659,7 +669,7 @@ async fn many_handles_migrate_one_schema_at_once() -> anyhow::Result<()> {
          WHERE table_schema = $1 ORDER BY table_name",
     )
     .bind(&db.schema)
-    .fetch_all(&stores[5].pool)
+    .fetch_all(&stores[5].backend().pool)
     .await?;
     assert_eq!(
         tables,
@@ -693,7 +703,7 @@ async fn sessions_carry_their_timeouts() -> anyhow::Result<()> {
            current_setting('idle_in_transaction_session_timeout'), \
            current_setting('statement_timeout'), current_schema()::text",
     )
-    .fetch_one(&store.pool)
+    .fetch_one(&store.backend().pool)
     .await?;
     assert_eq!(
         (lock.as_str(), idle.as_str(), statement.as_str()),

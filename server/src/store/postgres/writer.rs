@@ -10,12 +10,15 @@ use sqlx::postgres::PgConnection;
 use super::batch::Deferred;
 use super::errors::{db_err, is_retryable};
 use crate::store::encoding;
-use crate::store::rows::{EventColumns, EventRow, event_select};
+use crate::store::rows::{
+    AttachmentColumns, EventColumns, EventRow, HeadColumns, MessageColumns, attachment_meta,
+    event_select,
+};
 use crate::store::write::{BatchStart, ConvHead, MessageRef, NewConversation, WriteOps};
 use crate::store::{NewEvent, StoreError, StoreResult};
 
 /// A write transaction as the shared write path drives it.
-pub(crate) struct Writer<'c> {
+pub struct Writer<'c> {
     pub(super) conn: &'c mut PgConnection,
     /// Whether a statement failed in a way worth trying the whole transaction again for.
     pub(super) retry: bool,
@@ -64,18 +67,11 @@ impl WriteOps for Writer<'_> {
         .await
         .map_err(|e| self.err(e))?;
         let mut start = BatchStart::default();
-        for (id, kind, public, last_seq, last_msg_seq, last_activity, member_epoch) in rows {
-            start.heads.push((
-                ConvId(id),
-                ConvHead {
-                    kind: encoding::parse_conv_kind(&kind)?,
-                    public,
-                    last_seq: encoding::seq_from_db(last_seq)?,
-                    last_msg_seq: encoding::seq_from_db(last_msg_seq)?,
-                    last_activity,
-                    member_epoch,
-                },
-            ));
+        for (id, kind, public, last_seq, last_msg_seq, last_activity, epoch) in rows {
+            let head = (kind, public, last_seq, last_msg_seq, last_activity, epoch);
+            start
+                .heads
+                .push((ConvId(id), ConvHead::from_columns(head)?));
         }
         if !members_of.is_empty() {
             // After the locks: membership changes under them.
@@ -131,7 +127,7 @@ impl WriteOps for Writer<'_> {
     async fn conv_head(&mut self, conv: ConvId) -> StoreResult<Option<ConvHead>> {
         // The lock that orders the conversation's writers, held until the commit. Under READ
         // COMMITTED a writer that waited for it reads the row as its holder committed it.
-        let row: Option<(String, bool, i64, i64, i64, i64)> = sqlx::query_as(
+        let row: Option<HeadColumns> = sqlx::query_as(
             "SELECT kind, is_public, last_seq, last_msg_seq, last_activity, member_epoch \
              FROM conversations WHERE id = $1 FOR NO KEY UPDATE",
         )
@@ -139,17 +135,7 @@ impl WriteOps for Writer<'_> {
         .fetch_optional(&mut *self.conn)
         .await
         .map_err(|e| self.err(e))?;
-        let Some((kind, public, last_seq, last_msg_seq, last_activity, member_epoch)) = row else {
-            return Ok(None);
-        };
-        Ok(Some(ConvHead {
-            kind: encoding::parse_conv_kind(&kind)?,
-            public,
-            last_seq: encoding::seq_from_db(last_seq)?,
-            last_msg_seq: encoding::seq_from_db(last_msg_seq)?,
-            last_activity,
-            member_epoch,
-        }))
+        row.map(ConvHead::from_columns).transpose()
     }
 
     async fn member_ids(&mut self, conv: ConvId) -> StoreResult<Vec<UserId>> {
@@ -171,23 +157,13 @@ impl WriteOps for Writer<'_> {
     }
 
     async fn attachment_meta(&mut self, id: &AttachmentId) -> StoreResult<Option<Attachment>> {
-        let row: Option<(String, String, i64, i64)> =
+        let row: Option<AttachmentColumns> =
             sqlx::query_as("SELECT name, mime, size, conv_id FROM attachments WHERE id = $1")
                 .bind(id.as_str())
                 .fetch_optional(&mut *self.conn)
                 .await
                 .map_err(|e| self.err(e))?;
-        let Some((name, mime, size, conv)) = row else {
-            return Ok(None);
-        };
-        Ok(Some(Attachment {
-            id: id.clone(),
-            name,
-            mime,
-            size: u64::try_from(size)
-                .map_err(|_| StoreError::Internal(format!("negative size of {id}")))?,
-            conv: ConvId(conv),
-        }))
+        row.map(|columns| attachment_meta(id, columns)).transpose()
     }
 
     async fn message_ref(&mut self, id: MessageId) -> StoreResult<Option<MessageRef>> {
@@ -195,28 +171,14 @@ impl WriteOps for Writer<'_> {
         if self.waits(id) {
             self.flush().await?;
         }
-        let row: Option<(i64, String, i64, bool, Option<String>)> = sqlx::query_as(
+        let row: Option<MessageColumns> = sqlx::query_as(
             "SELECT conv_id, body_type, sender, deleted, attachment_id FROM events WHERE id = $1",
         )
         .bind(id.0)
         .fetch_optional(&mut *self.conn)
         .await
         .map_err(|e| self.err(e))?;
-        let Some((conv, body_type, sender, deleted, attachment)) = row else {
-            return Ok(None);
-        };
-        Ok(Some(MessageRef {
-            conv: ConvId(conv),
-            is_message: body_type == encoding::body_type::MESSAGE,
-            sender: UserId(sender),
-            deleted,
-            attachment: attachment
-                .map(|a| {
-                    a.parse()
-                        .map_err(|_| StoreError::Internal(format!("malformed attachment id {a:?}")))
-                })
-                .transpose()?,
-        }))
+        row.map(MessageRef::from_columns).transpose()
     }
 
     async fn insert_event(&mut self, event: &Event, origin: &NodeId) -> StoreResult<bool> {

@@ -38,26 +38,22 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use protocol::http::RoomListing;
-use protocol::model::{ConversationSummary, Event};
-use protocol::{AttachmentId, ConvId, DeviceId, Millis, NodeId, Seq, UserId};
+use protocol::{ConvId, DeviceId, Millis, Seq, UserId};
 use sqlx::Connection;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::{Pool, Sqlite};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::member_cache::MemberCache;
-use super::rows::{
-    AttachmentRow, ConversationRow, DeviceRow, EventRow, MemberRow, RoomRow, SummaryRow, UserRow,
-    event_select,
-};
+use super::rows::{DeviceRow, event_select};
+use super::sql::{Dialect, SqlBackend, SqlStore};
 use super::write::{self, WriteTransactions};
 use super::{
-    Appended, AttachmentBlob, ConversationRecord, Creation, DeviceRecord, MemberRecord, NewEvent,
-    NewRoom, Page, Store, StoreError, StoreResult, TopUp, UserRecord, encoding, migrations, reads,
+    Appended, AttachmentBlob, DeviceRecord, NewEvent, StoreError, StoreResult, TopUp, UserRecord,
+    encoding, migrations,
 };
 
 mod checkpoint;
@@ -103,6 +99,46 @@ macro_rules! last_seq_of {
 }
 pub(crate) use last_seq_of;
 
+/// The reads where SQLite's statements are its own: a conversation's last `seq`, last message
+/// and latest activity come from its events (see [`last_seq_of!`]), and a room name is matched
+/// with `instr`.
+const DIALECT: Dialect = Dialect {
+    conversation: concat!(
+        "SELECT id, kind, name, is_public, ",
+        last_seq_of!("conversations.id"),
+        " AS last_seq, created_by, created_at FROM conversations WHERE id = $1"
+    ),
+    summaries: concat!(
+        "SELECT c.id, c.kind, c.name, c.is_public, ",
+        last_seq_of!("c.id"),
+        " AS last_seq, c.created_at, m.read_seq, \
+           (SELECT COUNT(*) FROM members x WHERE x.conv_id = c.id) AS member_count, \
+           (SELECT COUNT(*) FROM events e WHERE e.conv_id = c.id AND e.seq > m.read_seq \
+              AND e.body_type = 'message' AND e.deleted = FALSE AND e.sender <> m.user_id) AS unread, \
+           p.user_id AS peer_id, u.username AS peer_name, p.read_seq AS peer_read_seq \
+         FROM members m \
+         JOIN conversations c ON c.id = m.conv_id \
+         LEFT JOIN members p ON c.kind = 'direct' AND p.conv_id = c.id AND p.user_id <> m.user_id \
+         LEFT JOIN users u ON u.id = p.user_id \
+         WHERE m.user_id = $1 \
+         ORDER BY (SELECT l.at FROM events l WHERE l.conv_id = c.id ORDER BY l.seq DESC LIMIT 1) DESC, \
+           c.id DESC",
+    ),
+    last_messages: concat!(
+        event_select!(),
+        " JOIN members m ON m.conv_id = e.conv_id WHERE m.user_id = $1 AND e.seq = \
+           (SELECT l.seq FROM events l WHERE l.conv_id = m.conv_id AND l.body_type = 'message' \
+            ORDER BY l.seq DESC LIMIT 1)"
+    ),
+    // instr, not LIKE: the query is matched as typed, `%` and `_` included.
+    public_rooms: "SELECT c.id, c.name, \
+           (SELECT COUNT(*) FROM members x WHERE x.conv_id = c.id) AS member_count \
+         FROM conversations c \
+         WHERE c.kind = 'room' AND c.is_public = TRUE AND instr(lower(c.name), lower($1)) > 0 \
+         ORDER BY c.name, c.id LIMIT $2",
+    snapshot: None,
+};
+
 /// The file SQLite (or this store) keeps beside the database `path`: its name with `suffix`
 /// appended (`-wal`, `-shm`, `.write-lock`).
 fn beside(path: &Path, suffix: &str) -> std::path::PathBuf {
@@ -111,9 +147,12 @@ fn beside(path: &Path, suffix: &str) -> std::path::PathBuf {
     name.into()
 }
 
-/// The SQLite store. Cheap to clone: the pools and the member cache are shared.
+/// The SQLite store: the shared contract over [`SqliteBackend`].
+pub type SqliteStore = SqlStore<SqliteBackend>;
+
+/// SQLite's pools, write connection and checkpointer. Cheap to clone: all are shared.
 #[derive(Clone)]
-pub struct SqliteStore {
+pub struct SqliteBackend {
     /// Reads only.
     reader: SqlitePool,
     /// This process's writes queue here, each in a `BEGIN IMMEDIATE` transaction.
@@ -129,7 +168,13 @@ impl SqliteStore {
     /// Opens (creating it and its directory if missing) the database file at `path`, switches
     /// it to WAL and brings its schema up to date. Any number of processes may do this at once.
     pub async fn open(path: impl AsRef<Path>) -> StoreResult<SqliteStore> {
-        let path = path.as_ref();
+        SqliteBackend::open(path.as_ref()).await.map(SqlStore::new)
+    }
+}
+
+impl SqliteBackend {
+    /// See [`SqliteStore::open`].
+    async fn open(path: &Path) -> StoreResult<SqliteBackend> {
         if path.as_os_str().is_empty() {
             return Err(StoreError::Invalid("empty SQLite path".into()));
         }
@@ -184,7 +229,7 @@ impl SqliteStore {
             write_lock.clone(),
             checkpoints.clone(),
         ));
-        Ok(SqliteStore {
+        Ok(SqliteBackend {
             _checkpointer: Arc::new(checkpoints.drop_guard()),
             reader,
             writer,
@@ -258,7 +303,7 @@ impl SqliteStore {
     }
 }
 
-impl WriteTransactions for SqliteStore {
+impl WriteTransactions for SqliteBackend {
     type Tx = WriteTx;
     type Ops<'t> = SqliteWriter<'t>;
 
@@ -306,10 +351,21 @@ async fn migrate(conn: &mut SqliteConnection) -> StoreResult<()> {
     tx.commit().await.map_err(db_err)
 }
 
-#[async_trait]
-impl Store for SqliteStore {
-    fn kind(&self) -> &'static str {
-        "sqlite"
+impl SqlBackend for SqliteBackend {
+    type Db = Sqlite;
+    const KIND: &'static str = "sqlite";
+    const DIALECT: Dialect = DIALECT;
+
+    fn read_pool(&self) -> &Pool<Sqlite> {
+        &self.reader
+    }
+
+    fn member_cache(&self) -> &MemberCache {
+        &self.members
+    }
+
+    fn db_err(e: sqlx::Error) -> StoreError {
+        db_err(e)
     }
 
     async fn create_user(
@@ -342,28 +398,6 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>> {
-        let row = sqlx::query_as::<_, UserRow>(
-            "SELECT id, username, password_hash, created_at FROM users WHERE username = $1",
-        )
-        .bind(username)
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(db_err)?;
-        Ok(row.map(Into::into))
-    }
-
-    async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
-        let row = sqlx::query_as::<_, UserRow>(
-            "SELECT id, username, password_hash, created_at FROM users WHERE id = $1",
-        )
-        .bind(id.0)
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(db_err)?;
-        Ok(row.map(Into::into))
-    }
-
     async fn login_device(
         &self,
         user: UserId,
@@ -389,34 +423,6 @@ impl Store for SqliteStore {
         row.into_record()
     }
 
-    async fn device(&self, user: UserId, device: &DeviceId) -> StoreResult<Option<DeviceRecord>> {
-        sqlx::query_as::<_, DeviceRow>(
-            "SELECT user_id, device_id, name, created_at, last_login, revoked, generation \
-             FROM devices WHERE user_id = $1 AND device_id = $2",
-        )
-        .bind(user.0)
-        .bind(device.as_str())
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(db_err)?
-        .map(DeviceRow::into_record)
-        .transpose()
-    }
-
-    async fn devices(&self, user: UserId) -> StoreResult<Vec<DeviceRecord>> {
-        sqlx::query_as::<_, DeviceRow>(
-            "SELECT user_id, device_id, name, created_at, last_login, revoked, generation \
-             FROM devices WHERE user_id = $1 ORDER BY last_login DESC, device_id",
-        )
-        .bind(user.0)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db_err)?
-        .into_iter()
-        .map(DeviceRow::into_record)
-        .collect()
-    }
-
     async fn revoke_device(&self, user: UserId, device: &DeviceId) -> StoreResult<DeviceRecord> {
         let mut tx = self.write_tx().await?;
         let row = SqliteWriter::new(&mut tx)
@@ -432,298 +438,8 @@ impl Store for SqliteStore {
         row.into_record()
     }
 
-    async fn open_direct(
-        &self,
-        a: UserId,
-        b: UserId,
-        creation: Creation<'_>,
-    ) -> StoreResult<(ConvId, Option<Appended>)> {
-        if a != b {
-            // Most opens find the conversation: answer those without queueing for the write lock.
-            let (lo, hi) = if a < b { (a, b) } else { (b, a) };
-            let existing: Option<i64> = sqlx::query_scalar(
-                "SELECT id FROM conversations WHERE direct_lo = $1 AND direct_hi = $2",
-            )
-            .bind(lo.0)
-            .bind(hi.0)
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(db_err)?;
-            if let Some(id) = existing {
-                return Ok((ConvId(id), None));
-            }
-        }
-        write::open_direct(self, a, b, creation).await
-    }
-
-    async fn create_room(&self, room: NewRoom<'_>) -> StoreResult<(ConvId, Appended)> {
-        write::create_room(self, room).await
-    }
-
-    async fn append(&self, batch: Vec<NewEvent>) -> Vec<StoreResult<Appended>> {
-        if batch.is_empty() {
-            return Vec::new();
-        }
-        self.append_batch(batch, &mut |_| {}).await
-    }
-
-    async fn append_topped_up(
-        &self,
-        batch: Vec<NewEvent>,
-        top_up: TopUp<'_>,
-    ) -> Vec<StoreResult<Appended>> {
+    async fn append(&self, batch: Vec<NewEvent>, top_up: TopUp<'_>) -> Vec<StoreResult<Appended>> {
         self.append_batch(batch, top_up).await
-    }
-
-    async fn conversation(&self, conv: ConvId) -> StoreResult<Option<ConversationRecord>> {
-        sqlx::query_as::<_, ConversationRow>(concat!(
-            "SELECT id, kind, name, is_public, ",
-            last_seq_of!("conversations.id"),
-            " AS last_seq, created_by, created_at FROM conversations WHERE id = $1"
-        ))
-        .bind(conv.0)
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(db_err)?
-        .map(ConversationRow::into_record)
-        .transpose()
-    }
-
-    async fn joined_seq(&self, conv: ConvId, user: UserId) -> StoreResult<Option<Seq>> {
-        let seq: Option<i64> = sqlx::query_scalar(
-            "SELECT joined_seq FROM members WHERE conv_id = $1 AND user_id = $2",
-        )
-        .bind(conv.0)
-        .bind(user.0)
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(db_err)?;
-        seq.map(encoding::seq_from_db).transpose()
-    }
-
-    async fn members(&self, conv: ConvId) -> StoreResult<Vec<MemberRecord>> {
-        sqlx::query_as::<_, MemberRow>(
-            "SELECT m.user_id, u.username, m.joined_seq, m.read_seq \
-             FROM members m JOIN users u ON u.id = m.user_id \
-             WHERE m.conv_id = $1 ORDER BY u.username",
-        )
-        .bind(conv.0)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db_err)?
-        .into_iter()
-        .map(MemberRow::into_record)
-        .collect()
-    }
-
-    async fn recipients(&self, conv: ConvId) -> StoreResult<Arc<[UserId]>> {
-        let epoch: Option<i64> =
-            sqlx::query_scalar("SELECT member_epoch FROM conversations WHERE id = $1")
-                .bind(conv.0)
-                .fetch_optional(&self.reader)
-                .await
-                .map_err(db_err)?;
-        let epoch = epoch.ok_or(StoreError::NotFound)?;
-        if let Some(members) = self.members.get(conv, epoch) {
-            return Ok(members);
-        }
-        // Epoch and list in one statement, so the list cached is the one of that epoch.
-        let rows: Vec<(i64, Option<i64>)> = sqlx::query_as(
-            "SELECT c.member_epoch, m.user_id FROM conversations c \
-             LEFT JOIN members m ON m.conv_id = c.id WHERE c.id = $1 ORDER BY m.user_id",
-        )
-        .bind(conv.0)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db_err)?;
-        let epoch = rows.first().map(|(e, _)| *e).ok_or(StoreError::NotFound)?;
-        let members: Arc<[UserId]> = rows.iter().filter_map(|(_, u)| u.map(UserId)).collect();
-        self.members.put(conv, epoch, members.clone());
-        Ok(members)
-    }
-
-    async fn contacts(&self, user: UserId) -> StoreResult<Vec<UserId>> {
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT DISTINCT o.user_id FROM members m JOIN members o ON o.conv_id = m.conv_id \
-             WHERE m.user_id = $1 AND o.user_id <> $1 ORDER BY o.user_id",
-        )
-        .bind(user.0)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db_err)?;
-        Ok(ids.into_iter().map(UserId).collect())
-    }
-
-    async fn conversations_of(&self, user: UserId) -> StoreResult<Vec<ConversationSummary>> {
-        // Two statements whatever the number of conversations, in one read transaction so that
-        // the summaries and their last messages are of the same moment.
-        let mut tx = self.reader.begin().await.map_err(db_err)?;
-        let rows = sqlx::query_as::<_, SummaryRow>(concat!(
-            "SELECT c.id, c.kind, c.name, c.is_public, ",
-            last_seq_of!("c.id"),
-            " AS last_seq, c.created_at, m.read_seq, \
-               (SELECT COUNT(*) FROM members x WHERE x.conv_id = c.id) AS member_count, \
-               (SELECT COUNT(*) FROM events e WHERE e.conv_id = c.id AND e.seq > m.read_seq \
-                  AND e.body_type = 'message' AND e.deleted = FALSE AND e.sender <> m.user_id) AS unread, \
-               p.user_id AS peer_id, u.username AS peer_name, p.read_seq AS peer_read_seq \
-             FROM members m \
-             JOIN conversations c ON c.id = m.conv_id \
-             LEFT JOIN members p ON c.kind = 'direct' AND p.conv_id = c.id AND p.user_id <> m.user_id \
-             LEFT JOIN users u ON u.id = p.user_id \
-             WHERE m.user_id = $1 \
-             ORDER BY (SELECT l.at FROM events l WHERE l.conv_id = c.id ORDER BY l.seq DESC LIMIT 1) DESC, \
-               c.id DESC",
-        ))
-        .bind(user.0)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let last = sqlx::query_as::<_, EventRow>(concat!(
-            event_select!(),
-            " JOIN members m ON m.conv_id = e.conv_id WHERE m.user_id = $1 AND e.seq = \
-               (SELECT l.seq FROM events l WHERE l.conv_id = m.conv_id AND l.body_type = 'message' \
-                ORDER BY l.seq DESC LIMIT 1)"
-        ))
-        .bind(user.0)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
-
-        let mut last_by_conv = std::collections::HashMap::with_capacity(last.len());
-        for row in last {
-            let event = row.into_event()?;
-            last_by_conv.insert(event.conv, event);
-        }
-        rows.into_iter()
-            .map(|row| {
-                let last_message = last_by_conv.remove(&row.conv());
-                row.into_summary(last_message)
-            })
-            .collect()
-    }
-
-    async fn public_rooms(&self, query: &str, limit: u32) -> StoreResult<Vec<RoomListing>> {
-        // instr, not LIKE: the query is matched as typed, `%` and `_` included.
-        let rows = sqlx::query_as::<_, RoomRow>(
-            "SELECT c.id, c.name, (SELECT COUNT(*) FROM members x WHERE x.conv_id = c.id) AS member_count \
-             FROM conversations c \
-             WHERE c.kind = 'room' AND c.is_public = TRUE AND instr(lower(c.name), lower($1)) > 0 \
-             ORDER BY c.name, c.id LIMIT $2",
-        )
-        .bind(query)
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(db_err)?;
-        Ok(rows.into_iter().map(Into::into).collect())
-    }
-
-    async fn events(
-        &self,
-        conv: ConvId,
-        page: Page,
-        limit: u32,
-    ) -> StoreResult<(Vec<Event>, bool)> {
-        // One row more than asked says whether there are more.
-        let fetch = i64::from(limit) + 1;
-        let (query, newest_first) = match page {
-            Page::Latest => (
-                sqlx::query_as::<_, EventRow>(concat!(
-                    event_select!(),
-                    " WHERE e.conv_id = $1 ORDER BY e.seq DESC LIMIT $2"
-                ))
-                .bind(conv.0)
-                .bind(fetch),
-                true,
-            ),
-            Page::Before(seq) => (
-                sqlx::query_as::<_, EventRow>(concat!(
-                    event_select!(),
-                    " WHERE e.conv_id = $1 AND e.seq < $3 ORDER BY e.seq DESC LIMIT $2"
-                ))
-                .bind(conv.0)
-                .bind(fetch)
-                .bind(encoding::seq_to_db(seq)),
-                true,
-            ),
-            Page::After(seq) => (
-                sqlx::query_as::<_, EventRow>(concat!(
-                    event_select!(),
-                    " WHERE e.conv_id = $1 AND e.seq > $3 ORDER BY e.seq ASC LIMIT $2"
-                ))
-                .bind(conv.0)
-                .bind(fetch)
-                .bind(encoding::seq_to_db(seq)),
-                false,
-            ),
-        };
-        let rows = query.fetch_all(&self.reader).await.map_err(db_err)?;
-        let has_more = rows.len() > limit as usize;
-        let mut events = rows
-            .into_iter()
-            .take(limit as usize)
-            .map(EventRow::into_event)
-            .collect::<StoreResult<Vec<_>>>()?;
-        if newest_first {
-            events.reverse();
-        }
-        Ok((events, has_more))
-    }
-
-    async fn events_by_origin(
-        &self,
-        origin: &NodeId,
-        since: Millis,
-        limit: u32,
-    ) -> StoreResult<Vec<Appended>> {
-        let mut tx = self.reader.begin().await.map_err(db_err)?;
-        let rows = sqlx::query_as::<_, EventRow>(concat!(
-            event_select!(),
-            " WHERE e.origin = $1 AND e.at >= $2 ORDER BY e.at, e.conv_id, e.seq LIMIT $3"
-        ))
-        .bind(origin.as_str())
-        .bind(since)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let events = rows
-            .into_iter()
-            .map(EventRow::into_event)
-            .collect::<StoreResult<Vec<_>>>()?;
-
-        // One member query per conversation involved (a recovery path, not a hot one).
-        let mut members_of = std::collections::HashMap::<ConvId, Vec<(UserId, Seq)>>::new();
-        for event in &events {
-            if members_of.contains_key(&event.conv) {
-                continue;
-            }
-            let rows: Vec<(i64, i64)> =
-                sqlx::query_as("SELECT user_id, joined_seq FROM members WHERE conv_id = $1")
-                    .bind(event.conv.0)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-            let members = rows
-                .into_iter()
-                .map(|(u, j)| Ok((UserId(u), encoding::seq_from_db(j)?)))
-                .collect::<StoreResult<Vec<_>>>()?;
-            members_of.insert(event.conv, members);
-        }
-        tx.commit().await.map_err(db_err)?;
-
-        Ok(events
-            .into_iter()
-            .map(|event| {
-                let members = members_of.get(&event.conv).map_or(&[][..], Vec::as_slice);
-                Appended {
-                    recipients: reads::replay_recipients(&event, members),
-                    event,
-                    duplicate: false,
-                }
-            })
-            .collect())
     }
 
     async fn mark_read(&self, conv: ConvId, user: UserId, seq: Seq) -> StoreResult<Option<Seq>> {
@@ -764,13 +480,6 @@ impl Store for SqliteStore {
     }
 
     async fn put_attachment(&self, blob: AttachmentBlob) -> StoreResult<()> {
-        if blob.meta.size != blob.data.len() as u64 {
-            return Err(StoreError::Invalid(format!(
-                "attachment says {} bytes but has {}",
-                blob.meta.size,
-                blob.data.len()
-            )));
-        }
         let mut tx = self.write_tx().await?;
         // A blob of megabytes takes milliseconds to write: not on a runtime thread.
         let write = move || {
@@ -801,17 +510,5 @@ impl Store for SqliteStore {
         tokio::task::spawn_blocking(write)
             .await
             .map_err(|e| StoreError::Internal(format!("attachment write task: {e}")))?
-    }
-
-    async fn attachment(&self, id: &AttachmentId) -> StoreResult<Option<AttachmentBlob>> {
-        sqlx::query_as::<_, AttachmentRow>(
-            "SELECT id, conv_id, uploader, name, mime, size, created_at, data FROM attachments WHERE id = $1",
-        )
-        .bind(id.as_str())
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(db_err)?
-        .map(AttachmentRow::into_blob)
-        .transpose()
     }
 }

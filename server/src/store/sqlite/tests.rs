@@ -1,13 +1,22 @@
 //! The SQLite store against the behavioural suite, and what only it does: processes sharing one
 //! file, its log starting over under writers that never pause, transactions cut off half-way.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use anyhow::Context;
-use protocol::{ClientMsgId, MessageId};
+use async_trait::async_trait;
+use protocol::{ClientMsgId, ConvId, MessageId, NodeId, Seq, UserId};
+use sqlx::Connection;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::kept_open;
-use super::*;
+use super::errors::db_err;
+use super::{MIGRATOR, SqliteStore, beside};
 use crate::store::suite::TestDb;
-use crate::store::{Creation, SharedStore};
+use crate::store::{Creation, NewEvent, Page, SharedStore, Store, StoreError};
 
 /// A fresh file in a temporary directory, removed with it.
 struct TempDb {
@@ -45,16 +54,16 @@ async fn many_handles_create_one_file_at_once() -> anyhow::Result<()> {
     let stores = futures::future::try_join_all(opens).await?;
     for store in &stores {
         let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-            .fetch_one(&store.reader)
+            .fetch_one(&store.backend().reader)
             .await?;
         assert_eq!(mode, "wal");
         let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
-            .fetch_one(&store.reader)
+            .fetch_one(&store.backend().reader)
             .await?;
         assert_eq!(fk, 1);
     }
     let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
-        .fetch_one(&stores[0].reader)
+        .fetch_one(&stores[0].backend().reader)
         .await?;
     assert_eq!(applied as usize, MIGRATOR.iter().count());
     Ok(())
@@ -457,7 +466,7 @@ async fn transactions_dropped_half_way_are_rolled_back() -> anyhow::Result<()> {
     // Another handle has a lock file descriptor of its own, as another process would.
     let other = SqliteStore::open(&db.path).await?;
     {
-        let tx = store.write_tx().await?;
+        let tx = store.backend().write_tx().await?;
         tx.execute(
             "INSERT INTO users (username, password_hash, created_at) VALUES ('ghost', 'x', 0)",
             [],

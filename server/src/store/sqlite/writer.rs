@@ -12,10 +12,13 @@ use protocol::{
 use super::errors::write_err;
 use super::lock::FileLock;
 use super::{BUSY_TIMEOUT, last_seq_of};
+use crate::store::StoreResult;
 use crate::store::encoding;
-use crate::store::rows::{EventColumns, EventRow, event_select};
+use crate::store::rows::{
+    AttachmentColumns, EventColumns, EventRow, HeadColumns, MessageColumns, attachment_meta,
+    event_select,
+};
 use crate::store::write::{ConvHead, MessageRef, NewConversation, WriteOps};
-use crate::store::{StoreError, StoreResult};
 
 /// The write connection's page cache, in KiB (SQLite's default is 2 MiB).
 const WRITER_CACHE_KIB: u32 = 64 * 1024;
@@ -61,7 +64,7 @@ impl WriteConn {
 /// A write transaction: the process's write connection and the writers' file lock, both held
 /// until it ends. Committed with [`WriteTx::commit`] (or [`SqliteWriter::commit`]); dropped
 /// otherwise, it is rolled back, by the next writer of the process at the latest.
-pub(crate) struct WriteTx {
+pub struct WriteTx {
     pub(super) conn: tokio::sync::OwnedMutexGuard<WriteConn>,
     /// To roll back from a task of its own when dropped half-way.
     pub(super) mutex: Arc<tokio::sync::Mutex<WriteConn>>,
@@ -160,7 +163,7 @@ pub(super) fn open_writer(path: &Path) -> StoreResult<rusqlite::Connection> {
 /// A write transaction as the shared write path drives it (see [`WriteOps`]): each statement
 /// runs at once on the calling thread, so the trait's defaults (a statement per conversation
 /// at a batch's start and end) cost no round trips.
-pub(crate) struct SqliteWriter<'t> {
+pub struct SqliteWriter<'t> {
     conn: &'t mut rusqlite::Connection,
 }
 
@@ -216,34 +219,18 @@ impl WriteOps for SqliteWriter<'_> {
     }
 
     async fn conv_head(&mut self, conv: ConvId) -> StoreResult<Option<ConvHead>> {
-        let row = self.query_row(
+        let row: Option<HeadColumns> = self.query_row(
             concat!(
                 "SELECT kind, is_public, ",
                 last_seq_of!("conversations.id"),
                 ", member_epoch FROM conversations WHERE id = ?1"
             ),
             [conv.0],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, bool>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            },
+            // The last message and the latest activity are not kept in the row: a list reads
+            // them from the events (see the schema).
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, 0, 0, r.get(3)?)),
         )?;
-        let Some((kind, public, last_seq, member_epoch)) = row else {
-            return Ok(None);
-        };
-        Ok(Some(ConvHead {
-            kind: encoding::parse_conv_kind(&kind)?,
-            public,
-            last_seq: encoding::seq_from_db(last_seq)?,
-            // Not kept here: read from the events when a list is made (see the schema).
-            last_msg_seq: 0,
-            last_activity: 0,
-            member_epoch,
-        }))
+        row.map(ConvHead::from_columns).transpose()
     }
 
     async fn member_ids(&mut self, conv: ConvId) -> StoreResult<Vec<UserId>> {
@@ -267,57 +254,18 @@ impl WriteOps for SqliteWriter<'_> {
         let row = self.query_row(
             "SELECT name, mime, size, conv_id FROM attachments WHERE id = ?1",
             [id.as_str()],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            },
+            |r| AttachmentColumns::try_from(r),
         )?;
-        let Some((name, mime, size, conv)) = row else {
-            return Ok(None);
-        };
-        Ok(Some(Attachment {
-            id: id.clone(),
-            name,
-            mime,
-            size: u64::try_from(size)
-                .map_err(|_| StoreError::Internal(format!("negative size of {id}")))?,
-            conv: ConvId(conv),
-        }))
+        row.map(|columns| attachment_meta(id, columns)).transpose()
     }
 
     async fn message_ref(&mut self, id: MessageId) -> StoreResult<Option<MessageRef>> {
         let row = self.query_row(
             "SELECT conv_id, body_type, sender, deleted, attachment_id FROM events WHERE id = ?1",
             [id.0],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, bool>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                ))
-            },
+            |r| MessageColumns::try_from(r),
         )?;
-        let Some((conv, body_type, sender, deleted, attachment)) = row else {
-            return Ok(None);
-        };
-        Ok(Some(MessageRef {
-            conv: ConvId(conv),
-            is_message: body_type == encoding::body_type::MESSAGE,
-            sender: UserId(sender),
-            deleted,
-            attachment: attachment
-                .map(|a| {
-                    a.parse()
-                        .map_err(|_| StoreError::Internal(format!("malformed attachment id {a:?}")))
-                })
-                .transpose()?,
-        }))
+        row.map(MessageRef::from_columns).transpose()
     }
 
     async fn insert_event(&mut self, event: &Event, origin: &NodeId) -> StoreResult<bool> {

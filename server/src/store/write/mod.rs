@@ -26,7 +26,7 @@ pub(crate) use create::{create_room, open_direct};
 /// What the write path needs to know of a conversation, read (and on backends with row locks,
 /// locked) once per transaction and written back once at its end.
 #[derive(Clone, Debug)]
-pub(crate) struct ConvHead {
+pub struct ConvHead {
     pub kind: ConvKind,
     pub public: bool,
     pub last_seq: Seq,
@@ -42,7 +42,7 @@ pub(crate) struct ConvHead {
 
 /// An earlier event, as the target of an edit, a delete or a reply.
 #[derive(Clone, Debug)]
-pub(crate) struct MessageRef {
+pub struct MessageRef {
     pub conv: ConvId,
     pub is_message: bool,
     pub sender: UserId,
@@ -52,7 +52,7 @@ pub(crate) struct MessageRef {
 
 /// A conversation to insert, with its first event already counted: `last_seq` 1, its first
 /// members in, `member_epoch` 1.
-pub(crate) struct NewConversation<'a> {
+pub struct NewConversation<'a> {
     pub kind: ConvKind,
     pub name: &'a str,
     pub public: bool,
@@ -70,7 +70,7 @@ pub(crate) struct NewConversation<'a> {
 /// No statement may fail for a reason a check of the rules could have found first: on
 /// PostgreSQL a failed statement aborts the whole transaction, so one bad event would take its
 /// batch down. Unique keys are met with `ON CONFLICT DO NOTHING` (reported as `false`/`None`).
-pub(crate) trait WriteOps: Send {
+pub trait WriteOps: Send {
     /// Whether the backend keeps `last_seq`, `last_msg_seq` and `last_activity` in the
     /// conversation's row. A backend that reads them from the events instead (SQLite) is asked
     /// to save only the heads whose `member_epoch` changed.
@@ -211,7 +211,7 @@ pub(crate) trait WriteOps: Send {
 
 /// What [`WriteOps::begin_batch`] read.
 #[derive(Default)]
-pub(crate) struct BatchStart {
+pub struct BatchStart {
     /// The heads of the conversations that exist.
     pub heads: Vec<(ConvId, ConvHead)>,
     /// `(conversation, member)` for the conversations whose members were asked for.
@@ -220,7 +220,7 @@ pub(crate) struct BatchStart {
 
 /// A backend's write transactions, for the writes that run alone in one (creating a
 /// conversation); batches of appends each backend drives itself, with [`append_batch`].
-pub(crate) trait WriteTransactions: Sync {
+pub trait WriteTransactions: Sync {
     /// A transaction begun, rolled back if dropped before [`WriteTransactions::commit`].
     type Tx: Send;
     /// The statements of the write path, run in a transaction.
