@@ -261,7 +261,7 @@ impl Api {
         json(self.request(Method::GET, url)).await
     }
 
-    /// `GET /v1/nodes`: every node holding a lease (no token needed).
+    /// `GET /v1/nodes`: every node holding a lease (for signed-in users).
     pub async fn nodes(&self) -> Result<NodesResponse, ApiError> {
         self.get(&["v1", "nodes"]).await
     }

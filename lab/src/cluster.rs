@@ -1,5 +1,6 @@
 //! A local cluster: one controller and N chat nodes, each a supervised [`ServerProcess`],
-//! sharing a data dir and a secret.
+//! sharing a data dir, a secret and an operator token (which opens the processes' `/metrics`
+//! and the nodes' `/trace` to the lab: see [`Cluster::operator_token`]).
 //!
 //! Nodes live in *slots*: slot 0 is named `n1`, slot 1 `n2`, and so on. The first process in a
 //! slot takes the slot's name as its node id; a restart gets a fresh id (`n1-r1`, `n1-r2`),
@@ -28,6 +29,14 @@ use crate::status::ControllerClient;
 
 /// The environment variable every server process reads its secret from.
 pub const SECRET_ENV: &str = "CHAT_SECRET";
+
+/// The environment variable every server process reads the operator's token from: it opens
+/// the processes' `/metrics`, the controller's `/v1/nodes`, and each node's `/trace`.
+pub const OPERATOR_TOKEN_ENV: &str = "CHAT_OPERATOR_TOKEN";
+
+/// The file in the data dir that holds the operator's token too (readable by its owner only),
+/// for whoever inspects the cluster from outside the lab (`lab status --data-dir`).
+pub const OPERATOR_TOKEN_FILE: &str = "operator-token";
 
 /// Which backends the servers use.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -291,6 +300,7 @@ struct Launcher {
     data_dir: PathBuf,
     log_dir: PathBuf,
     secret: String,
+    operator_token: String,
     controller: ControllerClient,
 }
 
@@ -302,8 +312,13 @@ impl Launcher {
             .map(|(k, _)| k)
             .filter(|k| k.to_string_lossy().starts_with("CHAT_"))
             .collect();
-        let mut env: Vec<(OsString, OsString)> =
-            vec![(SECRET_ENV.into(), self.secret.clone().into())];
+        let mut env: Vec<(OsString, OsString)> = vec![
+            (SECRET_ENV.into(), self.secret.clone().into()),
+            (
+                OPERATOR_TOKEN_ENV.into(),
+                self.operator_token.clone().into(),
+            ),
+        ];
         if std::env::var_os("NO_COLOR").is_none() {
             // Log files, not terminals: escape codes would only clutter them and the tails
             // that errors quote.
@@ -440,7 +455,7 @@ impl Launcher {
 /// failure, whatever had started is killed (dropped) before this returns.
 async fn launch(launcher: &mut Launcher) -> Result<(ServerProcess, Vec<Slot>), LabError> {
     let (controller, url) = launcher.start_controller().await?;
-    launcher.controller = ControllerClient::new(url)?;
+    launcher.controller = ControllerClient::new(url)?.with_operator(&launcher.operator_token);
     let limit = launcher.config.ready_timeout;
     if let Err(e) = launcher.controller.wait_healthy(limit).await {
         return Err(controller.not_ready(&format!("to be healthy ({e})"), limit));
@@ -524,11 +539,14 @@ impl Cluster {
             .log_dir
             .clone()
             .unwrap_or_else(|| data_dir.path().join("logs"));
+        let operator_token = new_secret();
+        write_private(&data_dir.path().join(OPERATOR_TOKEN_FILE), &operator_token)?;
         let mut launcher = Launcher {
             program,
             data_dir: data_dir.path().to_owned(),
             log_dir,
             secret: new_secret(),
+            operator_token,
             // Replaced once the controller tells us its port.
             controller: ControllerClient::new("http://127.0.0.1:0")?,
             config,
@@ -574,6 +592,13 @@ impl Cluster {
     /// The cluster's secret (`CHAT_SECRET`), e.g. to mint tokens in tests.
     pub fn secret(&self) -> &str {
         &self.launcher.secret
+    }
+
+    /// The operator's token (`CHAT_OPERATOR_TOKEN`) of this cluster's processes: send it as
+    /// `Authorization: Bearer TOKEN` to read a process's `/metrics`, the controller's
+    /// `/v1/nodes`, or a node's trace stream (`ws://…/trace?sample=N`, a WebSocket).
+    pub fn operator_token(&self) -> &str {
+        &self.launcher.operator_token
     }
 
     /// The data dir shared by every process.
@@ -886,6 +911,21 @@ fn node_id(name: &str, restarts: u32) -> Result<NodeId, LabError> {
         format!("{name}-r{restarts}")
     };
     NodeId::new(&id).map_err(|e| LabError::io(format!("node id {id}"), std::io::Error::other(e)))
+}
+
+/// Writes `content` to `path`, readable and writable by its owner only.
+fn write_private(path: &Path, content: &str) -> Result<(), LabError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e| LabError::io(format!("writing {}", path.display()), e);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(content.as_bytes()).map_err(io)
 }
 
 /// 32 random bytes as hex: a fresh secret per cluster, so tokens of one cluster mean nothing to

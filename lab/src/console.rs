@@ -626,9 +626,9 @@ async fn paint_status(
     }
 }
 
-/// `lab status`: the controller's nodes, once.
-pub async fn status_once(controller: &str) -> Result<(), LabError> {
-    let client = ControllerClient::new(controller)?;
+/// `lab status`: the controller's nodes, once, asked with the cluster's operator token.
+pub async fn status_once(controller: &str, operator_token: &str) -> Result<(), LabError> {
+    let client = ControllerClient::new(controller)?.with_operator(operator_token);
     let nodes = client.nodes().await?;
     for line in format_nodes(&nodes) {
         println!("{line}");

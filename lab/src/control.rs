@@ -86,6 +86,8 @@ struct Inner {
     watchers: AtomicUsize,
     slots: watch::Receiver<Vec<NodeInfo>>,
     controller: watch::Receiver<String>,
+    /// The cluster's operator token (it opens `/trace`, `/metrics`, `/v1/nodes`).
+    operator: watch::Receiver<String>,
     users_running: watch::Receiver<bool>,
 }
 
@@ -129,6 +131,7 @@ impl Lab {
         let (stop_tx, stop_rx) = mpsc::channel(1);
         let (slots_tx, slots_rx) = watch::channel(cluster.nodes());
         let (controller_tx, controller_rx) = watch::channel(cluster.controller_url().to_owned());
+        let (operator_tx, operator_rx) = watch::channel(cluster.operator_token().to_owned());
         let (users_tx, users_rx) = watch::channel(false);
         let inner = Arc::new(Inner {
             world: Mutex::new(world),
@@ -140,6 +143,7 @@ impl Lab {
             watchers: AtomicUsize::new(0),
             slots: slots_rx,
             controller: controller_rx,
+            operator: operator_rx,
             users_running: users_rx,
         });
         let lab = Lab { inner };
@@ -156,6 +160,7 @@ impl Lab {
             observe: obs_tx,
             slots: slots_tx,
             controller: controller_tx,
+            operator: operator_tx,
             users_running: users_tx,
             known: HashMap::new(),
         };
@@ -229,6 +234,13 @@ impl Lab {
         self.inner.controller.borrow().clone()
     }
 
+    /// The cluster's operator token: `Authorization: Bearer TOKEN` opens the processes'
+    /// `/metrics`, the controller's `/v1/nodes` and every process's `/trace` (it changes with
+    /// the cluster, like the controller's URL).
+    pub fn operator_token(&self) -> String {
+        self.inner.operator.borrow().clone()
+    }
+
     /// The node slots as of the last look.
     pub fn nodes(&self) -> Vec<NodeInfo> {
         self.inner.slots.borrow().clone()
@@ -296,6 +308,7 @@ struct Actor {
     observe: mpsc::UnboundedSender<Observation>,
     slots: watch::Sender<Vec<NodeInfo>>,
     controller: watch::Sender<String>,
+    operator: watch::Sender<String>,
     users_running: watch::Sender<bool>,
     known: HashMap<String, ProcessState>,
 }
@@ -410,6 +423,8 @@ impl Actor {
             lease_ms: cluster.config().lease().as_millis() as u64,
             cuttable: cluster.config().cuttable_bus,
         };
+        self.operator
+            .send_replace(cluster.operator_token().to_owned());
         self.controller.send_replace(setup.controller.clone());
         let mut world = self.lab.inner.world.lock();
         world.set_setup(setup);
@@ -790,7 +805,12 @@ async fn ingest(
 async fn poll_registry(lab: Lab) {
     let cancel = lab.inner.cancel.clone();
     let mut controller = lab.inner.controller.clone();
-    let mut client = crate::ControllerClient::new(controller.borrow_and_update().clone()).ok();
+    let connect = |url: String| {
+        crate::ControllerClient::new(url)
+            .ok()
+            .map(|c| c.with_operator(&lab.operator_token()))
+    };
+    let mut client = connect(controller.borrow_and_update().clone());
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -799,7 +819,7 @@ async fn poll_registry(lab: Lab) {
             _ = tick.tick() => {}
         }
         if controller.has_changed().unwrap_or(false) {
-            client = crate::ControllerClient::new(controller.borrow_and_update().clone()).ok();
+            client = connect(controller.borrow_and_update().clone());
         }
         let Some(c) = &client else { continue };
         let answer = c.nodes().await.map_err(|e| e.to_string());
@@ -831,11 +851,14 @@ async fn poll_counters(lab: Lab) {
             .into_iter()
             .filter(|n| n.process == ProcessState::Running)
             .collect();
+        let operator = lab.operator_token();
         let reads = nodes.iter().map(|n| {
             let http = http.clone();
+            let operator = &operator;
             async move {
                 let text = http
                     .get(format!("{}/metrics", n.http_url.trim_end_matches('/')))
+                    .bearer_auth(operator)
                     .send()
                     .await
                     .ok()?
@@ -871,9 +894,11 @@ async fn keep_observing(lab: Lab, observer: Arc<Observer>, drawn_per_sec: f64, a
             observer.set_targets(&[]);
             continue;
         }
+        let operator_token = lab.operator_token();
         let mut targets = vec![Target {
             name: "controller".into(),
             http_url: lab.controller_url(),
+            operator_token: operator_token.clone(),
         }];
         targets.extend(
             lab.nodes()
@@ -882,6 +907,7 @@ async fn keep_observing(lab: Lab, observer: Arc<Observer>, drawn_per_sec: f64, a
                 .map(|n| Target {
                     name: n.name,
                     http_url: n.http_url,
+                    operator_token: operator_token.clone(),
                 }),
         );
         observer.set_targets(&targets);

@@ -1,6 +1,7 @@
 //! The `lab` binary: turns flags into a [`lab::ClusterConfig`] and hands over to
 //! [`lab::console`]. (The benchmark is a binary of its own: `bench`, in `bench/`.)
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -29,6 +30,12 @@ enum Cmd {
         /// The controller's HTTP base.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         controller: String,
+        /// The cluster's operator token (`/v1/nodes` needs a credential).
+        #[arg(long, env = "CHAT_OPERATOR_TOKEN", hide_env_values = true)]
+        operator_token: Option<String>,
+        /// Or the data dir of the `lab up` that runs the cluster (it holds the token).
+        #[arg(long, conflicts_with = "operator_token")]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -78,9 +85,29 @@ async fn run(command: Cmd) -> anyhow::Result<bool> {
                 .await
                 .map_err(anyhow::Error::from)
         }
-        Cmd::Status { controller } => lab::console::status_once(&controller)
-            .await
-            .map(|()| true)
-            .map_err(anyhow::Error::from),
+        Cmd::Status {
+            controller,
+            operator_token,
+            data_dir,
+        } => {
+            let token = match (operator_token, data_dir) {
+                (Some(token), _) => token,
+                (None, Some(dir)) => {
+                    let path = dir.join(lab::cluster::OPERATOR_TOKEN_FILE);
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?
+                        .trim()
+                        .to_owned()
+                }
+                (None, None) => anyhow::bail!(
+                    "lab status needs the cluster's operator token: --operator-token (or \
+                     CHAT_OPERATOR_TOKEN), or --data-dir of the `lab up` that runs it"
+                ),
+            };
+            lab::console::status_once(&controller, &token)
+                .await
+                .map(|()| true)
+                .map_err(anyhow::Error::from)
+        }
     }
 }

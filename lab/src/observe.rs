@@ -16,7 +16,9 @@ use parking_lot::Mutex;
 use protocol::trace::TraceEvent;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
+use tokio_tungstenite::tungstenite::{Message, http};
 
 /// A process to observe.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,6 +27,8 @@ pub struct Target {
     pub name: String,
     /// Its HTTP base.
     pub http_url: String,
+    /// The cluster's operator token: `/trace` answers no one else.
+    pub operator_token: String,
 }
 
 /// An event and the slot name of the process that streamed it.
@@ -132,12 +136,32 @@ pub fn trace_url(http_url: &str, sample: u32) -> String {
     format!("{ws}/trace?sample={sample}")
 }
 
+/// The upgrade request of a `/trace` URL, with the operator's token.
+fn trace_request(
+    url: &str,
+    operator_token: &str,
+) -> Result<Request, tokio_tungstenite::tungstenite::Error> {
+    let mut req = url.into_client_request()?;
+    let value = format!("Bearer {operator_token}")
+        .parse()
+        .map_err(|e| tokio_tungstenite::tungstenite::Error::HttpFormat(http::Error::from(e)))?;
+    req.headers_mut().insert("authorization", value);
+    Ok(req)
+}
+
 /// One subscription, reconnecting with a backoff until aborted or the receiver is gone.
 async fn follow(target: Target, sample: u32, tx: mpsc::UnboundedSender<Observed>) {
     let url = trace_url(&target.http_url, sample);
     let mut backoff = Duration::from_millis(100);
     loop {
-        if let Ok((mut socket, _)) = tokio_tungstenite::connect_async(url.as_str()).await {
+        let req = match trace_request(&url, &target.operator_token) {
+            Ok(req) => req,
+            Err(e) => {
+                tracing::warn!(error = %e, node = %target.name, "cannot ask for a trace stream");
+                return;
+            }
+        };
+        if let Ok((mut socket, _)) = tokio_tungstenite::connect_async(req).await {
             backoff = Duration::from_millis(100);
             while let Some(Ok(msg)) = socket.next().await {
                 let Message::Text(text) = msg else {

@@ -26,6 +26,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct ControllerClient {
     http: reqwest::Client,
     base: String,
+    /// The operator's token, sent as a bearer token (`/v1/nodes` needs a credential).
+    operator_token: Option<String>,
 }
 
 impl ControllerClient {
@@ -42,7 +44,17 @@ impl ControllerClient {
                 url: base.clone(),
                 source,
             })?;
-        Ok(ControllerClient { http, base })
+        Ok(ControllerClient {
+            http,
+            base,
+            operator_token: None,
+        })
+    }
+
+    /// Sends `token` (the cluster's operator token) with every request.
+    pub fn with_operator(mut self, token: &str) -> Self {
+        self.operator_token = Some(token.to_owned());
+        self
     }
 
     /// The controller's base URL.
@@ -56,7 +68,11 @@ impl ControllerClient {
             url: url.clone(),
             source,
         };
-        let response = self.http.get(&url).send().await.map_err(http_err)?;
+        let mut request = self.http.get(&url);
+        if let Some(token) = &self.operator_token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(http_err)?;
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();

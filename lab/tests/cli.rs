@@ -123,9 +123,9 @@ impl Drop for Lab {
     }
 }
 
-fn lab_status(url: &str) -> String {
+fn lab_status(url: &str, data_dir: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_lab"))
-        .args(["status", "--controller", url])
+        .args(["status", "--controller", url, "--data-dir", data_dir])
         .output()
         .expect("run lab status");
     assert!(out.status.success(), "{out:?}");
@@ -144,11 +144,17 @@ fn lab_up_prints_the_url_first_and_obeys_commands() {
         !first.contains(' '),
         "the URL line holds the URL alone: {first:?}"
     );
+    let note = lab.expect("the data dir", |l| l.starts_with("data dir "));
+    let data_dir = note
+        .strip_prefix("data dir ")
+        .and_then(|rest| rest.split(" (").next())
+        .unwrap_or_default()
+        .to_owned();
     lab.expect("the first status", |l| {
         l.contains("2 running · registry: 2 live")
     });
 
-    let table = lab_status(&first);
+    let table = lab_status(&first, &data_dir);
     assert!(table.starts_with("NODE"), "{table}");
     assert!(table.contains("registry: 2 live, 0 draining"), "{table}");
 

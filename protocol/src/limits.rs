@@ -55,6 +55,10 @@ pub const HELLO_TIMEOUT_MS: u64 = 10_000;
 /// [`crate::ws::close::TOO_SLOW`] and resyncs when it comes back).
 pub const DEVICE_QUEUE_FRAMES: usize = 1024;
 
+/// How long a node waits on one write to a device that accepts none of it, in milliseconds,
+/// before it closes the device as too slow ([`crate::ws::close::TOO_SLOW`]).
+pub const WRITE_STALL_MS: u64 = 10_000;
+
 /// How long a typing indicator lasts unless renewed, in milliseconds.
 pub const TYPING_TTL_MS: u64 = 6_000;
 

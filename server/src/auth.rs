@@ -1,5 +1,5 @@
-//! Credentials: the cluster secret, password hashes (argon2) and the JWT that binds a user to
-//! one device. The controller issues tokens; nodes and the controller check them. A token names
+//! Credentials: the cluster secret, the operator's token, password hashes (argon2) and the JWT
+//! that binds a user to one device. The controller issues tokens; nodes and the controller check them. A token names
 //! its device's generation, and the store's device row must still be active with that same
 //! generation: revoking a device bumps it, so its old tokens die at once everywhere.
 
@@ -58,38 +58,7 @@ impl Secret {
     /// `CHAT_SECRET` if set, else the file `<data_dir>/secret`, created with a random secret by
     /// whichever process of the machine comes first.
     pub fn load(data_dir: &Path) -> Result<Self, SecretError> {
-        if let Ok(s) = std::env::var(SECRET_ENV)
-            && !s.is_empty()
-        {
-            return Secret::new(s.trim());
-        }
-        let path = data_dir.join("secret");
-        let io = |source| SecretError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        std::fs::create_dir_all(data_dir).map_err(io)?;
-        let fresh: String = {
-            use rand::Rng;
-            let mut rng = rand::rng();
-            (0..48)
-                .map(|_| char::from(rng.sample(rand::distr::Alphanumeric)))
-                .collect()
-        };
-        // Write to a temporary file and hard-link it into place: the link fails if another
-        // process won the race, and then its secret is the one everybody reads.
-        let tmp = data_dir.join(format!("secret.{}.tmp", std::process::id()));
-        std::fs::write(&tmp, &fresh).map_err(io)?;
-        let linked = std::fs::hard_link(&tmp, &path);
-        let _ = std::fs::remove_file(&tmp);
-        match linked {
-            Ok(()) => Secret::new(fresh),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let s = std::fs::read_to_string(&path).map_err(io)?;
-                Secret::new(s.trim())
-            }
-            Err(e) => Err(io(e)),
-        }
+        Secret::new(load_shared(data_dir, SECRET_ENV, "secret")?)
     }
 
     /// The raw bytes.
@@ -102,6 +71,91 @@ impl Secret {
         let a = self.as_bytes();
         let b = presented.as_bytes();
         a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+/// The value of `env` if set, else the content of `<data_dir>/<file>`, created (readable by
+/// its owner only) with a random value by whichever process of the machine comes first.
+fn load_shared(data_dir: &Path, env: &str, file: &str) -> Result<String, SecretError> {
+    if let Ok(s) = std::env::var(env)
+        && !s.trim().is_empty()
+    {
+        return Ok(s.trim().to_owned());
+    }
+    let path = data_dir.join(file);
+    let io = |source| SecretError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(data_dir).map_err(io)?;
+    let fresh: String = {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        (0..48)
+            .map(|_| char::from(rng.sample(rand::distr::Alphanumeric)))
+            .collect()
+    };
+    // Write to a temporary file and hard-link it into place: the link fails if another
+    // process won the race, and then its value is the one everybody reads.
+    let tmp = data_dir.join(format!("{file}.{}.tmp", std::process::id()));
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?;
+        f.write_all(fresh.as_bytes()).map_err(io)?;
+    }
+    let linked = std::fs::hard_link(&tmp, &path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(fresh),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(std::fs::read_to_string(&path)
+                .map_err(io)?
+                .trim()
+                .to_owned())
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// Environment variable that, when set, is the operator credential.
+pub const OPERATOR_TOKEN_ENV: &str = "CHAT_OPERATOR_TOKEN";
+
+/// The operator's credential: a bearer token that opens what only whoever runs the cluster may
+/// see — each node's trace stream (who messages whom, when, from which device) and the
+/// processes' metrics. It is neither a user token nor the cluster secret: it signs nothing and
+/// admits no node, so a monitoring system or the lab's panel that holds it can read the
+/// cluster's workings but can act as no user and join as no node.
+#[derive(Clone)]
+pub struct OperatorToken(Secret);
+
+impl std::fmt::Debug for OperatorToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OperatorToken(..)")
+    }
+}
+
+impl OperatorToken {
+    /// Wraps a token (at least 16 bytes).
+    pub fn new(token: impl AsRef<[u8]>) -> Result<Self, SecretError> {
+        Secret::new(token).map(OperatorToken)
+    }
+
+    /// `CHAT_OPERATOR_TOKEN` if set, else the file `<data_dir>/operator-token`, created with a
+    /// random token by whichever process of the machine comes first.
+    pub fn load(data_dir: &Path) -> Result<Self, SecretError> {
+        OperatorToken::new(load_shared(data_dir, OPERATOR_TOKEN_ENV, "operator-token")?)
+    }
+
+    /// Whether a request carries this token as `Authorization: Bearer`.
+    pub fn admits(&self, headers: &axum::http::HeaderMap) -> bool {
+        crate::node::bearer(headers).is_some_and(|t| self.0.matches(&t))
     }
 }
 
@@ -349,6 +403,31 @@ mod tests {
                 .expect("verify")
         );
         assert!(!p.verify("wrong horse".into(), h).await.expect("verify"));
+    }
+
+    #[test]
+    fn the_operator_token_is_its_own_file_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        // CHAT_OPERATOR_TOKEN is not set in the test environment.
+        let op = OperatorToken::load(dir.path()).expect("operator");
+        let secret = Secret::load(dir.path()).expect("secret");
+        let token = std::fs::read_to_string(dir.path().join("operator-token")).expect("file");
+        assert!(!secret.matches(token.trim()));
+        let mode = std::fs::metadata(dir.path().join("operator-token"))
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mut headers = axum::http::HeaderMap::new();
+        assert!(!op.admits(&headers));
+        headers.insert(
+            "authorization",
+            format!("Bearer {}", token.trim()).parse().expect("header"),
+        );
+        assert!(op.admits(&headers));
+        headers.insert("authorization", "Bearer nope".parse().expect("header"));
+        assert!(!op.admits(&headers));
     }
 
     #[test]

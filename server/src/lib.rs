@@ -14,10 +14,12 @@
 //! - [`node`]: the chat node (sessions, delivery order, group commit, publisher).
 //! - [`controller`]: the controller's HTTP API and its background tasks.
 //! - [`auth`]: the cluster secret, password hashes and device-bound tokens.
+//! - [`conn`]: the accepted TCP connections (no Nagle delay; a reset instead of a close).
 //! - [`ids`]: clocks and Snowflake ids; [`metrics`]: Prometheus; [`trace`]: hop events.
 pub mod auth;
 pub mod backends;
 pub mod bus;
+pub mod conn;
 pub mod controller;
 pub mod ids;
 pub mod link;
@@ -28,16 +30,3 @@ pub mod registry;
 pub mod route;
 pub mod store;
 pub mod trace;
-
-/// A listener whose accepted sockets send small frames at once (no Nagle delay): chat frames
-/// are small and latency matters more than packet count.
-pub fn nodelay(
-    listener: tokio::net::TcpListener,
-) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
-    use axum::serve::ListenerExt;
-    listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    })
-}

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use protocol::NodeId;
 use protocol::http::ReadyLine;
-use server::auth::{HashCost, Secret};
+use server::auth::{HashCost, OperatorToken, Secret};
 use server::backends::{BusChoice, RegistryChoice};
 use server::bus::Routing;
 use server::controller::{Controller, ControllerConfig};
@@ -39,7 +39,8 @@ enum Role {
 
 #[derive(Args)]
 struct Common {
-    /// Directory for the SQLite history and the cluster secret.
+    /// Directory for the SQLite history, the cluster secret and the operator token (each read
+    /// from the environment instead when set: CHAT_SECRET, CHAT_OPERATOR_TOKEN).
     #[arg(long, env = "CHAT_DATA_DIR", default_value = ".chat-data")]
     data_dir: PathBuf,
     /// History store: sqlite://PATH or postgres://… (default: SQLite in the data dir).
@@ -114,6 +115,10 @@ struct NodeArgs {
     /// Frames queued per device before it is dropped as too slow.
     #[arg(long, default_value_t = protocol::limits::DEVICE_QUEUE_FRAMES)]
     queue_frames: usize,
+    /// How long one write to a device may wait before the device is closed as too slow, in
+    /// milliseconds.
+    #[arg(long, default_value_t = protocol::limits::WRITE_STALL_MS)]
+    write_stall_ms: u64,
     /// How long a drain waits for devices and pending events, in milliseconds.
     #[arg(long, default_value_t = 8_000)]
     drain_timeout_ms: u64,
@@ -181,6 +186,7 @@ fn ready(line: ReadyLine) -> anyhow::Result<()> {
 
 async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     let secret = Secret::load(&args.common.data_dir)?;
+    let operator = OperatorToken::load(&args.common.data_dir)?;
     let id = args
         .id
         .unwrap_or_else(|| format!("controller-{}", std::process::id()));
@@ -192,6 +198,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         routing: args.common.routing,
         lease_ms: args.common.lease_ms,
         secret,
+        operator,
         hash_cost: args.password_hash,
         max_attachment_bytes: args.max_attachment_bytes,
         token_ttl_secs: args.token_ttl_secs,
@@ -216,6 +223,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
 
 async fn node(args: NodeArgs) -> anyhow::Result<()> {
     let secret = Secret::load(&args.common.data_dir)?;
+    let operator = OperatorToken::load(&args.common.data_dir)?;
     let id = args
         .id
         .unwrap_or_else(|| format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
@@ -228,10 +236,12 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
         routing: args.common.routing,
         advertise_host: args.advertise_host,
         secret,
+        operator,
         limits: NodeLimits {
             rate_per_sec: args.rate_per_sec,
             rate_burst: args.rate_burst,
             queue_frames: args.queue_frames,
+            write_stall: Duration::from_millis(args.write_stall_ms),
             ..NodeLimits::default()
         },
         fault: args.fault,

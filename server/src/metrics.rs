@@ -1,9 +1,17 @@
-//! Prometheus metrics: one recorder per process, rendered on `/metrics`. Names are listed in
-//! `docs/protocol.md`; every counter a lab shows comes from here.
+//! Prometheus metrics: one recorder per process, rendered on `/metrics` for the operator (see
+//! [`OperatorToken`]). Names are listed in `docs/protocol.md`; every counter a lab shows comes
+//! from here.
 
 use std::sync::OnceLock;
 
+use axum::Json;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use protocol::http::ErrorBody;
+use protocol::ws::ErrorCode;
+
+use crate::auth::OperatorToken;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -36,6 +44,28 @@ pub fn install() -> Option<PrometheusHandle> {
 /// The metrics page.
 pub fn render() -> String {
     install().map(|h| h.render()).unwrap_or_default()
+}
+
+/// `GET /metrics` on any process: the page for the operator, `401` for anyone else (the counts
+/// say how busy the cluster is and when, which is the operator's business).
+pub fn page(operator: &OperatorToken, headers: &HeaderMap) -> Response {
+    if operator.admits(headers) {
+        render().into_response()
+    } else {
+        operator_only("the metrics")
+    }
+}
+
+/// The refusal of an operator's route to anyone without the operator credential.
+pub fn operator_only(what: &str) -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(ErrorBody::new(
+            ErrorCode::Unauthorized,
+            format!("{what} need the operator credential (Authorization: Bearer)"),
+        )),
+    )
+        .into_response()
 }
 
 #[cfg(test)]

@@ -1,15 +1,18 @@
 //! The trace stream for observers (`GET /trace` on a node and on the controller): hop,
 //! connection and assignment events as [`protocol::trace::TraceEvent`]s on a broadcast channel.
 //! Emitting costs one atomic load when nobody listens, so it stays on; listeners sample
-//! messages by id.
+//! messages by id. Only the operator may listen ([`upgrade`]).
 
 use std::sync::Arc;
 
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use protocol::trace::{ConnChange, Hop, NodeChange, NodeLoad, Trace, TraceEvent};
 use protocol::{ConvId, DeviceId, MessageId, NodeId, Seq, UserId};
 use tokio::sync::broadcast;
 
+use crate::auth::OperatorToken;
 use crate::ids::now_us;
 
 /// `GET /trace?sample=N`.
@@ -24,6 +27,29 @@ impl TraceQuery {
     pub fn sample(&self) -> u32 {
         self.sample.unwrap_or(1).max(1)
     }
+}
+
+/// The largest message an observer may send on `/trace`: it has nothing to say (the stream
+/// ignores what it sends), and a bigger one ends the stream.
+pub const MAX_INBOUND: usize = 128;
+
+/// `GET /trace` on any process: for the operator only (the events say who messages whom, when,
+/// from which device): `Authorization: Bearer OPERATOR_TOKEN`, else `401` and no socket.
+pub fn upgrade(
+    operator: &OperatorToken,
+    headers: &HeaderMap,
+    ws: WebSocketUpgrade,
+    tracer: Tracer,
+    sample: u32,
+) -> Response {
+    if !operator.admits(headers) {
+        metrics::counter!("chat_upgrades_refused_total").increment(1);
+        return crate::metrics::operator_only("the trace stream");
+    }
+    ws.read_buffer_size(MAX_INBOUND)
+        .max_message_size(MAX_INBOUND)
+        .max_frame_size(MAX_INBOUND)
+        .on_upgrade(move |socket| async move { tracer.stream(sample, socket).await })
 }
 
 /// A cheap-to-clone handle on the trace stream.

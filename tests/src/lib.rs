@@ -632,3 +632,39 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// The value of one series of a server process's `/metrics` (0 when it has none yet), e.g.
+/// `chat_sessions_closed_total{reason="revoked"}`, asked with the cluster's operator token.
+pub async fn metric(cluster: &Cluster, http_url: &str, series: &str) -> Result<f64> {
+    let body = reqwest::Client::new()
+        .get(format!("{http_url}/metrics"))
+        .bearer_auth(cluster.operator_token())
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(body
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0))
+}
+
+/// Polls a server's `/metrics` until `series` reaches `at_least`.
+pub async fn until_metric(
+    cluster: &Cluster,
+    http_url: &str,
+    series: &str,
+    at_least: f64,
+) -> Result<f64> {
+    eventually(&format!("{series} >= {at_least}"), PATIENCE, || async {
+        metric(cluster, http_url, series)
+            .await
+            .ok()
+            .filter(|v| *v >= at_least)
+    })
+    .await
+}

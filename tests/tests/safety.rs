@@ -6,12 +6,16 @@ use std::time::Duration;
 
 use anyhow::{Result, bail, ensure};
 use client::{ClientError, ClientEvent, Draft, StopReason};
+use futures::{SinkExt, StreamExt};
 use protocol::http::{DeviceInfoState, ErrorBody};
+use protocol::trace::{Trace, TraceEvent};
 use protocol::ws::{ErrorCode, ServerFrame, close};
 use protocol::{DeviceId, UserId};
 use server::auth::{Secret, TokenKeys};
 use server::store::DeviceRecord;
 use tests::{Closed, Device, Incoming, PATIENCE, Raw, cluster, login, register};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 fn refused_with(
     result: Result<Raw, (u16, String)>,
@@ -405,6 +409,104 @@ async fn bad_input_is_refused_and_the_node_keeps_serving() -> Result<()> {
         alice.client.status().is_live() && bob.client.status().is_live(),
         "a well-behaved device lost its session"
     );
+    cluster.shutdown().await?;
+    Ok(())
+}
+
+/// What only the operator may see — every process's `/metrics`, each node's `/trace` — needs
+/// the cluster's operator token, not a user's; `/v1/nodes` needs one or the other. The trace
+/// stream takes no more than a few bytes from its reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_routes_need_the_operator_credential() -> Result<()> {
+    let cluster = cluster(1).await?;
+    register(&cluster, "alice").await?;
+    let alice = login(&cluster, "alice", "laptop").await?;
+    let node = cluster.node(0)?;
+    let operator = cluster.operator_token().to_owned();
+    let http = reqwest::Client::new();
+    let status = |url: String, token: Option<String>| {
+        let http = http.clone();
+        async move {
+            let mut req = http.get(url);
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            Ok::<_, anyhow::Error>(req.send().await?.status().as_u16())
+        }
+    };
+    let controller = cluster.controller_url().to_owned();
+    for url in [
+        format!("{controller}/metrics"),
+        format!("{}/metrics", node.http_url),
+    ] {
+        ensure!(
+            status(url.clone(), None).await? == 401,
+            "{url} without a token"
+        );
+        ensure!(
+            status(url.clone(), Some(alice.token.clone())).await? == 401,
+            "{url} with a user's token"
+        );
+        ensure!(
+            status(url.clone(), Some(operator.clone())).await? == 200,
+            "{url} with the operator's token"
+        );
+    }
+    let nodes = format!("{controller}/v1/nodes");
+    ensure!(
+        status(nodes.clone(), None).await? == 401,
+        "/v1/nodes without a token"
+    );
+    ensure!(
+        status(nodes.clone(), Some(alice.token.clone())).await? == 200,
+        "/v1/nodes with a user's token"
+    );
+    ensure!(
+        status(nodes, Some(operator.clone())).await? == 200,
+        "/v1/nodes with the operator's token"
+    );
+
+    let trace = format!("{}/trace", node.ws_url.trim_end_matches("/ws"));
+    refused_with(Raw::open(&trace, None).await, 401, ErrorCode::Unauthorized)?;
+    refused_with(
+        Raw::open(&trace, Some(&alice.token)).await,
+        401,
+        ErrorCode::Unauthorized,
+    )?;
+    // The operator gets the stream: a device connecting shows up on it.
+    let mut req = trace.as_str().into_client_request()?;
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {operator}").parse()?);
+    let (mut observer, _) = tokio_tungstenite::connect_async(req).await?;
+    let _device =
+        Device::start(alice, client::ClientState::default(), "alice/laptop".into()).await?;
+    let seen = tokio::time::timeout(PATIENCE, async {
+        while let Some(Ok(msg)) = observer.next().await {
+            if let Message::Text(t) = msg
+                && let Ok(ev) = serde_json::from_str::<TraceEvent>(t.as_str())
+                && matches!(ev.what, Trace::Conn { .. })
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await?;
+    ensure!(seen, "the trace stream ended before showing the connection");
+    // More than a few bytes from the observer end the stream.
+    observer
+        .send(Message::Text("x".repeat(1024).into()))
+        .await?;
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match observer.next().await {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    ensure!(ended.is_ok(), "the trace stream took a 1 KiB frame");
     cluster.shutdown().await?;
     Ok(())
 }

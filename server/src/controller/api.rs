@@ -39,7 +39,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let upload_limit = state.max_attachment_bytes as usize + 1;
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/metrics", get(|| async { crate::metrics::render() }))
+        .route("/metrics", get(metrics_page))
         .route("/v1/info", get(info))
         .route("/v1/auth/register", post(register))
         .route("/v1/auth/login", post(login))
@@ -285,17 +285,28 @@ async fn trace_assignment(s: &AppState, chosen: &NodeId, excluded: Vec<NodeId>) 
     s.tracer.assigned(chosen, others, excluded);
 }
 
-/// `GET /trace?sample=N`: the controller's trace stream (see [`crate::trace`]).
+/// `GET /trace?sample=N`: the controller's trace stream (see [`crate::trace`]), to the operator
+/// only.
 async fn trace(
     State(s): State<Arc<AppState>>,
     axum::extract::Query(q): axum::extract::Query<crate::trace::TraceQuery>,
+    headers: HeaderMap,
     ws: axum::extract::ws::WebSocketUpgrade,
 ) -> Response {
-    let sample = q.sample();
-    ws.on_upgrade(move |socket| async move { s.tracer.stream(sample, socket).await })
+    crate::trace::upgrade(&s.operator, &headers, ws, s.tracer.clone(), q.sample())
 }
 
-async fn nodes(State(s): State<Arc<AppState>>) -> Api<Json<NodesResponse>> {
+async fn metrics_page(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    crate::metrics::page(&s.operator, &headers)
+}
+
+/// `GET /v1/nodes`: for signed-in users (the lab's status, `chat nodes`) and the operator; a
+/// stranger learns nothing of the cluster's shape.
+async fn nodes(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Api<Json<NodesResponse>> {
+    if !s.operator.admits(&headers) {
+        let token = crate::node::bearer(&headers).ok_or(crate::auth::AuthError::Missing)?;
+        s.keys.verify(&*s.store, &token).await?;
+    }
     Ok(Json(NodesResponse {
         nodes: s.router.registry.nodes().await?,
         now: now_ms(),

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{HashCost, Passwords, Secret, TokenKeys};
+use crate::auth::{HashCost, OperatorToken, Passwords, Secret, TokenKeys};
 use crate::backends::{BusChoice, RegistryChoice, WorkerClaims};
 use crate::bus::{Routing, SharedBus};
 use crate::ids::Snowflakes;
@@ -51,6 +51,8 @@ pub struct ControllerConfig {
     pub lease_ms: u64,
     /// The cluster secret.
     pub secret: Secret,
+    /// Opens `/metrics` and `/v1/nodes` to the operator.
+    pub operator: OperatorToken,
     /// Password hashing cost.
     pub hash_cost: HashCost,
     /// Largest attachment accepted.
@@ -77,6 +79,8 @@ pub struct AppState {
     pub hub: Option<Arc<LinkHub>>,
     /// Checks node links.
     pub secret: Secret,
+    /// Opens `/metrics` and `/v1/nodes` to the operator.
+    pub operator: OperatorToken,
     /// Largest attachment.
     pub max_attachment_bytes: u64,
     /// Token lifetime.
@@ -161,6 +165,7 @@ impl Controller {
             ids: Snowflakes::new(worker_id),
             hub,
             secret: config.secret.clone(),
+            operator: config.operator.clone(),
             max_attachment_bytes: config.max_attachment_bytes,
             token_ttl_secs: config.token_ttl_secs,
             cancel: cancel.clone(),
@@ -184,7 +189,8 @@ impl Controller {
         let app = api::router(state.clone());
         let stop = cancel.clone();
         let server = tokio::spawn(async move {
-            let serve = axum::serve(crate::nodelay(listener), app)
+            let app = app.into_make_service_with_connect_info::<crate::conn::Peer>();
+            let serve = axum::serve(crate::conn::Accept::new(listener), app)
                 .with_graceful_shutdown(async move { stop.cancelled().await });
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "controller HTTP server failed");

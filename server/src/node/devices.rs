@@ -8,9 +8,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
+use futures::task::AtomicWaker;
 use parking_lot::{Mutex, RwLock};
 use protocol::{ConvId, DeviceId, MessageId, Millis, Seq, UserId};
 use tokio::sync::Notify;
@@ -28,7 +31,8 @@ pub struct SharedEvent {
     pub frame: Bytes,
 }
 
-/// Why a session is being closed from outside its own tasks.
+/// Why a session is being closed: its verdict. Once a session has one, nothing more it reads
+/// is handled, and its connection is gone within a second (see [`super::session`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseReason {
     /// The node drains: send `moving`, then close 1012.
@@ -43,6 +47,20 @@ pub enum CloseReason {
     RateLimited,
     /// The device's token expired: it must log in again.
     Expired,
+}
+
+impl CloseReason {
+    /// A label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Moving => "moving",
+            CloseReason::Revoked => "revoked",
+            CloseReason::TooSlow => "too_slow",
+            CloseReason::TooBig => "too_big",
+            CloseReason::RateLimited => "rate_limited",
+            CloseReason::Expired => "expired",
+        }
+    }
 }
 
 /// An item of a device's queue.
@@ -63,8 +81,15 @@ pub enum Outbound {
 /// a few dozen bytes here.
 pub struct DeviceQueue {
     items: Mutex<VecDeque<Outbound>>,
+    /// Wakes the writer when an item is queued or a close is decided.
     notify: Notify,
     closing: Mutex<Option<CloseReason>>,
+    /// Wakes the session when a close is decided, whatever its writer is waiting on (a write
+    /// to a device that does not read never ends by itself).
+    decided: AtomicWaker,
+    /// When the writer started the write it is in (ms since the epoch; 0: not writing), for
+    /// the node's sweep to close a device that accepts nothing ([`Devices::sweep`]).
+    writing_since: AtomicI64,
     overflowed: AtomicBool,
     cap: usize,
 }
@@ -76,6 +101,8 @@ impl DeviceQueue {
             items: Mutex::new(VecDeque::new()),
             notify: Notify::new(),
             closing: Mutex::new(None),
+            decided: AtomicWaker::new(),
+            writing_since: AtomicI64::new(0),
             overflowed: AtomicBool::new(false),
             cap,
         }
@@ -100,13 +127,53 @@ impl DeviceQueue {
 
     /// Asks the session to close (the first reason wins).
     pub fn close(&self, reason: CloseReason) {
-        self.closing.lock().get_or_insert(reason);
+        let first = {
+            let mut closing = self.closing.lock();
+            let first = closing.is_none();
+            closing.get_or_insert(reason);
+            first
+        };
+        if first {
+            metrics::counter!("chat_sessions_closed_total", "reason" => reason.as_str())
+                .increment(1);
+        }
         self.notify.notify_one();
+        self.decided.wake();
     }
 
     /// The close asked for, if any.
     pub fn closing(&self) -> Option<CloseReason> {
         *self.closing.lock()
+    }
+
+    /// Resolves once a close is asked for, with its reason.
+    pub fn decided(&self) -> impl Future<Output = CloseReason> + '_ {
+        std::future::poll_fn(move |cx| self.poll_decided(cx))
+    }
+
+    /// Ready once a close is asked for, with its reason; otherwise the task is woken then.
+    pub fn poll_decided(&self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        if let Some(reason) = self.closing() {
+            return Poll::Ready(reason);
+        }
+        self.decided.register(cx.waker());
+        self.closing().map_or(Poll::Pending, Poll::Ready)
+    }
+
+    /// The writer starts a write at `now` (ms).
+    pub fn writing(&self, now: Millis) {
+        self.writing_since.store(now.max(1), Ordering::Relaxed);
+    }
+
+    /// The writer's write is done.
+    pub fn written(&self) {
+        self.writing_since.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether the writer has been in one write since `limit` ms before `now` or longer.
+    fn stalled(&self, now: Millis, limit: Millis) -> bool {
+        let since = self.writing_since.load(Ordering::Relaxed);
+        since != 0 && now - since >= limit
     }
 
     /// Moves everything queued into `out`.
@@ -135,6 +202,15 @@ pub struct DeviceSlot {
     pub expires_at: Millis,
     /// Its outgoing queue.
     pub queue: DeviceQueue,
+}
+
+/// What one [`Devices::sweep`] closed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Sessions whose token expired.
+    pub expired: usize,
+    /// Sessions whose device accepted nothing for the stall limit.
+    pub stalled: usize,
 }
 
 const SHARDS: usize = 32;
@@ -246,20 +322,25 @@ impl Devices {
         n
     }
 
-    /// Closes the sessions whose token expired at `now` (ms); returns how many.
-    pub fn close_expired(&self, now: Millis) -> usize {
-        let mut n = 0;
+    /// Closes the sessions whose token expired at `now` (ms), and those whose writer has been
+    /// in one write for `stall` (the device reads nothing: too slow).
+    pub fn sweep(&self, now: Millis, stall: Duration) -> Swept {
+        let stall = Millis::try_from(stall.as_millis()).unwrap_or(Millis::MAX);
+        let mut swept = Swept::default();
         for shard in self.shards.iter() {
             for list in shard.read().values() {
-                for slot in list.iter().filter(|s| s.expires_at <= now) {
-                    if slot.queue.closing().is_none() {
+                for slot in list.iter().filter(|s| s.queue.closing().is_none()) {
+                    if slot.expires_at <= now {
                         slot.queue.close(CloseReason::Expired);
-                        n += 1;
+                        swept.expired += 1;
+                    } else if slot.queue.stalled(now, stall) {
+                        slot.queue.close(CloseReason::TooSlow);
+                        swept.stalled += 1;
                     }
                 }
             }
         }
-        n
+        swept
     }
 
     /// Closes every session.
@@ -311,6 +392,12 @@ mod tests {
         })
     }
 
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn swept(expired: usize, stalled: usize) -> Swept {
+        Swept { expired, stalled }
+    }
+
     #[test]
     fn the_sweep_closes_expired_sessions_once() {
         let d = Devices::default();
@@ -320,12 +407,44 @@ mod tests {
         );
         d.add(old.clone());
         d.add(new.clone());
-        assert_eq!(d.close_expired(999), 0);
-        assert_eq!(d.close_expired(1_000), 1);
+        assert_eq!(d.sweep(999, DAY), swept(0, 0));
+        assert_eq!(d.sweep(1_000, DAY), swept(1, 0));
         assert_eq!(old.queue.closing(), Some(CloseReason::Expired));
         assert_eq!(new.queue.closing(), None);
         // Already closing: not counted again.
-        assert_eq!(d.close_expired(2_000), 0);
+        assert_eq!(d.sweep(2_000, DAY), swept(0, 0));
+    }
+
+    #[test]
+    fn the_sweep_closes_a_writer_stuck_in_one_write() {
+        let d = Devices::default();
+        let (stuck, busy) = (slot(1, 1, "a1", 8), slot(2, 2, "b1", 8));
+        d.add(stuck.clone());
+        d.add(busy.clone());
+        let (stall, limit) = (Duration::from_secs(10), 10_000);
+        stuck.queue.writing(1_000);
+        busy.queue.writing(1_000);
+        busy.queue.written();
+        busy.queue.writing(1_000 + limit);
+        assert_eq!(d.sweep(1_000 + limit - 1, stall), swept(0, 0));
+        assert_eq!(d.sweep(1_000 + limit, stall), swept(0, 1));
+        assert_eq!(stuck.queue.closing(), Some(CloseReason::TooSlow));
+        assert_eq!(busy.queue.closing(), None);
+    }
+
+    #[tokio::test]
+    async fn a_decided_close_wakes_whoever_waits_for_it() {
+        let s = slot(1, 1, "a", 8);
+        let waiter = {
+            let s = s.clone();
+            tokio::spawn(async move { s.queue.decided().await })
+        };
+        tokio::task::yield_now().await;
+        s.queue.close(CloseReason::Revoked);
+        assert_eq!(waiter.await.ok(), Some(CloseReason::Revoked));
+        // Already decided: at once, with the first reason.
+        s.queue.close(CloseReason::Moving);
+        assert_eq!(s.queue.decided().await, CloseReason::Revoked);
     }
 
     #[test]

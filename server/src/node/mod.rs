@@ -8,7 +8,10 @@
 //! - [`pipeline`]: group commit, acks, local fan-out and the publisher.
 //!
 //! [`Node::start`] registers with the registry, subscribes to the bus and serves
-//! `GET /ws`, `/healthz`, `/metrics` and `/trace`. [`Node::shutdown`] drains: the registry stops
+//! `GET /ws` (devices, with their token), `/healthz` (anyone), and `/metrics` and `/trace` (the
+//! operator: `Authorization: Bearer` with the cluster's [`OperatorToken`]). An observer such as
+//! the lab's panel connects to `/trace?sample=N` as a WebSocket with that header; the lab hands
+//! the token to every process it starts and exposes it as `lab::Cluster::operator_token`. [`Node::shutdown`] drains: the registry stops
 //! answering with this node, every device is told to move, pending events are committed and
 //! published, the lease is given back.
 
@@ -25,7 +28,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router as HttpRouter;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -42,9 +45,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{AuthError, Secret, TokenKeys};
+use crate::auth::{AuthError, OperatorToken, Secret, TokenKeys};
 use crate::backends::{self, BusChoice, RegistryChoice};
 use crate::bus::{Inbox, Routing};
+use crate::conn::Peer;
 use crate::ids::{Snowflakes, now_ms};
 use crate::registry::{Load, NodeInfo, RegistryError};
 use crate::route::Router;
@@ -85,6 +89,8 @@ pub struct NodeLimits {
     pub strikes_before_close: u32,
     /// Frames queued for a device before it is closed as too slow.
     pub queue_frames: usize,
+    /// How long one write may wait on a device before it is closed as too slow.
+    pub write_stall: Duration,
     /// WebSocket read buffer per device, in bytes (small: most devices are idle).
     pub read_buffer: usize,
     /// WebSocket write buffer per device, in bytes.
@@ -98,6 +104,7 @@ impl Default for NodeLimits {
             rate_burst: limits::RATE_BURST,
             strikes_before_close: limits::RATE_STRIKES_BEFORE_CLOSE,
             queue_frames: limits::DEVICE_QUEUE_FRAMES,
+            write_stall: Duration::from_millis(limits::WRITE_STALL_MS),
             read_buffer: 512,
             write_buffer: 1024,
         }
@@ -123,6 +130,8 @@ pub struct NodeConfig {
     pub advertise_host: Option<String>,
     /// The cluster secret.
     pub secret: Secret,
+    /// Opens `/trace` and `/metrics`.
+    pub operator: OperatorToken,
     /// Per-device limits.
     pub limits: NodeLimits,
     /// Fault injection.
@@ -145,6 +154,8 @@ pub struct NodeCtx {
     pub tracer: Tracer,
     /// Token checks.
     pub keys: TokenKeys,
+    /// Opens `/trace` and `/metrics`.
+    pub operator: OperatorToken,
     /// Per-device limits.
     pub limits: NodeLimits,
     /// Message ids.
@@ -234,6 +245,7 @@ impl Node {
             devices: Devices::default(),
             tracer: Tracer::new(config.id.clone(), 4096),
             keys: TokenKeys::new(&config.secret),
+            operator: config.operator.clone(),
             limits: config.limits,
             ids: Snowflakes::new(lease.worker_id),
             commit: commit_tx,
@@ -287,12 +299,13 @@ impl Node {
         let app = HttpRouter::new()
             .route("/ws", get(upgrade))
             .route("/healthz", get(healthz))
-            .route("/metrics", get(|| async { crate::metrics::render() }))
+            .route("/metrics", get(metrics_page))
             .route("/trace", get(trace))
             .with_state(ctx.clone());
         let stop_accepting = accept.clone();
         let server = tokio::spawn(async move {
-            let serve = axum::serve(crate::nodelay(listener), app)
+            let app = app.into_make_service_with_connect_info::<Peer>();
+            let serve = axum::serve(crate::conn::Accept::new(listener), app)
                 .with_graceful_shutdown(async move { stop_accepting.cancelled().await });
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "node HTTP server failed");
@@ -401,6 +414,7 @@ fn refuse(status: StatusCode, code: ErrorCode, message: &str) -> Response {
 /// socket.
 async fn upgrade(
     State(ctx): State<Arc<NodeCtx>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Query(q): Query<UpgradeQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
@@ -464,7 +478,7 @@ async fn upgrade(
         .max_message_size(protocol::limits::MAX_FRAME_BYTES)
         .max_frame_size(protocol::limits::MAX_FRAME_BYTES)
         .on_upgrade(move |socket| {
-            tracker.track_future(session::run(ctx, socket, who, q.reservation))
+            tracker.track_future(session::run(ctx, socket, peer.conn, who, q.reservation))
         })
 }
 
@@ -487,14 +501,19 @@ async fn healthz(State(ctx): State<Arc<NodeCtx>>) -> Json<Health> {
     })
 }
 
-/// `GET /trace?sample=N`: streams trace events as JSON text messages.
+async fn metrics_page(State(ctx): State<Arc<NodeCtx>>, headers: HeaderMap) -> Response {
+    crate::metrics::page(&ctx.operator, &headers)
+}
+
+/// `GET /trace?sample=N`: streams trace events as JSON text messages, to the operator only (they
+/// say who messages whom, when, from which device): `Authorization: Bearer OPERATOR_TOKEN`.
 async fn trace(
     State(ctx): State<Arc<NodeCtx>>,
     Query(q): Query<crate::trace::TraceQuery>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let sample = q.sample();
-    ws.on_upgrade(move |socket| async move { ctx.tracer.stream(sample, socket).await })
+    crate::trace::upgrade(&ctx.operator, &headers, ws, ctx.tracer.clone(), q.sample())
 }
 
 /// Hands envelopes from the bus to local devices.
@@ -588,10 +607,20 @@ async fn heartbeat(ctx: Arc<NodeCtx>, info: NodeInfo, lease_ms: u64, cancel: Can
             bus_up = up;
         }
         metrics::gauge!("chat_bus_up").set(if up { 1.0 } else { 0.0 });
-        // Tokens that ran out close their sessions here (within a period), not by a timer each.
-        let expired = ctx.devices.close_expired(now_ms());
-        if expired > 0 {
-            tracing::info!(sessions = expired, "closed sessions whose token expired");
+        // Tokens that ran out, and devices that accept nothing, close their sessions here
+        // (within a period), not by a timer each.
+        let swept = ctx.devices.sweep(now_ms(), ctx.limits.write_stall);
+        if swept.expired > 0 {
+            tracing::info!(
+                sessions = swept.expired,
+                "closed sessions whose token expired"
+            );
+        }
+        if swept.stalled > 0 {
+            tracing::info!(
+                sessions = swept.stalled,
+                "closed sessions whose device reads nothing"
+            );
         }
         let load = Load {
             connections: ctx.devices.count(),

@@ -7,6 +7,15 @@
 //! lifecycle: `hello`, attach, the welcome and resync plan, and leaving. The device is attached in the registry
 //! before its resync reads the store, so nothing persisted after that read can miss it.
 //!
+//! A session ends when its device leaves or when a close is decided for it: revoked, token
+//! expired, too slow (its queue overflowed, or one write waited on it for
+//! [`protocol::limits::WRITE_STALL_MS`]), too big, flooding, or the node drains. From the
+//! verdict on, the reader handles nothing more (it checks before each frame, and is dropped as
+//! soon as the session learns of it, even while the writer is stuck on a device that does not
+//! read); the writer has [`CLOSE_WRITE`] to write why, the device [`CLOSE_LINGER`] to answer,
+//! and then the connection is dropped, by a reset if the device did not take part: it is gone
+//! within a second, whether or not the device reads, and a drain never waits on a writer.
+//!
 //! Memory per idle session is what the node pays for every connected device, so only the two
 //! steady loops are awaited inline: the opening (hello, attach, summaries, welcome, resync) and
 //! the closing are boxed, and the size of the task is about that of the two loops. A token's
@@ -20,11 +29,11 @@ mod writer;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
-use futures::future::Either;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use protocol::bus::BusKind;
@@ -38,6 +47,7 @@ use super::NodeCtx;
 use super::devices::{DeviceQueue, DeviceSlot, Outbound};
 use super::pipeline::{PublishJob, store_error_code, store_error_message};
 use crate::auth::Principal;
+use crate::conn::ConnHandle;
 use crate::ids::now_ms;
 use crate::recovery::presence_frame;
 use reader::read_loop;
@@ -46,6 +56,12 @@ use writer::write_loop;
 type Sink = SplitSink<WebSocket, Message>;
 type Stream = SplitStream<WebSocket>;
 
+/// Once a close is decided, how long the writer has to say why (an error frame, the close
+/// frame): a device that does not read never lets it.
+const CLOSE_WRITE: Duration = Duration::from_millis(500);
+/// After the close frame, how long the device has to answer with its own.
+const CLOSE_LINGER: Duration = Duration::from_millis(400);
+
 /// Serves a device until it leaves, the node drains, or something goes wrong.
 ///
 /// Not an `async fn`: the arguments of one stay in its future for its whole life, and the
@@ -53,17 +69,19 @@ type Stream = SplitStream<WebSocket>;
 pub fn run(
     ctx: Arc<NodeCtx>,
     socket: WebSocket,
+    conn: ConnHandle,
     who: Principal,
     reservation: Option<String>,
 ) -> impl std::future::Future<Output = ()> + Send {
     let (sink, stream) = socket.split();
-    serve(ctx, sink, stream, who, reservation)
+    serve(ctx, sink, stream, conn, who, reservation)
 }
 
 async fn serve(
     ctx: Arc<NodeCtx>,
     sink: Sink,
     mut stream: Stream,
+    conn: ConnHandle,
     who: Principal,
     reservation: Option<String>,
 ) {
@@ -74,25 +92,74 @@ async fn serve(
         return;
     };
     let (Opened { slot, contacts }, writer) = opened;
-    {
-        // Reader and writer run side by side in this one task: when one ends, the other is
-        // dropped (a second task per device would cost its own memory and wakeups).
-        let reader = read_loop(&ctx, &mut stream, &slot, &who);
-        futures::pin_mut!(reader, writer);
-        if let Either::Left(((), writer)) = futures::future::select(reader, writer).await {
-            // The reader asked for a close with a code (too big, flood): let the writer send it.
-            if slot.queue.closing().is_some() {
-                let _ = Box::pin(tokio::time::timeout(Duration::from_secs(2), writer)).await;
+    let ended = {
+        futures::pin_mut!(writer);
+        // Reader and writer run side by side in this one task (a second task per device would
+        // cost its own memory and wakeups), until the writer ends, a close is decided, or the
+        // reader ends. The reader is dropped then: nothing more from this socket is handled.
+        let writer_ended = {
+            let reader = read_loop(&ctx, &mut stream, &slot, &who);
+            futures::pin_mut!(reader);
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(ended) = writer.as_mut().poll(cx) {
+                    return Poll::Ready(Some(ended));
+                }
+                if slot.queue.poll_decided(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                reader.as_mut().poll(cx).map(|()| None)
+            })
+            .await
+        };
+        match writer_ended {
+            Some(ended) => ended,
+            // A close was decided (or the reader decided one: too big, flood): the writer has
+            // a moment to say why, not more.
+            None if slot.queue.closing().is_some() => {
+                Box::pin(tokio::time::timeout(CLOSE_WRITE, writer))
+                    .await
+                    .unwrap_or(Ended::Stuck)
             }
+            // The device left.
+            None => Ended::DeviceLeft,
         }
+    };
+    Box::pin(finish(ctx, slot, contacts, stream, conn, ended)).await;
+}
+
+/// How a session's socket ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    /// The node wrote its close frame.
+    CloseSent,
+    /// The device closed the socket, or it broke.
+    DeviceLeft,
+    /// The writer could not write the close frame in time: the device does not read.
+    Stuck,
+}
+
+/// Ends the connection (gracefully if the device takes part, by a reset if not), then removes
+/// the device from this node and the registry.
+async fn finish(
+    ctx: Arc<NodeCtx>,
+    slot: Arc<DeviceSlot>,
+    contacts: Arc<[UserId]>,
+    mut stream: Stream,
+    conn: ConnHandle,
+    ended: Ended,
+) {
+    let graceful = match ended {
+        Ended::CloseSent => linger(&mut stream).await,
+        Ended::DeviceLeft => true,
+        Ended::Stuck => false,
+    };
+    if !graceful {
+        conn.reset_on_drop();
     }
-    Box::pin(async move {
-        if slot.queue.closing().is_some() {
-            linger(&mut stream).await;
-        }
-        leave(&ctx, &slot, &contacts).await;
-    })
-    .await;
+    // The writer, and the sink with it, are gone: this closes the connection, before the
+    // registry is told (which may take a while).
+    drop(stream);
+    leave(&ctx, &slot, &contacts).await;
 }
 
 /// A session past its welcome: the device is attached.
@@ -110,7 +177,7 @@ async fn open(
     stream: &mut Stream,
     who: &Principal,
     reservation: Option<String>,
-) -> Option<(Opened, impl Future<Output = ()> + Send + use<>)> {
+) -> Option<(Opened, impl Future<Output = Ended> + Send + use<>)> {
     let hello = match read_hello(stream).await {
         Ok(h) => h,
         Err((code, message)) => {
@@ -243,18 +310,22 @@ fn announce(ctx: &Arc<NodeCtx>, recipients: &[UserId], frame: Bytes) {
     }
 }
 
-/// After the node closed a socket, reads (and drops) what the device still sends until its
-/// close frame, for a moment: closing the TCP connection with unread data would reset it, and
-/// the device would lose the frames that say why it was closed.
-async fn linger(stream: &mut Stream) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+/// After the node sent its close frame, reads (and drops) what the device still sends until
+/// its close frame, for [`CLOSE_LINGER`]: closing the TCP connection with unread data would
+/// reset it, and the device would lose the frames that say why it was closed. `false`: the
+/// device did not answer in time.
+async fn linger(stream: &mut Stream) -> bool {
+    tokio::time::timeout(CLOSE_LINGER, async {
         while let Some(Ok(msg)) = stream.next().await {
             if matches!(msg, Message::Close(_)) {
-                break;
+                return true;
             }
         }
+        // The connection ended: nothing left to reset.
+        true
     })
-    .await;
+    .await
+    .unwrap_or(false)
 }
 
 async fn read_hello(stream: &mut Stream) -> Result<Hello, (ErrorCode, String)> {

@@ -44,6 +44,11 @@ pub(super) async fn read_loop(
     let mut typing_sent: HashMap<ConvId, Instant> = HashMap::new();
     loop {
         let msg = stream.next().await;
+        // A verdict (revoked, expired, too slow, draining) may have come while this waited:
+        // from then on nothing from the device is handled.
+        if slot.queue.closing().is_some() {
+            return;
+        }
         let text = match msg {
             Some(Ok(Message::Text(t))) => t,
             Some(Ok(Message::Binary(_))) => {

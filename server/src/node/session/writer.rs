@@ -14,7 +14,8 @@ use protocol::trace::{ConnChange, Hop};
 use protocol::ws::{ErrorCode, ServerFrame, close};
 use protocol::{ConvId, Seq};
 
-use super::{Sink, close_msg, text};
+use super::{Ended, Sink, close_msg, text};
+use crate::ids::now_ms;
 use crate::node::NodeCtx;
 use crate::node::delivery::{Cursors, Offer};
 use crate::node::devices::{CloseReason, DeviceSlot, Outbound};
@@ -33,7 +34,7 @@ pub(super) async fn write_loop(
     slot: Arc<DeviceSlot>,
     welcome: String,
     plan: Vec<(ConvId, Seq, Seq)>,
-) {
+) -> Ended {
     let mut cursors = Cursors::default();
     // The welcome and the resync are boxed (see `serve`): the idle state is the live loop's.
     let opened = Box::pin(write_opening(
@@ -50,8 +51,12 @@ pub(super) async fn write_loop(
         Ok(false) => Ok(()),
         Err(e) => Err(e),
     };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "device socket closed");
+    match result {
+        Ok(()) => Ended::CloseSent,
+        Err(e) => {
+            tracing::debug!(error = %e, "device socket closed");
+            Ended::DeviceLeft
+        }
     }
 }
 
@@ -65,6 +70,7 @@ async fn write_opening(
     welcome: String,
     plan: Vec<(ConvId, Seq, Seq)>,
 ) -> Result<bool, axum::Error> {
+    slot.queue.writing(now_ms());
     sink.feed(text(welcome)).await?;
     let replayed = match replay(ctx, sink, slot, cursors, plan).await? {
         Ok(n) => n,
@@ -82,8 +88,10 @@ async fn write_opening(
         }
     };
     metrics::counter!("chat_replayed_events_total").increment(replayed);
+    slot.queue.writing(now_ms());
     sink.send(text(ServerFrame::Synced { replayed }.to_json()))
         .await?;
+    slot.queue.written();
     Ok(true)
 }
 
@@ -114,6 +122,7 @@ async fn replay(
             if events.is_empty() {
                 break;
             }
+            slot.queue.writing(now_ms());
             for ev in events {
                 after = ev.seq;
                 if ev.seq > upto {
@@ -133,6 +142,7 @@ async fn replay(
                 replayed += 1;
             }
             sink.flush().await?;
+            slot.queue.written();
         }
     }
     Ok(Ok(replayed))
@@ -170,8 +180,11 @@ async fn catch_up(
     for conv in convs {
         cursors.fill(conv, Vec::new(), &mut out);
     }
+    slot.queue.writing(now_ms());
     feed(sink, &out).await?;
-    sink.flush().await
+    sink.flush().await?;
+    slot.queue.written();
+    Ok(())
 }
 
 /// Writes the queue, in order, until the session is asked to close.
@@ -218,12 +231,15 @@ async fn live_loop(
         // Written inline rather than through `feed`: a helper's future would add its
         // arguments to every idle session's size.
         for chunk in out.chunks(WRITE_BATCH) {
+            // Each batch must go out within the stall limit (the node's sweep watches).
+            slot.queue.writing(now_ms());
             for b in chunk {
                 let t = Utf8Bytes::try_from(b.clone()).map_err(axum::Error::new)?;
                 sink.feed(Message::Text(t)).await?;
             }
             sink.flush().await?;
         }
+        slot.queue.written();
         out.clear();
         if after.catch_up {
             Box::pin(catch_up(ctx, sink, slot, cursors)).await?;
