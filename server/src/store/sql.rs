@@ -131,6 +131,8 @@ impl<B: SqlBackend> SqlStore<B> {
     }
 }
 
+// The bounds say what the reads need of the database (the executors, the values they bind and
+// the rows they decode); SQLite's and PostgreSQL's sqlx drivers provide all of it.
 #[async_trait]
 impl<B> Store for SqlStore<B>
 where

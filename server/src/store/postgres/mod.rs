@@ -45,10 +45,11 @@
 //! [`StoreError::Unavailable`] (retry later), constraint violations the store's own words (see
 //! the store's `errors` module), values the database cannot hold [`StoreError::Invalid`].
 //!
-//! Code map: this file connects and keeps the contract; `writer` is the write path's
-//! statements, `batch` a batch's statements over many rows at once (its keys looked up, its
-//! inserts deferred, its heads written back), `errors` what PostgreSQL's errors mean, `tests`
-//! the suite and PostgreSQL's own tests.
+//! Code map: this file connects, gives PostgreSQL's dialect and does its writes (the reads are
+//! the store's `sql` module's, shared with SQLite); `writer` is the write path's statements,
+//! `batch` a batch's statements over many rows at once (its keys looked up, its inserts
+//! deferred, its heads written back), `errors` what PostgreSQL's errors mean, `tests` the suite
+//! and PostgreSQL's own tests.
 
 use std::str::FromStr;
 use std::sync::Arc;

@@ -29,8 +29,9 @@
 //! Busy, locked and I/O errors become [`StoreError::Unavailable`] (retry later); constraint
 //! violations become the store's own words (see the store's `errors` module).
 //!
-//! Code map: this file opens the store and keeps the contract; `lock` is the writers' file
-//! lock, `writer` the write connection with its transactions and the write path's statements,
+//! Code map: this file opens the store, gives its dialect and does its writes (the reads are
+//! the store's `sql` module's, shared with PostgreSQL); `lock` is the writers' file lock,
+//! `writer` the write connection with its transactions and the write path's statements,
 //! `checkpoint` the task that keeps the log short, `errors` what SQLite's errors mean, `tests`
 //! the suite and SQLite's own tests.
 
