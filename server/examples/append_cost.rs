@@ -19,7 +19,7 @@ use protocol::model::MessageKind;
 use protocol::{ClientMsgId, DeviceId, NodeId};
 use server::ids::{Snowflakes, now_ms};
 use server::store::sqlite::SqliteStore;
-use server::store::{Creation, NewBody, NewEvent, Store};
+use server::store::{Creation, NewBody, NewEvent, NewUser, Store};
 
 const CONVERSATIONS: usize = 100;
 
@@ -91,12 +91,14 @@ async fn writer(args: &[String]) -> anyhow::Result<()> {
     let now = now_ms();
     let mut conversations = Vec::with_capacity(CONVERSATIONS);
     for i in 0..CONVERSATIONS {
-        let a = store
-            .create_user(&format!("w{index}a{i}"), "-", now)
-            .await?;
-        let b = store
-            .create_user(&format!("w{index}b{i}"), "-", now)
-            .await?;
+        let (a, b) = (format!("w{index}a{i}"), format!("w{index}b{i}"));
+        let user = |username| NewUser {
+            username,
+            password_hash: "-",
+            created_at: now,
+        };
+        let a = store.create_user(user(&a)).await?;
+        let b = store.create_user(user(&b)).await?;
         let creation = Creation {
             id: ids.next(),
             origin: &origin,

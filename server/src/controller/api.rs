@@ -29,7 +29,8 @@ use super::AppState;
 use super::error::{ApiError, Authed, Body, PathOf, QueryOf, RawBody};
 use crate::ids::now_ms;
 use crate::store::{
-    Appended, AttachmentBlob, Creation, DeviceRecord, NewBody, NewEvent, NewRoom, Page,
+    Appended, AttachmentBlob, Creation, DeviceLogin, DeviceRecord, NewBody, NewEvent, NewRoom,
+    NewUser, Page,
 };
 
 type Api<T> = Result<T, ApiError>;
@@ -110,16 +111,17 @@ async fn register(
         )));
     }
     let hash = s.passwords.hash(req.password).await?;
-    let user = s
-        .store
-        .create_user(&req.username, &hash, now_ms())
-        .await
-        .map_err(|e| match e {
-            crate::store::StoreError::Conflict(_) => {
-                ApiError::Conflict("that username is taken".into())
-            }
-            other => other.into(),
-        })?;
+    let new = NewUser {
+        username: &req.username,
+        password_hash: &hash,
+        created_at: now_ms(),
+    };
+    let user = s.store.create_user(new).await.map_err(|e| match e {
+        crate::store::StoreError::Conflict(_) => {
+            ApiError::Conflict("that username is taken".into())
+        }
+        other => other.into(),
+    })?;
     Ok((
         StatusCode::CREATED,
         Json(UserInfo {
@@ -170,10 +172,13 @@ async fn login(
         return Err(wrong());
     }
     let now = now_ms();
-    let device = s
-        .store
-        .login_device(user.id, &req.device_id, &name, now)
-        .await?;
+    let login = DeviceLogin {
+        user: user.id,
+        device: &req.device_id,
+        name: &name,
+        at: now,
+    };
+    let device = s.store.login_device(login).await?;
     let (token, expires_at) =
         s.keys
             .issue(user.id, &user.username, &device, now, s.token_ttl_secs)?;

@@ -21,9 +21,3 @@ pub(crate) fn constraint_error(e: &sqlx::Error) -> Option<StoreError> {
         _ => None,
     }
 }
-
-/// Whether `e` is a unique-constraint violation.
-#[cfg(feature = "postgres")]
-pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
-}

@@ -96,6 +96,30 @@ pub struct UserRecord {
     pub created_at: Millis,
 }
 
+/// A user to register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewUser<'a> {
+    /// The unique name.
+    pub username: &'a str,
+    /// Argon2 PHC string.
+    pub password_hash: &'a str,
+    /// When registered.
+    pub created_at: Millis,
+}
+
+/// A login from a device, as [`Store::login_device`] records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceLogin<'a> {
+    /// Whose device.
+    pub user: UserId,
+    /// Which.
+    pub device: &'a DeviceId,
+    /// The name it gives itself now.
+    pub name: &'a str,
+    /// When.
+    pub at: Millis,
+}
+
 /// A device as the store keeps it. A token is valid for a device only while the device is
 /// active and the token's generation equals the device's: revoking bumps the generation, so
 /// every token issued before is refused for good, even after the device logs in again.
@@ -279,12 +303,7 @@ pub trait Store: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 
     /// Registers a user. [`StoreError::Conflict`] if the name is taken.
-    async fn create_user(
-        &self,
-        username: &str,
-        password_hash: &str,
-        now: Millis,
-    ) -> StoreResult<UserRecord>;
+    async fn create_user(&self, user: NewUser<'_>) -> StoreResult<UserRecord>;
     /// Looks a user up by name.
     async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>>;
     /// Looks a user up by id.
@@ -292,13 +311,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records a login from a device: creates it, or renames and re-activates it (a revoked
     /// device that logs in again is active again, with the generation it has now).
-    async fn login_device(
-        &self,
-        user: UserId,
-        device: &DeviceId,
-        name: &str,
-        now: Millis,
-    ) -> StoreResult<DeviceRecord>;
+    async fn login_device(&self, login: DeviceLogin<'_>) -> StoreResult<DeviceRecord>;
     /// One device.
     async fn device(&self, user: UserId, device: &DeviceId) -> StoreResult<Option<DeviceRecord>>;
     /// All of a user's devices, most recent login first.

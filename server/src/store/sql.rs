@@ -36,8 +36,9 @@ use super::rows::{
 };
 use super::write::{self, WriteTransactions};
 use super::{
-    Appended, AttachmentBlob, ConversationRecord, Creation, DeviceRecord, MemberRecord, NewEvent,
-    NewRoom, Page, Store, StoreError, StoreResult, TopUp, UserRecord,
+    Appended, AttachmentBlob, ConversationRecord, Creation, DeviceLogin, DeviceRecord,
+    MemberRecord, NewEvent, NewRoom, NewUser, Page, Store, StoreError, StoreResult, TopUp,
+    UserRecord,
 };
 
 /// The statements where the dialects differ, one set per backend.
@@ -66,27 +67,21 @@ pub trait SqlBackend: WriteTransactions + Send + Sync + 'static {
     /// Its statements where the dialects differ.
     const DIALECT: Dialect;
 
+    /// Its word for a failed statement.
+    const DB_ERR: fn(sqlx::Error) -> StoreError;
+
     /// The pool the shared reads run on.
     fn read_pool(&self) -> &Pool<Self::Db>;
-    /// The process's member lists, which the write path keeps current.
-    fn member_cache(&self) -> &MemberCache;
-    /// Its word for a failed statement.
-    fn db_err(e: sqlx::Error) -> StoreError;
 
     /// [`Store::create_user`].
     fn create_user(
         &self,
-        username: &str,
-        password_hash: &str,
-        now: Millis,
+        user: NewUser<'_>,
     ) -> impl Future<Output = StoreResult<UserRecord>> + Send;
     /// [`Store::login_device`].
     fn login_device(
         &self,
-        user: UserId,
-        device: &DeviceId,
-        name: &str,
-        now: Millis,
+        login: DeviceLogin<'_>,
     ) -> impl Future<Output = StoreResult<DeviceRecord>> + Send;
     /// [`Store::revoke_device`].
     fn revoke_device(
@@ -95,9 +90,11 @@ pub trait SqlBackend: WriteTransactions + Send + Sync + 'static {
         device: &DeviceId,
     ) -> impl Future<Output = StoreResult<DeviceRecord>> + Send;
     /// [`Store::append_topped_up`]: a batch (never empty when `top_up` adds nothing) and what
-    /// came while the store waited to write it.
+    /// came while the store waited to write it, with the process's member lists, which the
+    /// write path reads and keeps current.
     fn append(
         &self,
+        members: &MemberCache,
         batch: Vec<NewEvent>,
         top_up: TopUp<'_>,
     ) -> impl Future<Output = Vec<StoreResult<Appended>>> + Send;
@@ -116,12 +113,17 @@ pub trait SqlBackend: WriteTransactions + Send + Sync + 'static {
 #[derive(Clone)]
 pub struct SqlStore<B> {
     backend: B,
+    /// Member lists by membership epoch, read by `recipients` and kept by the write path.
+    members: Arc<MemberCache>,
 }
 
 impl<B: SqlBackend> SqlStore<B> {
     /// The store over `backend`.
     pub(crate) fn new(backend: B) -> Self {
-        SqlStore { backend }
+        SqlStore {
+            backend,
+            members: Arc::default(),
+        }
     }
 
     /// Its backend, for tests of the backend's own.
@@ -157,13 +159,13 @@ where
         B::KIND
     }
 
-    async fn create_user(
-        &self,
-        username: &str,
-        password_hash: &str,
-        now: Millis,
-    ) -> StoreResult<UserRecord> {
-        self.backend.create_user(username, password_hash, now).await
+    async fn create_user(&self, user: NewUser<'_>) -> StoreResult<UserRecord> {
+        self.backend.create_user(user).await.map_err(|e| match e {
+            StoreError::Conflict(_) => {
+                StoreError::Conflict(format!("username {:?} is taken", user.username))
+            }
+            e => e,
+        })
     }
 
     /// A user by name.
@@ -174,7 +176,7 @@ where
         .bind(username)
         .fetch_optional(self.backend.read_pool())
         .await
-        .map_err(B::db_err)?;
+        .map_err(B::DB_ERR)?;
         Ok(row.map(Into::into))
     }
 
@@ -186,18 +188,12 @@ where
         .bind(id.0)
         .fetch_optional(self.backend.read_pool())
         .await
-        .map_err(B::db_err)?;
+        .map_err(B::DB_ERR)?;
         Ok(row.map(Into::into))
     }
 
-    async fn login_device(
-        &self,
-        user: UserId,
-        device: &DeviceId,
-        name: &str,
-        now: Millis,
-    ) -> StoreResult<DeviceRecord> {
-        self.backend.login_device(user, device, name, now).await
+    async fn login_device(&self, login: DeviceLogin<'_>) -> StoreResult<DeviceRecord> {
+        self.backend.login_device(login).await
     }
 
     /// One device of a user.
@@ -210,7 +206,7 @@ where
         .bind(device.as_str())
         .fetch_optional(self.backend.read_pool())
         .await
-        .map_err(B::db_err)?
+        .map_err(B::DB_ERR)?
         .map(DeviceRow::into_record)
         .transpose()
     }
@@ -224,7 +220,7 @@ where
         .bind(user.0)
         .fetch_all(self.backend.read_pool())
         .await
-        .map_err(B::db_err)?
+        .map_err(B::DB_ERR)?
         .into_iter()
         .map(DeviceRow::into_record)
         .collect()
@@ -250,7 +246,7 @@ where
             .bind(hi.0)
             .fetch_optional(self.backend.read_pool())
             .await
-            .map_err(B::db_err)?;
+            .map_err(B::DB_ERR)?;
             if let Some(id) = existing {
                 return Ok((ConvId(id), None));
             }
@@ -266,7 +262,7 @@ where
         if batch.is_empty() {
             return Vec::new();
         }
-        self.backend.append(batch, &mut |_| {}).await
+        self.backend.append(&self.members, batch, &mut |_| {}).await
     }
 
     async fn append_topped_up(
@@ -274,7 +270,7 @@ where
         batch: Vec<NewEvent>,
         top_up: TopUp<'_>,
     ) -> Vec<StoreResult<Appended>> {
-        self.backend.append(batch, top_up).await
+        self.backend.append(&self.members, batch, top_up).await
     }
 
     /// The conversation's row.
@@ -283,7 +279,7 @@ where
             .bind(conv.0)
             .fetch_optional(self.backend.read_pool())
             .await
-            .map_err(B::db_err)?
+            .map_err(B::DB_ERR)?
             .map(ConversationRow::into_record)
             .transpose()
     }
@@ -297,7 +293,7 @@ where
         .bind(user.0)
         .fetch_optional(self.backend.read_pool())
         .await
-        .map_err(B::db_err)?;
+        .map_err(B::DB_ERR)?;
         seq.map(seq_from_db).transpose()
     }
 
@@ -311,7 +307,7 @@ where
         .bind(conv.0)
         .fetch_all(self.backend.read_pool())
         .await
-        .map_err(B::db_err)?
+        .map_err(B::DB_ERR)?
         .into_iter()
         .map(MemberRow::into_record)
         .collect()
@@ -326,9 +322,9 @@ where
         .bind(conv.0)
         .fetch_optional(self.backend.read_pool())
         .await
-        .map_err(B::db_err)?;
+        .map_err(B::DB_ERR)?;
         let epoch = epoch.ok_or(StoreError::NotFound)?;
-        if let Some(members) = self.backend.member_cache().get(conv, epoch) {
+        if let Some(members) = self.members.get(conv, epoch) {
             return Ok(members);
         }
         // Epoch and list in one statement (one snapshot), so the list cached is the one of
@@ -340,12 +336,10 @@ where
         .bind(conv.0)
         .fetch_all(self.backend.read_pool())
         .await
-        .map_err(B::db_err)?;
+        .map_err(B::DB_ERR)?;
         let epoch = rows.first().map(|(e, _)| *e).ok_or(StoreError::NotFound)?;
         let members: Arc<[UserId]> = rows.iter().filter_map(|(_, u)| u.map(UserId)).collect();
-        self.backend
-            .member_cache()
-            .put(conv, epoch, members.clone());
+        self.members.put(conv, epoch, members.clone());
         Ok(members)
     }
 
@@ -358,7 +352,7 @@ where
         .bind(user.0)
         .fetch_all(self.backend.read_pool())
         .await
-        .map_err(B::db_err)?;
+        .map_err(B::DB_ERR)?;
         Ok(ids.into_iter().map(UserId).collect())
     }
 
@@ -371,13 +365,13 @@ where
             .bind(user.0)
             .fetch_all(&mut *tx)
             .await
-            .map_err(B::db_err)?;
+            .map_err(B::DB_ERR)?;
         let last = sqlx::query_as::<B::Db, EventRow>(B::DIALECT.last_messages)
             .bind(user.0)
             .fetch_all(&mut *tx)
             .await
-            .map_err(B::db_err)?;
-        tx.commit().await.map_err(B::db_err)?;
+            .map_err(B::DB_ERR)?;
+        tx.commit().await.map_err(B::DB_ERR)?;
 
         let mut last_by_conv = HashMap::with_capacity(last.len());
         for row in last {
@@ -399,7 +393,7 @@ where
             .bind(i64::from(limit))
             .fetch_all(self.backend.read_pool())
             .await
-            .map_err(B::db_err)?;
+            .map_err(B::DB_ERR)?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
@@ -447,7 +441,7 @@ where
         let rows = query
             .fetch_all(self.backend.read_pool())
             .await
-            .map_err(B::db_err)?;
+            .map_err(B::DB_ERR)?;
         let has_more = rows.len() > limit as usize;
         let mut events = rows
             .into_iter()
@@ -479,7 +473,7 @@ where
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await
-        .map_err(B::db_err)?;
+        .map_err(B::DB_ERR)?;
         // The members of every conversation of those events: the same selection of events.
         let members = sqlx::query_as::<B::Db, (i64, i64, i64)>(
             "SELECT conv_id, user_id, joined_seq FROM members WHERE conv_id IN ( \
@@ -492,8 +486,8 @@ where
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await
-        .map_err(B::db_err)?;
-        tx.commit().await.map_err(B::db_err)?;
+        .map_err(B::DB_ERR)?;
+        tx.commit().await.map_err(B::DB_ERR)?;
 
         let mut members_of = HashMap::<ConvId, Vec<(UserId, Seq)>>::new();
         for (conv, user, joined) in members {
@@ -527,7 +521,16 @@ where
                 blob.data.len()
             )));
         }
-        self.backend.put_attachment(blob).await
+        let id = blob.meta.id.clone();
+        self.backend
+            .put_attachment(blob)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(_) => {
+                    StoreError::Conflict(format!("attachment {id} exists already"))
+                }
+                e => e,
+            })
     }
 
     /// An uploaded file, bytes included.
@@ -539,7 +542,7 @@ where
         .bind(id.as_str())
         .fetch_optional(self.backend.read_pool())
         .await
-        .map_err(B::db_err)?
+        .map_err(B::DB_ERR)?
         .map(AttachmentRow::into_blob)
         .transpose()
     }
@@ -553,7 +556,7 @@ async fn read_transaction<B: SqlBackend>(
         Some(begin) => backend.read_pool().begin_with(begin).await,
         None => backend.read_pool().begin().await,
     }
-    .map_err(B::db_err)
+    .map_err(B::DB_ERR)
 }
 
 /// Who gets an event again when a survivor republishes it: today's members who had joined by

@@ -52,23 +52,21 @@
 //! and PostgreSQL's own tests.
 
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::{ConvId, DeviceId, Millis, Seq, UserId};
+use protocol::{ConvId, DeviceId, Seq, UserId};
 use sqlx::Connection;
 use sqlx::migrate::{Migrate, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Pool, Postgres};
 
-use super::errors::is_unique_violation;
 use super::member_cache::MemberCache;
 use super::rows::{DeviceRow, UserRow, event_select};
 use super::sql::{Dialect, SqlBackend, SqlStore};
 use super::write::{self, WriteTransactions};
 use super::{
-    Appended, AttachmentBlob, DeviceRecord, NewEvent, StoreError, StoreResult, TopUp, UserRecord,
-    encoding, migrations,
+    Appended, AttachmentBlob, DeviceLogin, DeviceRecord, NewEvent, NewUser, StoreError,
+    StoreResult, TopUp, UserRecord, encoding, migrations,
 };
 
 mod batch;
@@ -136,7 +134,6 @@ pub type PostgresStore = SqlStore<PostgresBackend>;
 #[derive(Clone)]
 pub struct PostgresBackend {
     pool: PgPool,
-    members: Arc<MemberCache>,
 }
 
 impl PostgresStore {
@@ -188,10 +185,7 @@ impl PostgresStore {
             .connect_with(session)
             .await
             .map_err(db_err)?;
-        Ok(SqlStore::new(PostgresBackend {
-            pool,
-            members: Arc::new(MemberCache::default()),
-        }))
+        Ok(SqlStore::new(PostgresBackend { pool }))
     }
 }
 
@@ -199,16 +193,17 @@ impl PostgresBackend {
     /// One try at a batch, in one transaction.
     async fn append_attempt(
         &self,
+        members: &MemberCache,
         batch: Vec<NewEvent>,
     ) -> Result<Vec<StoreResult<Appended>>, Failed> {
         let mut tx = self.pool.begin().await.map_err(Failed::from)?;
         let mut writer = Writer::new(&mut tx);
-        let outcome = write::append_batch(&mut writer, &self.members, batch).await;
+        let outcome = write::append_batch(&mut writer, members, batch).await;
         let retry = writer.retry;
         // On error the transaction rolls back when `tx` is dropped.
         let outcome = outcome.map_err(|error| Failed { error, retry })?;
         tx.commit().await.map_err(Failed::from)?;
-        outcome.remember_members(&self.members);
+        outcome.remember_members(members);
         Ok(outcome.results)
     }
 }
@@ -285,52 +280,28 @@ impl SqlBackend for PostgresBackend {
     type Db = Postgres;
     const KIND: &'static str = "postgres";
     const DIALECT: Dialect = DIALECT;
+    const DB_ERR: fn(sqlx::Error) -> StoreError = db_err;
 
     fn read_pool(&self) -> &Pool<Postgres> {
         &self.pool
     }
 
-    fn member_cache(&self) -> &MemberCache {
-        &self.members
-    }
-
-    fn db_err(e: sqlx::Error) -> StoreError {
-        db_err(e)
-    }
-
-    async fn create_user(
-        &self,
-        username: &str,
-        password_hash: &str,
-        now: Millis,
-    ) -> StoreResult<UserRecord> {
+    async fn create_user(&self, user: NewUser<'_>) -> StoreResult<UserRecord> {
         // One statement: its own transaction.
         let row = sqlx::query_as::<_, UserRow>(
             "INSERT INTO users (username, password_hash, created_at) VALUES ($1, $2, $3) \
              RETURNING id, username, password_hash, created_at",
         )
-        .bind(username)
-        .bind(password_hash)
-        .bind(now)
+        .bind(user.username)
+        .bind(user.password_hash)
+        .bind(user.created_at)
         .fetch_one(&self.pool)
         .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict(format!("username {username:?} is taken"))
-            } else {
-                db_err(e)
-            }
-        })?;
+        .map_err(db_err)?;
         Ok(row.into())
     }
 
-    async fn login_device(
-        &self,
-        user: UserId,
-        device: &DeviceId,
-        name: &str,
-        now: Millis,
-    ) -> StoreResult<DeviceRecord> {
+    async fn login_device(&self, login: DeviceLogin<'_>) -> StoreResult<DeviceRecord> {
         // A revoked device logging in again is active again, but keeps its bumped generation:
         // tokens issued before the revocation stay refused.
         sqlx::query_as::<_, DeviceRow>(
@@ -340,10 +311,10 @@ impl SqlBackend for PostgresBackend {
              SET name = excluded.name, last_login = excluded.last_login, revoked = FALSE \
              RETURNING user_id, device_id, name, created_at, last_login, revoked, generation",
         )
-        .bind(user.0)
-        .bind(device.as_str())
-        .bind(name)
-        .bind(now)
+        .bind(login.user.0)
+        .bind(login.device.as_str())
+        .bind(login.name)
+        .bind(login.at)
         .fetch_one(&self.pool)
         .await
         .map_err(db_err)?
@@ -367,6 +338,7 @@ impl SqlBackend for PostgresBackend {
 
     async fn append(
         &self,
+        members: &MemberCache,
         mut batch: Vec<NewEvent>,
         top_up: TopUp<'_>,
     ) -> Vec<StoreResult<Appended>> {
@@ -379,7 +351,7 @@ impl SqlBackend for PostgresBackend {
         loop {
             // A copy per try: the write path consumes the events. Next to the round trips of a
             // transaction, copying a batch costs nothing worth saving.
-            match self.append_attempt(batch.clone()).await {
+            match self.append_attempt(members, batch.clone()).await {
                 Ok(results) => return results,
                 Err(Failed { error, retry: true }) if attempt < BATCH_ATTEMPTS => {
                     tracing::debug!(attempt, %error, "batch aborted by the database, retrying");
@@ -437,13 +409,7 @@ impl SqlBackend for PostgresBackend {
         .bind(&blob.data[..])
         .execute(&self.pool)
         .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict(format!("attachment {} exists already", blob.meta.id))
-            } else {
-                db_err(e)
-            }
-        })?;
+        .map_err(db_err)?;
         Ok(())
     }
 }

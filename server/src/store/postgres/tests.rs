@@ -19,10 +19,10 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 
 use super::errors::{db_err, sqlstate_error};
 use super::{MIGRATOR, PostgresConfig, PostgresStore};
-use crate::store::suite::TestDb;
+use crate::store::suite::{TestDb, named};
 use crate::store::{
-    Appended, AttachmentBlob, Creation, NewBody, NewEvent, Page, SharedStore, Store, StoreError,
-    StoreResult,
+    Appended, AttachmentBlob, Creation, DeviceLogin, NewBody, NewEvent, Page, SharedStore, Store,
+    StoreError, StoreResult,
 };
 
 /// The server the tests use unless [`URL_VAR`] names another.
@@ -238,7 +238,7 @@ async fn users<const N: usize>(store: &dyn Store) -> anyhow::Result<[UserId; N]>
     let mut ids = [UserId(0); N];
     for (i, id) in ids.iter_mut().enumerate() {
         *id = store
-            .create_user(&format!("u{i}-{:08x}", rand::random::<u32>()), "x", 0)
+            .create_user(named(&format!("u{i}-{:08x}", rand::random::<u32>())))
             .await?
             .id;
     }
@@ -493,10 +493,18 @@ async fn a_nul_in_text_is_refused_alone() -> anyhow::Result<()> {
         results[1]
     );
     assert_eq!(results[2].as_ref().map(|r| r.event.seq).ok(), Some(3));
-    let named = store.create_user("nul\0name", "x", 0).await;
-    assert!(matches!(named, Err(StoreError::Invalid(_))), "{named:?}");
+    let nul_name = store.create_user(named("nul\0name")).await;
+    assert!(
+        matches!(nul_name, Err(StoreError::Invalid(_))),
+        "{nul_name:?}"
+    );
     let device = store
-        .login_device(a, &DeviceId::new("d1")?, "my\0phone", 0)
+        .login_device(DeviceLogin {
+            user: a,
+            device: &DeviceId::new("d1")?,
+            name: "my\0phone",
+            at: 0,
+        })
         .await;
     assert!(matches!(device, Err(StoreError::Invalid(_))), "{device:?}");
     Ok(())

@@ -39,7 +39,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::{ConvId, DeviceId, Millis, Seq, UserId};
+use protocol::{ConvId, DeviceId, Seq, UserId};
 use sqlx::Connection;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
@@ -53,8 +53,8 @@ use super::rows::{DeviceRow, event_select};
 use super::sql::{Dialect, SqlBackend, SqlStore};
 use super::write::{self, WriteTransactions};
 use super::{
-    Appended, AttachmentBlob, DeviceRecord, NewEvent, StoreError, StoreResult, TopUp, UserRecord,
-    encoding, migrations,
+    Appended, AttachmentBlob, DeviceLogin, DeviceRecord, NewEvent, NewUser, StoreError,
+    StoreResult, TopUp, UserRecord, encoding, migrations,
 };
 
 mod checkpoint;
@@ -158,7 +158,6 @@ pub struct SqliteBackend {
     reader: SqlitePool,
     /// This process's writes queue here, each in a `BEGIN IMMEDIATE` transaction.
     writer: Arc<tokio::sync::Mutex<WriteConn>>,
-    members: Arc<MemberCache>,
     /// `<file>.write-lock`: writers of every process take it (flock) before `BEGIN IMMEDIATE`.
     write_lock: Arc<std::path::PathBuf>,
     /// Stops the checkpointer when the last handle goes.
@@ -234,7 +233,6 @@ impl SqliteBackend {
             _checkpointer: Arc::new(checkpoints.drop_guard()),
             reader,
             writer,
-            members: Arc::new(MemberCache::default()),
             write_lock,
         })
     }
@@ -257,29 +255,10 @@ impl SqliteBackend {
         Ok(tx)
     }
 
-    async fn append_batch(
-        &self,
-        mut batch: Vec<NewEvent>,
-        top_up: TopUp<'_>,
-    ) -> Vec<StoreResult<Appended>> {
-        let tx = self.write_conn().await;
-        top_up(&mut batch);
-        if batch.is_empty() {
-            return Vec::new();
-        }
-        let n = batch.len();
-        let outcome = match tx {
-            Ok(tx) => self.append_in(tx, batch).await,
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok(results) => results,
-            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
-        }
-    }
-
+    /// Appends a batch in `tx` (its writers' lock held), and commits.
     async fn append_in(
         &self,
+        members: &MemberCache,
         mut tx: WriteTx,
         batch: Vec<NewEvent>,
     ) -> StoreResult<Vec<StoreResult<Appended>>> {
@@ -287,13 +266,13 @@ impl SqliteBackend {
             tx.roll_back();
             return Err(e);
         }
-        let outcome = write::append_batch(&mut SqliteWriter::new(&mut tx), &self.members, batch)
+        let outcome = write::append_batch(&mut SqliteWriter::new(&mut tx), members, batch)
             .await
             .and_then(|outcome| tx.commit_here().map(|()| outcome));
         match outcome {
             Ok(outcome) => {
                 drop(tx);
-                outcome.remember_members(&self.members);
+                outcome.remember_members(members);
                 Ok(outcome.results)
             }
             Err(e) => {
@@ -356,56 +335,32 @@ impl SqlBackend for SqliteBackend {
     type Db = Sqlite;
     const KIND: &'static str = "sqlite";
     const DIALECT: Dialect = DIALECT;
+    const DB_ERR: fn(sqlx::Error) -> StoreError = db_err;
 
     fn read_pool(&self) -> &Pool<Sqlite> {
         &self.reader
     }
 
-    fn member_cache(&self) -> &MemberCache {
-        &self.members
-    }
-
-    fn db_err(e: sqlx::Error) -> StoreError {
-        db_err(e)
-    }
-
-    async fn create_user(
-        &self,
-        username: &str,
-        password_hash: &str,
-        now: Millis,
-    ) -> StoreResult<UserRecord> {
+    async fn create_user(&self, user: NewUser<'_>) -> StoreResult<UserRecord> {
         let mut tx = self.write_tx().await?;
         let id = SqliteWriter::new(&mut tx)
             .query_row(
                 "INSERT INTO users (username, password_hash, created_at) VALUES (?1, ?2, ?3) \
                  RETURNING id",
-                rusqlite::params![username, password_hash, now],
+                rusqlite::params![user.username, user.password_hash, user.created_at],
                 |r| r.get::<_, i64>(0),
-            )
-            .map_err(|e| match e {
-                StoreError::Conflict(_) => {
-                    StoreError::Conflict(format!("username {username:?} is taken"))
-                }
-                e => e,
-            })?
+            )?
             .ok_or_else(|| StoreError::Internal("the new user's id did not come back".into()))?;
         tx.commit()?;
         Ok(UserRecord {
             id: UserId(id),
-            username: username.to_owned(),
-            password_hash: password_hash.to_owned(),
-            created_at: now,
+            username: user.username.to_owned(),
+            password_hash: user.password_hash.to_owned(),
+            created_at: user.created_at,
         })
     }
 
-    async fn login_device(
-        &self,
-        user: UserId,
-        device: &DeviceId,
-        name: &str,
-        now: Millis,
-    ) -> StoreResult<DeviceRecord> {
+    async fn login_device(&self, login: DeviceLogin<'_>) -> StoreResult<DeviceRecord> {
         let mut tx = self.write_tx().await?;
         // A revoked device logging in again is active again, but keeps its bumped generation:
         // tokens issued before the revocation stay refused.
@@ -416,7 +371,7 @@ impl SqlBackend for SqliteBackend {
                  ON CONFLICT (user_id, device_id) DO UPDATE \
                  SET name = excluded.name, last_login = excluded.last_login, revoked = FALSE \
                  RETURNING user_id, device_id, name, created_at, last_login, revoked, generation",
-                rusqlite::params![user.0, device.as_str(), name, now],
+                rusqlite::params![login.user.0, login.device.as_str(), login.name, login.at],
                 DeviceRow::from_sqlite,
             )?
             .ok_or_else(|| StoreError::Internal("the logged-in device did not come back".into()))?;
@@ -439,8 +394,26 @@ impl SqlBackend for SqliteBackend {
         row.into_record()
     }
 
-    async fn append(&self, batch: Vec<NewEvent>, top_up: TopUp<'_>) -> Vec<StoreResult<Appended>> {
-        self.append_batch(batch, top_up).await
+    async fn append(
+        &self,
+        members: &MemberCache,
+        mut batch: Vec<NewEvent>,
+        top_up: TopUp<'_>,
+    ) -> Vec<StoreResult<Appended>> {
+        let tx = self.write_conn().await;
+        top_up(&mut batch);
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        let n = batch.len();
+        let outcome = match tx {
+            Ok(tx) => self.append_in(members, tx, batch).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(results) => results,
+            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+        }
     }
 
     async fn mark_read(&self, conv: ConvId, user: UserId, seq: Seq) -> StoreResult<Option<Seq>> {
@@ -498,14 +471,7 @@ impl SqlBackend for SqliteBackend {
                         blob.created_at,
                         &blob.data[..],
                     ],
-                )
-                .map_err(|e| match e {
-                    StoreError::Conflict(_) => StoreError::Conflict(format!(
-                        "attachment {} exists already",
-                        blob.meta.id
-                    )),
-                    e => e,
-                })?;
+                )?;
             tx.commit()
         };
         tokio::task::spawn_blocking(write)

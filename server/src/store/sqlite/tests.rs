@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::checkpoint::kept_open;
 use super::errors::db_err;
 use super::{MIGRATOR, SqliteStore, beside};
-use crate::store::suite::TestDb;
+use crate::store::suite::{TestDb, named};
 use crate::store::{Creation, NewEvent, Page, SharedStore, Store, StoreError};
 
 /// A fresh file in a temporary directory, removed with it.
@@ -246,7 +246,7 @@ async fn processes_share_one_file() -> anyhow::Result<()> {
 async fn child_users(store: &SqliteStore) -> anyhow::Result<(UserId, UserId)> {
     let mut ids = Vec::new();
     for name in ["hub", "spoke"] {
-        match store.create_user(name, "x", 0).await {
+        match store.create_user(named(name)).await {
             Ok(user) => ids.push(user.id),
             Err(StoreError::Conflict(_)) => {
                 ids.push(
@@ -334,8 +334,8 @@ async fn the_log_starts_over_while_writers_keep_writing() -> anyhow::Result<()> 
     let origin = NodeId::new("writer")?;
     let mut convs = Vec::new();
     for i in 0..40 {
-        let a = first.create_user(&format!("a{i}"), "x", 0).await?.id;
-        let b = first.create_user(&format!("b{i}"), "x", 0).await?.id;
+        let a = first.create_user(named(&format!("a{i}"))).await?.id;
+        let b = first.create_user(named(&format!("b{i}"))).await?.id;
         let (conv, _) = first
             .open_direct(a, b, at_zero(MessageId(i + 1), &origin))
             .await?;
@@ -472,12 +472,12 @@ async fn transactions_dropped_half_way_are_rolled_back() -> anyhow::Result<()> {
             [],
         )?;
     }
-    tokio::time::timeout(Duration::from_secs(5), other.create_user("alive", "x", 0)).await??;
+    tokio::time::timeout(Duration::from_secs(5), other.create_user(named("alive"))).await??;
     assert_eq!(store.user_by_name("ghost").await?, None);
 
     // Appends cut off after every amount of progress leave contiguous seqs behind them.
-    let a = store.create_user("a", "x", 0).await?.id;
-    let b = store.create_user("b", "x", 0).await?.id;
+    let a = store.create_user(named("a")).await?.id;
+    let b = store.create_user(named("b")).await?.id;
     let origin = NodeId::new("cut")?;
     let (conv, _) = store
         .open_direct(a, b, at_zero(MessageId(1), &origin))

@@ -2,17 +2,32 @@
 
 use super::*;
 
+/// A login of `device` of `user`, named `name`, at `at`.
+fn login<'a>(user: UserId, device: &'a DeviceId, name: &'a str, at: Millis) -> DeviceLogin<'a> {
+    DeviceLogin {
+        user,
+        device,
+        name,
+        at,
+    }
+}
+
 /// A user is created once and found by name and by id.
 pub async fn users_register_and_are_found(db: &dyn TestDb) -> anyhow::Result<()> {
     let store = db.open().await?;
     let name = unique("ann");
     let at = now();
-    let ann = store.create_user(&name, "hash-1", at).await?;
+    let user = |username, password_hash| NewUser {
+        username,
+        password_hash,
+        created_at: at,
+    };
+    let ann = store.create_user(user(&name, "hash-1")).await?;
     assert_eq!(ann.username, name);
     assert_eq!(ann.password_hash, "hash-1");
     assert_eq!(ann.created_at, at);
     assert_err!(
-        store.create_user(&name, "hash-2", at).await,
+        store.create_user(user(&name, "hash-2")).await,
         StoreError::Conflict(_)
     );
 
@@ -21,7 +36,7 @@ pub async fn users_register_and_are_found(db: &dyn TestDb) -> anyhow::Result<()>
     assert_eq!(store.user_by_name(&unique("nobody")).await?, None);
     assert_eq!(store.user_by_id(UserId(i64::MAX)).await?, None);
 
-    let bob = store.create_user(&unique("bob"), "hash-3", at).await?;
+    let bob = store.create_user(user(&unique("bob"), "hash-3")).await?;
     assert_ne!(bob.id, ann.id);
     Ok(())
 }
@@ -34,7 +49,9 @@ pub async fn devices_log_in_rename_and_revoke(db: &dyn TestDb) -> anyhow::Result
     let laptop = DeviceId::new("laptop-1")?;
     let phone = DeviceId::new("phone-1")?;
 
-    let first = store.login_device(u, &laptop, "Laptop", 1_000).await?;
+    let first = store
+        .login_device(login(u, &laptop, "Laptop", 1_000))
+        .await?;
     assert_eq!(
         (first.state, first.generation),
         (DeviceInfoState::Active, 0)
@@ -42,10 +59,12 @@ pub async fn devices_log_in_rename_and_revoke(db: &dyn TestDb) -> anyhow::Result
     assert_eq!((first.created_at, first.last_login), (1_000, 1_000));
     assert_eq!(first.name, "Laptop");
 
-    let again = store.login_device(u, &laptop, "Work laptop", 2_000).await?;
+    let again = store
+        .login_device(login(u, &laptop, "Work laptop", 2_000))
+        .await?;
     assert_eq!(again.name, "Work laptop");
     assert_eq!((again.created_at, again.last_login), (1_000, 2_000));
-    store.login_device(u, &phone, "Phone", 3_000).await?;
+    store.login_device(login(u, &phone, "Phone", 3_000)).await?;
 
     let listed = store.devices(u).await?;
     let ids: Vec<&str> = listed.iter().map(|d| d.id.as_str()).collect();
@@ -58,7 +77,9 @@ pub async fn devices_log_in_rename_and_revoke(db: &dyn TestDb) -> anyhow::Result
     );
     assert_eq!(store.device(u, &laptop).await?, Some(revoked));
 
-    let back = store.login_device(u, &laptop, "Laptop", 4_000).await?;
+    let back = store
+        .login_device(login(u, &laptop, "Laptop", 4_000))
+        .await?;
     assert_eq!(
         (back.state, back.generation),
         (DeviceInfoState::Active, 1),
@@ -81,7 +102,9 @@ pub async fn devices_log_in_rename_and_revoke(db: &dyn TestDb) -> anyhow::Result
         StoreError::NotFound
     );
     assert_err!(
-        store.login_device(UserId(i64::MAX), &laptop, "x", 1).await,
+        store
+            .login_device(login(UserId(i64::MAX), &laptop, "x", 1))
+            .await,
         StoreError::NotFound
     );
     Ok(())

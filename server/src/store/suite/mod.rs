@@ -29,8 +29,8 @@ use protocol::{
 };
 
 use super::{
-    Appended, AttachmentBlob, Creation, NewBody, NewEvent, NewRoom, Page, SharedStore, Store,
-    StoreError, StoreResult,
+    Appended, AttachmentBlob, Creation, DeviceLogin, NewBody, NewEvent, NewRoom, NewUser, Page,
+    SharedStore, Store, StoreError, StoreResult,
 };
 
 pub mod accounts;
@@ -136,11 +136,22 @@ fn cid(s: &str) -> anyhow::Result<ClientMsgId> {
     Ok(ClientMsgId::new(s)?)
 }
 
+/// A user named `username` to register, with a stand-in hash, at time 0.
+pub(crate) fn named(username: &str) -> NewUser<'_> {
+    NewUser {
+        username,
+        password_hash: "$argon2id$test",
+        created_at: 0,
+    }
+}
+
 async fn user(store: &dyn Store, prefix: &str) -> anyhow::Result<UserId> {
-    Ok(store
-        .create_user(&unique(prefix), "$argon2id$test", now())
-        .await?
-        .id)
+    let name = unique(prefix);
+    let new = NewUser {
+        created_at: now(),
+        ..named(&name)
+    };
+    Ok(store.create_user(new).await?.id)
 }
 
 async fn room(store: &dyn Store, creator: UserId, public: bool) -> anyhow::Result<ConvId> {
