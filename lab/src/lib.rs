@@ -8,6 +8,7 @@
 //! - [`cluster`]: [`ClusterConfig`] and [`Cluster`]: a controller plus node slots, and the
 //!   operations a class or a test performs on them (kill, stop, restart, add, shutdown).
 //! - [`find`]: where the `server` binary is.
+//! - `error`: [`LabError`], what went wrong, with the tail of the log of the process concerned.
 //! - [`status`]: asking the controller (`/healthz`, `/v1/nodes`), polling it until a condition
 //!   holds, and formatting what it says.
 //! - [`proxy`]: the TCP proxy between a node and its bus, which cuts the connection for real
