@@ -164,6 +164,11 @@ pub enum LinkReply {
         /// The lease; heartbeat well within it.
         lease_ms: u64,
     },
+    /// The node is gone from the registry.
+    Deregistered {
+        /// The users it held the last device of, now offline.
+        went_offline: Vec<UserId>,
+    },
     /// Whether the user was offline before (this is their first device).
     Attached {
         /// The user just came online.

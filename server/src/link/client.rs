@@ -140,14 +140,28 @@ impl LinkClient {
     }
 }
 
-fn unexpected(reply: LinkReply) -> RegistryError {
-    match reply {
-        LinkReply::Failed { message } if message == UNKNOWN_NODE => match NodeId::new("self") {
-            Ok(id) => RegistryError::UnknownNode(id),
-            Err(_) => RegistryError::Internal(message),
-        },
-        LinkReply::Failed { message } => RegistryError::Internal(message),
-        other => RegistryError::Internal(format!("unexpected link reply {other:?}")),
+impl LinkClient {
+    /// A link speaks for the one node that registered through it: a call about any other node
+    /// is about a node this link does not know.
+    fn own(&self, node: &NodeId) -> RegistryResult<()> {
+        match self.shared.info.lock().as_ref() {
+            Some(info) if info.id == *node => Ok(()),
+            _ => Err(RegistryError::UnknownNode(node.clone())),
+        }
+    }
+
+    /// The error a reply other than the one expected stands for.
+    fn unexpected(&self, reply: LinkReply) -> RegistryError {
+        match reply {
+            LinkReply::Failed { message } if message == UNKNOWN_NODE => {
+                match self.shared.info.lock().as_ref() {
+                    Some(info) => RegistryError::UnknownNode(info.id.clone()),
+                    None => RegistryError::Internal(message),
+                }
+            }
+            LinkReply::Failed { message } => RegistryError::Internal(message),
+            other => RegistryError::Internal(format!("unexpected link reply {other:?}")),
+        }
     }
 }
 
@@ -172,7 +186,8 @@ impl Registry for LinkClient {
         }
     }
 
-    async fn heartbeat(&self, _node: &NodeId, load: Load) -> RegistryResult<()> {
+    async fn heartbeat(&self, node: &NodeId, load: Load) -> RegistryResult<()> {
+        self.own(node)?;
         match self
             .request(
                 LinkOp::Heartbeat {
@@ -184,47 +199,53 @@ impl Registry for LinkClient {
             .await?
         {
             LinkReply::Done => Ok(()),
-            other => Err(unexpected(other)),
+            other => Err(self.unexpected(other)),
         }
     }
 
-    async fn set_state(&self, _node: &NodeId, state: NodeState) -> RegistryResult<()> {
+    async fn set_state(&self, node: &NodeId, state: NodeState) -> RegistryResult<()> {
+        self.own(node)?;
         *self.shared.state.lock() = state;
         match self.request(LinkOp::SetState { state }, true).await? {
             LinkReply::Done => Ok(()),
-            other => Err(unexpected(other)),
+            other => Err(self.unexpected(other)),
         }
     }
 
-    async fn deregister(&self, _node: &NodeId) -> RegistryResult<Vec<UserId>> {
+    async fn deregister(&self, node: &NodeId) -> RegistryResult<Vec<UserId>> {
+        self.own(node)?;
         let r = self.request(LinkOp::Deregister, false).await;
+        let reply = match r {
+            Ok(LinkReply::Deregistered { went_offline }) => Ok(went_offline),
+            Ok(other) => Err(self.unexpected(other)),
+            Err(e) => Err(e),
+        };
         *self.shared.info.lock() = None;
-        match r? {
-            LinkReply::Done => Ok(Vec::new()),
-            other => Err(unexpected(other)),
-        }
+        reply
     }
 
     async fn attach(
         &self,
-        _node: &NodeId,
+        node: &NodeId,
         user: UserId,
         reservation: Option<&str>,
     ) -> RegistryResult<bool> {
+        self.own(node)?;
         let op = LinkOp::Attach {
             user,
             reservation: reservation.map(str::to_owned),
         };
         match self.request(op, true).await? {
             LinkReply::Attached { first } => Ok(first),
-            other => Err(unexpected(other)),
+            other => Err(self.unexpected(other)),
         }
     }
 
-    async fn detach(&self, _node: &NodeId, user: UserId) -> RegistryResult<bool> {
+    async fn detach(&self, node: &NodeId, user: UserId) -> RegistryResult<bool> {
+        self.own(node)?;
         match self.request(LinkOp::Detach { user }, true).await? {
             LinkReply::Detached { last } => Ok(last),
-            other => Err(unexpected(other)),
+            other => Err(self.unexpected(other)),
         }
     }
 
@@ -239,7 +260,7 @@ impl Registry for LinkClient {
             .await?
         {
             LinkReply::Located { nodes } if nodes.len() == users.len() => Ok(nodes),
-            other => Err(unexpected(other)),
+            other => Err(self.unexpected(other)),
         }
     }
 
@@ -254,7 +275,7 @@ impl Registry for LinkClient {
             .await?
         {
             LinkReply::Online { users } => Ok(users),
-            other => Err(unexpected(other)),
+            other => Err(self.unexpected(other)),
         }
     }
 
@@ -269,14 +290,14 @@ impl Registry for LinkClient {
             .await?
         {
             LinkReply::Assigned { assignment } => Ok(assignment),
-            other => Err(unexpected(other)),
+            other => Err(self.unexpected(other)),
         }
     }
 
     async fn nodes(&self) -> RegistryResult<Vec<NodeStatus>> {
         match self.request(LinkOp::Nodes, false).await? {
             LinkReply::Nodes { nodes } => Ok(nodes),
-            other => Err(unexpected(other)),
+            other => Err(self.unexpected(other)),
         }
     }
 

@@ -332,9 +332,9 @@ impl LinkHub {
                 LinkOp::Deregister => {
                     let id = me.as_ref().ok_or_else(not_registered)?;
                     self.links.write().remove(id);
-                    r.deregister(id).await?;
+                    let went_offline = r.deregister(id).await?;
                     *node = None;
-                    LinkReply::Done
+                    LinkReply::Deregistered { went_offline }
                 }
                 LinkOp::Attach { user, reservation } => LinkReply::Attached {
                     first: r

@@ -39,7 +39,11 @@ mod tests {
     use crate::bus::{Bus, SharedBus};
     use crate::ids::now_ms;
     use crate::registry::memory::MemoryRegistry;
-    use crate::registry::{NodeInfo, Registry};
+    use crate::registry::{
+        DeadNode, Lease, Load, NodeInfo, Registry, RegistryError, RegistryResult,
+    };
+    use protocol::Millis;
+    use protocol::http::{AssignResponse, NodeState, NodeStatus};
 
     struct TestHub {
         url: String,
@@ -50,8 +54,12 @@ mod tests {
 
     impl TestHub {
         async fn start(listener: TcpListener) -> TestHub {
+            TestHub::with_lease(listener, 60_000).await
+        }
+
+        async fn with_lease(listener: TcpListener, lease_ms: u64) -> TestHub {
             let url = format!("http://{}", listener.local_addr().expect("addr"));
-            let registry = Arc::new(MemoryRegistry::new(60_000));
+            let registry = Arc::new(MemoryRegistry::new(lease_ms));
             let (dead, _) = tokio::sync::mpsc::unbounded_channel();
             let hub = LinkHub::new(registry.clone(), dead);
             let app = axum::Router::new()
@@ -111,6 +119,116 @@ mod tests {
         // The hub lives as long as the test process; each test has its own.
         std::mem::forget(hub);
         out
+    });
+
+    /// The registry as the nodes of an embedded cluster use it: each node's own calls through
+    /// its own link client, questions about the cluster through any of them, and reaping by
+    /// the controller's registry, which is where an embedded cluster reaps.
+    struct LinkedNodes {
+        hub: TestHub,
+        clients: parking_lot::Mutex<Vec<(NodeId, LinkClient)>>,
+    }
+
+    impl LinkedNodes {
+        /// The link client of `node`; for a node no client registered, any client, which
+        /// must then refuse to speak for it.
+        fn client(&self, node: &NodeId) -> RegistryResult<LinkClient> {
+            let clients = self.clients.lock();
+            clients
+                .iter()
+                .find(|(id, _)| id == node)
+                .or(clients.first())
+                .map(|(_, c)| c.clone())
+                .ok_or_else(|| RegistryError::Unavailable("no node registered yet".into()))
+        }
+
+        fn any(&self) -> RegistryResult<LinkClient> {
+            self.clients
+                .lock()
+                .first()
+                .map(|(_, c)| c.clone())
+                .ok_or_else(|| RegistryError::Unavailable("no node registered yet".into()))
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Registry for LinkedNodes {
+        fn kind(&self) -> &'static str {
+            "embedded"
+        }
+
+        async fn register(&self, node: &NodeInfo) -> RegistryResult<Lease> {
+            let known = self
+                .clients
+                .lock()
+                .iter()
+                .find(|(id, _)| *id == node.id)
+                .map(|(_, c)| c.clone());
+            let client = known.unwrap_or_else(|| {
+                let c = LinkClient::start(&self.hub.url, secret(), CancellationToken::new());
+                self.clients.lock().push((node.id.clone(), c.clone()));
+                c
+            });
+            client.register(node).await
+        }
+
+        async fn heartbeat(&self, node: &NodeId, load: Load) -> RegistryResult<()> {
+            self.client(node)?.heartbeat(node, load).await
+        }
+
+        async fn set_state(&self, node: &NodeId, state: NodeState) -> RegistryResult<()> {
+            self.client(node)?.set_state(node, state).await
+        }
+
+        async fn deregister(&self, node: &NodeId) -> RegistryResult<Vec<UserId>> {
+            let went_offline = self.client(node)?.deregister(node).await?;
+            // Its link no longer speaks for any node: questions go through the others.
+            self.clients.lock().retain(|(id, _)| id != node);
+            Ok(went_offline)
+        }
+
+        async fn attach(
+            &self,
+            node: &NodeId,
+            user: UserId,
+            reservation: Option<&str>,
+        ) -> RegistryResult<bool> {
+            self.client(node)?.attach(node, user, reservation).await
+        }
+
+        async fn detach(&self, node: &NodeId, user: UserId) -> RegistryResult<bool> {
+            self.client(node)?.detach(node, user).await
+        }
+
+        async fn locate(&self, users: &[UserId]) -> RegistryResult<Vec<Vec<NodeId>>> {
+            self.any()?.locate(users).await
+        }
+
+        async fn online(&self, users: &[UserId]) -> RegistryResult<Vec<UserId>> {
+            self.any()?.online(users).await
+        }
+
+        async fn assign(&self, exclude: &[NodeId]) -> RegistryResult<Option<AssignResponse>> {
+            self.any()?.assign(exclude).await
+        }
+
+        async fn nodes(&self) -> RegistryResult<Vec<NodeStatus>> {
+            self.any()?.nodes().await
+        }
+
+        async fn reap(&self, now: Millis) -> RegistryResult<Vec<DeadNode>> {
+            self.hub.registry.reap(now).await
+        }
+    }
+
+    crate::registry_suite!(|lease_ms: u64| async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let nodes = LinkedNodes {
+            hub: TestHub::with_lease(listener, lease_ms).await,
+            clients: parking_lot::Mutex::new(Vec::new()),
+        };
+        let registry: crate::registry::SharedRegistry = Arc::new(nodes);
+        registry
     });
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
