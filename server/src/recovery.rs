@@ -12,6 +12,7 @@ use protocol::model::PresenceState;
 use protocol::ws::ServerFrame;
 use protocol::{Millis, NodeId, UserId};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::ids::now_ms;
 use crate::registry::DeadNode;
@@ -127,9 +128,15 @@ pub async fn run_reaper(
             .unwrap_or_else(|_| router.me.clone()),
         ..router.clone()
     };
+    // The recoveries under way, each stopped by the cancel; waited for before returning.
+    let recoveries = TaskTracker::new();
     loop {
         let dead: Vec<DeadNode> = tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => {
+                recoveries.close();
+                recoveries.wait().await;
+                return;
+            }
             Some(d) = async {
                 match reported.as_mut() {
                     Some(rx) => rx.recv().await,
@@ -147,7 +154,7 @@ pub async fn run_reaper(
         for d in dead {
             metrics::counter!("chat_nodes_reaped_total").increment(1);
             tracing::warn!(node = %d.node, offline = d.went_offline.len(), "node gone; recovering");
-            tokio::spawn(recover(d, store.clone(), recovery.clone(), cancel.clone()));
+            recoveries.spawn(recover(d, store.clone(), recovery.clone(), cancel.clone()));
         }
     }
 }

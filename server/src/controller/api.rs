@@ -220,7 +220,7 @@ async fn revoke(
     // Close its sockets wherever they are; a failure here still leaves its token dead.
     let router = s.router.clone();
     let user = me.user;
-    tokio::spawn(async move {
+    s.tasks.spawn(async move {
         let kind = BusKind::Revoke { user, device };
         if let Err(e) = router.publish(&[user], kind, Bytes::new()).await {
             tracing::warn!(error = %e, "could not tell nodes about a revoked device");
@@ -369,7 +369,7 @@ async fn conversation(
 fn publish_event(s: &AppState, appended: Appended) {
     let router = s.router.clone();
     let cancel = s.cancel.clone();
-    tokio::spawn(async move {
+    s.tasks.spawn(async move {
         let ev = appended.event;
         let frame = Bytes::from(ServerFrame::Event(ev.clone()).to_json());
         let kind = BusKind::Event {

@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::{HashCost, OperatorToken, Passwords, Secret, TokenKeys};
 use crate::backends::{BusChoice, RegistryChoice, WorkerClaims};
@@ -89,6 +90,9 @@ pub struct AppState {
     pub backends: protocol::http::Backends,
     /// Stops background work.
     pub cancel: CancellationToken,
+    /// The work handlers leave running after they answer (publishing a revocation or a
+    /// membership event); shutdown waits for it.
+    pub tasks: TaskTracker,
     /// The controller's trace stream (`GET /trace`): its least-loaded answers.
     pub tracer: crate::trace::Tracer,
 }
@@ -102,6 +106,8 @@ pub struct Controller {
     reaper: JoinHandle<()>,
     /// Renews the controller's worker id in a shared registry (and gives it back at the end).
     worker_keeper: Option<JoinHandle<()>>,
+    /// What the handlers left running (the state's tracker).
+    tasks: TaskTracker,
 }
 
 impl Controller {
@@ -169,6 +175,7 @@ impl Controller {
             max_attachment_bytes: config.max_attachment_bytes,
             token_ttl_secs: config.token_ttl_secs,
             cancel: cancel.clone(),
+            tasks: TaskTracker::new(),
             tracer: crate::trace::Tracer::new(config.id.clone(), 4096),
         });
         let worker_keeper = workers.map(|w| {
@@ -198,6 +205,7 @@ impl Controller {
         });
         tracing::info!(%http_url, registry = config.registry.name(), bus = config.bus.name(), routing = config.routing.as_str(), "controller serving");
         let hub = state.hub.clone();
+        let tasks = state.tasks.clone();
         Ok(Controller {
             http_url,
             hub,
@@ -205,6 +213,7 @@ impl Controller {
             server,
             reaper,
             worker_keeper,
+            tasks,
         })
     }
 
@@ -226,7 +235,26 @@ impl Controller {
         {
             tracing::warn!("controller connections still open at shutdown");
         }
-        self.reaper.abort();
+        // No handler runs any more: what they left running ends on the cancel (a retry loop)
+        // or after one publish.
+        self.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(2), self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.tasks.len(),
+                "publishes of the controller still running at shutdown"
+            );
+        }
+        // The reaper ends on the cancel once its recoveries have.
+        let mut reaper = self.reaper;
+        if tokio::time::timeout(Duration::from_secs(2), &mut reaper)
+            .await
+            .is_err()
+        {
+            reaper.abort();
+        }
         if let Some(keeper) = self.worker_keeper {
             // It gives the worker id back as soon as it sees the cancel.
             let _ = tokio::time::timeout(Duration::from_secs(2), keeper).await;
