@@ -128,16 +128,17 @@ struct NodeArgs {
 }
 
 /// mimalloc instead of the system allocator: a message's path allocates and frees small
-/// buffers on several threads, where glibc's malloc spent about 5% of the server's CPU
-/// (ARCHITECTURE.md has the comparison).
+/// buffers on several threads, where glibc's malloc cost more CPU per message (the figures:
+/// docs/performance.md, "The allocator").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     // No transparent huge pages: the allocator asks for them on its arenas, and then a node's
     // memory grows in steps of 2 MiB, each page resident in full however little of it is used
-    // and zeroed at the first touch, on whatever task touches it (ARCHITECTURE.md has the
-    // figures). A refusal (a kernel without the switch) only leaves the system's default.
+    // and zeroed at the first touch, on whatever task touches it (the figures:
+    // docs/performance.md, "Memory per idle connection"). A refusal (a kernel without the
+    // switch) only leaves the system's default.
     #[cfg(target_os = "linux")]
     let _ = nix::sys::prctl::set_thp_disable(true);
     // `CHAT_WORKER_THREADS`: 0 runs every task on one thread (no wakeups across threads); N

@@ -166,8 +166,8 @@ impl Log {
 
 /// Group commit: takes every message waiting, commits them, then acknowledges and forwards
 /// each. What queues during a commit makes the next batch; waiting on purpose for a bigger one
-/// (windows of 1, 2 and 4 ms were measured) saved a tenth at most, about the spread between
-/// runs, for that much more latency.
+/// saved little, about the spread between runs, for that much more latency (the figures:
+/// docs/performance.md, "What a message costs").
 async fn commit(
     mut log: Log,
     mut rx: mpsc::UnboundedReceiver<Accepted>,
