@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use protocol::model::{Event, EventBody};
-use protocol::{AttachmentId, ConvId, UserId};
+use protocol::{AttachmentId, ConvId, NodeId, UserId};
 
 use super::batch::{ConvState, Fail, States, load_state, refuse};
 use super::{WriteOps, edit, member, message};
@@ -134,11 +134,7 @@ async fn append_new<T: WriteOps>(
 }
 
 /// Inserts the event, telling why when a unique key is taken.
-async fn insert<T: WriteOps>(
-    tx: &mut T,
-    event: &Event,
-    origin: &protocol::NodeId,
-) -> Result<(), Fail> {
+async fn insert<T: WriteOps>(tx: &mut T, event: &Event, origin: &NodeId) -> Result<(), Fail> {
     if tx.insert_event(event, origin).await? {
         return Ok(());
     }

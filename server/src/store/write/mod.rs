@@ -5,6 +5,10 @@
 //! Code map: `batch` runs a batch of appends in one transaction; `append` one event of it,
 //! checked by the module of its kind (`message`, `edit` for edits and deletes, `member`);
 //! `create` makes conversations.
+//!
+//! The traits and types the backends implement are `pub` in this private module: the public
+//! store types name them through [`SqlBackend`](super::sql::SqlBackend), and nothing outside
+//! the store can reach them.
 
 use std::future::Future;
 
