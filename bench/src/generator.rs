@@ -111,6 +111,55 @@ pub struct Prepared {
     pub(crate) vusers: Vec<VUser>,
 }
 
+impl Prepared {
+    /// A system of which nothing is connected yet but the idle connections measured.
+    pub(crate) fn new(
+        name: &str,
+        memory: Option<MemoryReport>,
+        recorder: Arc<Recorder>,
+        groups: CpuGroups,
+    ) -> Prepared {
+        Prepared {
+            name: name.to_owned(),
+            memory,
+            recorder,
+            groups,
+            senders: Vec::new(),
+            vusers: Vec::new(),
+        }
+    }
+
+    /// Connects `config.users` talking users to a system whose users need nothing more than a
+    /// connection (the peer, the floor), a hundred at a time (`open(i)` opens user `i`), pairs
+    /// them across nodes, and makes each pair's two senders, each to `target(i)` of the other.
+    pub(crate) async fn with_talkers<F, Fut>(
+        mut self,
+        config: &BenchConfig,
+        open: F,
+        target: impl Fn(usize) -> Target,
+    ) -> Result<Prepared>
+    where
+        F: Fn(usize) -> Fut,
+        Fut: std::future::Future<Output = Result<VUser>>,
+    {
+        println!(
+            "load: {} users on {}, paired across nodes…",
+            config.users, self.name
+        );
+        let (vusers, senders) = talkers(config, open, target).await?;
+        println!(
+            "load: {} cross-node pairs on {}, {} senders",
+            senders.len() / 2,
+            self.name,
+            senders.len()
+        );
+        self.vusers = vusers;
+        self.senders = senders;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(self)
+    }
+}
+
 impl Drop for Prepared {
     fn drop(&mut self) {
         for v in &self.vusers {

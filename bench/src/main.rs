@@ -227,12 +227,7 @@ impl Others {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    lab::cli::log_to_stderr();
     let cli = Cli::parse();
     let result = match cli.internal {
         // A floor node runs on a runtime of one thread of its own (see `bench::floor`).

@@ -221,10 +221,6 @@ pub async fn prepare(peer: &PeerCluster, config: &BenchConfig) -> Result<Prepare
         None
     };
 
-    println!(
-        "load: {} users on the peer, paired across nodes…",
-        config.users
-    );
     let names: Vec<Arc<str>> = (0..config.users)
         .map(|i| Arc::from(format!("talker-{i}")))
         .collect();
@@ -232,22 +228,9 @@ pub async fn prepare(peer: &PeerCluster, config: &BenchConfig) -> Result<Prepare
         let n = node_of(i);
         connect(&n.name, n.port, names[i].clone(), recorder.clone())
     };
-    let (vusers, senders) =
-        generator::talkers(config, open, |i| Target::Room(names[i].clone())).await?;
-    println!(
-        "load: {} cross-node pairs on the peer, {} senders",
-        senders.len() / 2,
-        senders.len()
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    Ok(Prepared {
-        name: "socket.io".into(),
-        memory,
-        recorder,
-        groups,
-        senders,
-        vusers,
-    })
+    Prepared::new("socket.io", memory, recorder.clone(), groups)
+        .with_talkers(config, open, |i| Target::Room(names[i].clone()))
+        .await
 }
 
 #[cfg(test)]

@@ -84,19 +84,10 @@ pub fn format_summary(memory: Option<&MemoryReport>, phases: &[PhaseReport]) -> 
         "  rate/s  sent/s deliv/s   lost  p50 ms  p90 ms  p99 ms p99.9 ms   max ms  cores  µs/msg\n",
     );
     for r in phases {
+        let [p50, p90, p99, p999, max] = r.latency_us.map(ms);
         out.push_str(&format!(
-            "{:>8} {:>7.0} {:>7.0} {:>6} {:>7} {:>7} {:>7} {:>8} {:>8} {:>6.2} {:>7.1}\n",
-            r.offered,
-            r.sent_rate,
-            r.delivered_rate,
-            r.lost,
-            ms(r.latency_us[0]),
-            ms(r.latency_us[1]),
-            ms(r.latency_us[2]),
-            ms(r.latency_us[3]),
-            ms(r.latency_us[4]),
-            r.cpu_cores,
-            r.cpu_us_per_message,
+            "{:>8} {:>7.0} {:>7.0} {:>6} {p50:>7} {p90:>7} {p99:>7} {p999:>8} {max:>8} {:>6.2} {:>7.1}\n",
+            r.offered, r.sent_rate, r.delivered_rate, r.lost, r.cpu_cores, r.cpu_us_per_message,
         ));
     }
     out
@@ -209,17 +200,13 @@ pub fn format_floor(ours: &Outcome, floor: &Outcome, peer: Option<&Outcome>) -> 
 
 /// One line per phase.
 pub fn format_phase(r: &PhaseReport) -> String {
+    let [p50, p90, p99, p999, max] = r.latency_us.map(ms);
     format!(
-        "rate {:>6}/s: sent {:>8.0}/s delivered {:>8.0}/s lost {:>5}  latency ms p50 {:>6} p90 {:>6} p99 {:>7} p99.9 {:>7} max {:>7}  server cpu {:>4.2} cores, {:>5.1} µs/msg  (generator {:.2} cores)",
+        "rate {:>6}/s: sent {:>8.0}/s delivered {:>8.0}/s lost {:>5}  latency ms p50 {p50:>6} p90 {p90:>6} p99 {p99:>7} p99.9 {p999:>7} max {max:>7}  server cpu {:>4.2} cores, {:>5.1} µs/msg  (generator {:.2} cores)",
         r.offered,
         r.sent_rate,
         r.delivered_rate,
         r.lost,
-        ms(r.latency_us[0]),
-        ms(r.latency_us[1]),
-        ms(r.latency_us[2]),
-        ms(r.latency_us[3]),
-        ms(r.latency_us[4]),
         r.cpu_cores,
         r.cpu_us_per_message,
         r.generator_cores,

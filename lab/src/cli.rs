@@ -7,6 +7,17 @@ use clap::Args;
 
 use crate::{Backends, ClusterConfig, Routing};
 
+/// Logs to stderr, at `warn` unless `RUST_LOG` says otherwise: what the lab's and the
+/// benchmark's binaries do first.
+pub fn log_to_stderr() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// `--nodes`, `--store`, `--registry`, `--bus`, `--routing`, ...: a [`ClusterConfig`].
 #[derive(Args, Clone, Debug)]
 pub struct ClusterArgs {

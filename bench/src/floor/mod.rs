@@ -210,30 +210,13 @@ pub async fn prepare(floor: &FloorCluster, config: &BenchConfig) -> Result<Prepa
         None
     };
 
-    println!(
-        "load: {} users on the floor, paired across nodes…",
-        config.users
-    );
     let open = |i: usize| {
         let n = node_of(i);
         connect(&n.name, n.port, i as u32, recorder.clone())
     };
-    let (vusers, senders) =
-        generator::talkers(config, open, |i| Target::Floor(target(i % count, i as u32))).await?;
-    println!(
-        "load: {} cross-node pairs on the floor, {} senders",
-        senders.len() / 2,
-        senders.len()
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    Ok(Prepared {
-        name: "floor".into(),
-        memory,
-        recorder,
-        groups,
-        senders,
-        vusers,
-    })
+    Prepared::new("floor", memory, recorder.clone(), groups)
+        .with_talkers(config, open, |i| Target::Floor(target(i % count, i as u32)))
+        .await
 }
 
 #[cfg(test)]
