@@ -15,6 +15,7 @@
 //! - [`controller`]: the controller's HTTP API and its background tasks.
 //! - [`auth`]: the cluster secret, password hashes and device-bound tokens.
 //! - [`conn`]: the accepted TCP connections (no Nagle delay; a reset instead of a close).
+//! - [`limit`]: token buckets (a device's frames, the controller's login throttles).
 //! - [`ids`]: clocks and Snowflake ids; [`metrics`]: Prometheus; [`trace`]: hop events.
 pub mod auth;
 pub mod backends;
@@ -22,6 +23,7 @@ pub mod bus;
 pub mod conn;
 pub mod controller;
 pub mod ids;
+pub mod limit;
 pub mod link;
 pub mod metrics;
 pub mod node;

@@ -13,12 +13,14 @@ use protocol::http::ReadyLine;
 use server::auth::{HashCost, OperatorToken, Secret};
 use server::backends::{BusChoice, RegistryChoice};
 use server::bus::Routing;
-use server::controller::{Controller, ControllerConfig};
+use server::controller::{AuthLimits, Controller, ControllerConfig};
 use server::node::{Fault, Node, NodeConfig, NodeLimits};
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
 #[command(
+    // A flag given twice takes its last value: a supervisor's defaults can be overridden.
+    args_override_self = true,
     name = "server",
     version,
     about = "Chat cluster: the controller and the chat node"
@@ -79,6 +81,22 @@ struct ControllerArgs {
     /// Password hashing cost; `fast` is for test clusters only.
     #[arg(long, env = "CHAT_PASSWORD_HASH", value_enum, default_value_t = HashCost::Standard)]
     password_hash: HashCost,
+    /// Registration and login attempts from one address per minute (and in a burst).
+    #[arg(long, env = "CHAT_AUTH_PER_ADDRESS", default_value_t = AuthLimits::default().per_address_per_minute)]
+    auth_per_address: u32,
+    /// Failed logins of one account per hour (and in a burst).
+    #[arg(long, env = "CHAT_AUTH_FAILURES_PER_ACCOUNT", default_value_t = AuthLimits::default().failures_per_account_per_hour)]
+    auth_failures_per_account: u32,
+    /// Password hashes that may run at once (default: one per core).
+    #[arg(long, env = "CHAT_HASH_CONCURRENCY")]
+    hash_concurrency: Option<usize>,
+    /// A reverse proxy whose X-Forwarded-For names the client (repeat for several).
+    #[arg(
+        long = "trusted-proxy",
+        env = "CHAT_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Vec<std::net::IpAddr>,
     /// Largest attachment accepted, in bytes.
     #[arg(long, env = "CHAT_MAX_ATTACHMENT_BYTES", default_value_t = protocol::limits::MAX_ATTACHMENT_BYTES)]
     max_attachment_bytes: u64,
@@ -201,6 +219,14 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         secret,
         operator,
         hash_cost: args.password_hash,
+        auth: AuthLimits {
+            per_address_per_minute: args.auth_per_address,
+            failures_per_account_per_hour: args.auth_failures_per_account,
+            hash_concurrency: args
+                .hash_concurrency
+                .unwrap_or_else(|| AuthLimits::default().hash_concurrency),
+            trusted_proxies: args.trusted_proxies,
+        },
         max_attachment_bytes: args.max_attachment_bytes,
         token_ttl_secs: args.token_ttl_secs,
     };

@@ -132,6 +132,10 @@ impl ClusterConfig {
     /// The controller's command line (after the program).
     pub fn controller_command(&self, data_dir: &Path) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["controller".into(), "--listen".into(), LISTEN.into()];
+        // Every client of a lab cluster comes from this machine (the lab's virtual users, the
+        // tests' hundreds of devices): the limit per address would throttle them all as one.
+        // The limit on failed logins per account stays. `controller_args` may override this.
+        args.extend(["--auth-per-address".into(), "1000000".into()]);
         args.extend(self.common_args(data_dir, &self.backends.bus));
         args.extend(self.controller_args.iter().map(OsString::from));
         args
@@ -188,8 +192,8 @@ mod tests {
         let c = ClusterConfig::new(3);
         assert_eq!(
             strings(c.controller_command(Path::new("/d"))).join(" "),
-            "controller --listen 127.0.0.1:0 --data-dir /d --registry embedded --bus embedded \
-             --routing routed"
+            "controller --listen 127.0.0.1:0 --auth-per-address 1000000 --data-dir /d \
+             --registry embedded --bus embedded --routing routed"
         );
     }
 

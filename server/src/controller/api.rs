@@ -14,9 +14,8 @@ use bytes::Bytes;
 use protocol::bus::BusKind;
 use protocol::http::{
     AssignResponse, Attachment, ConversationsResponse, CreateRoomRequest, DeviceInfo,
-    DevicesResponse, DirectRequest, Health, HistoryPage, InviteRequest, LoginRequest,
-    LoginResponse, MembersResponse, NodesResponse, RegisterRequest, RoomsResponse, ServerInfo,
-    UserLookup,
+    DevicesResponse, DirectRequest, Health, HistoryPage, InviteRequest, MembersResponse,
+    NodesResponse, RoomsResponse, ServerInfo, UserLookup,
 };
 use protocol::limits::{self, HISTORY_PAGE_MAX, NAME_MAX_CHARS};
 use protocol::model::{ConversationSummary, MemberAction, MemberInfo, UserInfo};
@@ -29,8 +28,7 @@ use super::AppState;
 use super::error::{ApiError, Authed, Body, PathOf, QueryOf, RawBody};
 use crate::ids::now_ms;
 use crate::store::{
-    Appended, AttachmentBlob, Creation, DeviceLogin, DeviceRecord, NewBody, NewEvent, NewRoom,
-    NewUser, Page,
+    Appended, AttachmentBlob, Creation, DeviceRecord, NewBody, NewEvent, NewRoom, Page,
 };
 
 type Api<T> = Result<T, ApiError>;
@@ -42,8 +40,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_page))
         .route("/v1/info", get(info))
-        .route("/v1/auth/register", post(register))
-        .route("/v1/auth/login", post(login))
+        .route("/v1/auth/register", post(super::accounts::register))
+        .route("/v1/auth/login", post(super::accounts::login))
         .route("/v1/devices", get(devices))
         .route("/v1/devices/{device}", delete(revoke))
         .route("/v1/assign", get(assign))
@@ -92,46 +90,7 @@ async fn info(State(s): State<Arc<AppState>>) -> Json<ServerInfo> {
     })
 }
 
-async fn register(
-    State(s): State<Arc<AppState>>,
-    Body(req): Body<RegisterRequest>,
-) -> Api<(StatusCode, Json<UserInfo>)> {
-    if !limits::username_valid(&req.username) {
-        return Err(ApiError::Invalid(
-            "username: 3 to 32 of a-z, 0-9, '_', '.', '-', starting with a letter or digit".into(),
-        ));
-    }
-    if req.password.chars().count() < limits::PASSWORD_MIN_CHARS
-        || req.password.len() > limits::PASSWORD_MAX_BYTES
-    {
-        return Err(ApiError::Invalid(format!(
-            "password: at least {} characters, at most {} bytes",
-            limits::PASSWORD_MIN_CHARS,
-            limits::PASSWORD_MAX_BYTES
-        )));
-    }
-    let hash = s.passwords.hash(req.password).await?;
-    let new = NewUser {
-        username: &req.username,
-        password_hash: &hash,
-        created_at: now_ms(),
-    };
-    let user = s.store.create_user(new).await.map_err(|e| match e {
-        crate::store::StoreError::Conflict(_) => {
-            ApiError::Conflict("that username is taken".into())
-        }
-        other => other.into(),
-    })?;
-    Ok((
-        StatusCode::CREATED,
-        Json(UserInfo {
-            id: user.id,
-            username: user.username,
-        }),
-    ))
-}
-
-fn device_info(d: DeviceRecord, current: &DeviceId) -> DeviceInfo {
+pub(super) fn device_info(d: DeviceRecord, current: &DeviceId) -> DeviceInfo {
     DeviceInfo {
         current: d.id == *current,
         id: d.id,
@@ -142,7 +101,7 @@ fn device_info(d: DeviceRecord, current: &DeviceId) -> DeviceInfo {
     }
 }
 
-fn clean_name(name: &str, what: &str) -> Api<String> {
+pub(super) fn clean_name(name: &str, what: &str) -> Api<String> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > NAME_MAX_CHARS {
         return Err(ApiError::Invalid(format!(
@@ -150,48 +109,6 @@ fn clean_name(name: &str, what: &str) -> Api<String> {
         )));
     }
     Ok(name.to_owned())
-}
-
-async fn login(
-    State(s): State<Arc<AppState>>,
-    Body(req): Body<LoginRequest>,
-) -> Api<Json<LoginResponse>> {
-    let name = clean_name(&req.device_name, "device name")?;
-    let wrong = || ApiError::Unauthorized("wrong username or password".into());
-    let user = s
-        .store
-        .user_by_name(&req.username)
-        .await?
-        .ok_or_else(wrong)?;
-    if req.password.len() > limits::PASSWORD_MAX_BYTES
-        || !s
-            .passwords
-            .verify(req.password, user.password_hash.clone())
-            .await?
-    {
-        return Err(wrong());
-    }
-    let now = now_ms();
-    let login = DeviceLogin {
-        user: user.id,
-        device: &req.device_id,
-        name: &name,
-        at: now,
-    };
-    let device = s.store.login_device(login).await?;
-    let (token, expires_at) =
-        s.keys
-            .issue(user.id, &user.username, &device, now, s.token_ttl_secs)?;
-    let current = device.id.clone();
-    Ok(Json(LoginResponse {
-        token,
-        user: UserInfo {
-            id: user.id,
-            username: user.username,
-        },
-        device: device_info(device, &current),
-        expires_at,
-    }))
 }
 
 async fn devices(State(s): State<Arc<AppState>>, Authed(me): Authed) -> Api<Json<DevicesResponse>> {

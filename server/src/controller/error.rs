@@ -3,12 +3,13 @@
 //! status. Internal details are logged here and never sent to clients.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use protocol::http::ErrorBody;
 use protocol::ws::ErrorCode;
@@ -55,6 +56,17 @@ pub enum ApiError {
     /// A backend is down; retry.
     #[error("{0}")]
     Unavailable(String),
+    /// Over a rate limit; retry after a while.
+    #[error("{message}")]
+    RateLimited {
+        /// What was limited.
+        message: String,
+        /// When a retry may pass.
+        retry_after: Duration,
+    },
+    /// Too much at once right now (password checks); retry shortly.
+    #[error("{0}")]
+    Busy(String),
     /// A bug or an unexpected failure (logged, not sent).
     #[error("{0}")]
     Internal(String),
@@ -74,6 +86,8 @@ impl IntoResponse for ApiError {
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge),
             ApiError::NoNode => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NoNode),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
+            ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
         };
         let message = match &self {
@@ -87,7 +101,21 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        (status, Json(ErrorBody::new(code, message))).into_response()
+        let retry_after = match &self {
+            // Whole seconds, rounded up: a retry at that time passes.
+            ApiError::RateLimited { retry_after, .. } => {
+                Some((retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1))
+            }
+            ApiError::Busy(_) => Some(1),
+            _ => None,
+        };
+        let mut response = (status, Json(ErrorBody::new(code, message))).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
     }
 }
 
@@ -122,7 +150,10 @@ impl From<RouteError> for ApiError {
 
 impl From<HashError> for ApiError {
     fn from(e: HashError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            HashError::Busy => ApiError::Busy("too many logins at once; retry shortly".into()),
+            HashError::Failed(m) => ApiError::Internal(m),
+        }
     }
 }
 

@@ -7,8 +7,10 @@
 //! lapsed (or whose link dropped) are removed, and what they may not have published is
 //! published again ([`crate::recovery`]).
 
+pub mod accounts;
 pub mod api;
 pub mod error;
+pub mod throttle;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +36,8 @@ use crate::registry::{DeadNode, SharedRegistry};
 use crate::route::Router;
 use crate::store::SharedStore;
 use error::ApiError;
+pub use throttle::AuthLimits;
+use throttle::Throttle;
 
 /// Everything the controller needs to start.
 #[derive(Clone, Debug)]
@@ -56,6 +60,8 @@ pub struct ControllerConfig {
     pub operator: OperatorToken,
     /// Password hashing cost.
     pub hash_cost: HashCost,
+    /// Limits on registrations and logins.
+    pub auth: AuthLimits,
     /// Largest attachment accepted.
     pub max_attachment_bytes: u64,
     /// Token lifetime.
@@ -74,6 +80,8 @@ pub struct AppState {
     pub keys: TokenKeys,
     /// Password hashing.
     pub passwords: Passwords,
+    /// Registration and login throttles.
+    pub throttle: Throttle,
     /// Ids of the events the controller persists.
     pub ids: Snowflakes,
     /// The embedded hub, when the controller hosts registry and bus.
@@ -167,7 +175,8 @@ impl Controller {
                 routing: config.routing,
             },
             keys: TokenKeys::new(&config.secret),
-            passwords: Passwords::new(config.hash_cost),
+            passwords: Passwords::new(config.hash_cost, config.auth.hash_concurrency).await?,
+            throttle: Throttle::new(&config.auth),
             ids: Snowflakes::new(worker_id),
             hub,
             secret: config.secret.clone(),

@@ -3,6 +3,8 @@
 
 use std::time::Instant;
 
+use crate::limit::{Bucket, Rate};
+
 /// What to do with a frame that just arrived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Admit {
@@ -17,6 +19,7 @@ pub(super) enum Admit {
 /// One device's limit: `rate` frames per second, bursts of `burst`, closed after `strikes`
 /// refused frames.
 pub(super) struct RateLimit {
+    rate: Rate,
     bucket: Bucket,
     strikes: u32,
     strikes_before_close: u32,
@@ -24,8 +27,10 @@ pub(super) struct RateLimit {
 
 impl RateLimit {
     pub(super) fn new(rate: u32, burst: u32, strikes_before_close: u32) -> Self {
+        let rate = Rate::per_second(rate, burst);
         RateLimit {
-            bucket: Bucket::new(rate, burst),
+            rate,
+            bucket: Bucket::full(rate, Instant::now()),
             strikes: 0,
             strikes_before_close,
         }
@@ -33,7 +38,7 @@ impl RateLimit {
 
     /// Counts one inbound frame.
     pub(super) fn admit(&mut self) -> Admit {
-        if self.bucket.take() {
+        if self.bucket.take(self.rate, Instant::now()).is_ok() {
             return Admit::Pass;
         }
         self.strikes += 1;
@@ -46,48 +51,9 @@ impl RateLimit {
     }
 }
 
-/// A token bucket: `rate` frames per second, bursts of `burst`.
-struct Bucket {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn new(rate: u32, burst: u32) -> Self {
-        Bucket {
-            tokens: f64::from(burst),
-            rate: f64::from(rate),
-            burst: f64::from(burst),
-            last: Instant::now(),
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bucket_allows_bursts_then_the_rate() {
-        let mut b = Bucket::new(10, 5);
-        assert!((0..5).all(|_| b.take()));
-        assert!(!b.take());
-    }
 
     #[test]
     fn refusals_close_after_the_strikes() {
