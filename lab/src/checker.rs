@@ -165,7 +165,9 @@ const BUCKETS_MS: &[f64] = &[
     2000.0,
     5000.0,
     10000.0,
-    f64::INFINITY,
+    // Everything above: the histogram's own top (an hour). A finite number, so that every
+    // frame stays valid JSON that reads back as it was written.
+    (HIST_MAX_US / 1000) as f64,
 ];
 
 fn histogram() -> hdrhistogram::Histogram<u64> {

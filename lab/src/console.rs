@@ -7,16 +7,18 @@
 //! holds the event log and what you type); anywhere else the output is plain lines, and the
 //! status is printed again only when something other than a clock changed.
 
-use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use protocol::lab::Op;
+use tokio::sync::mpsc;
 
 use crate::cluster::resolve_target;
+use crate::control::{Lab, LabConfig};
 use crate::status::{ControllerClient, cluster_signature, format_cluster, format_nodes, human};
-use crate::{Cluster, ClusterConfig, LabError, NodeInfo, ProcessState};
+use crate::{ClusterConfig, LabError, NodeInfo, ProcessState};
 
 /// A command typed at `lab up`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +33,12 @@ pub enum Command {
     Freeze(String),
     /// SIGCONT a frozen node.
     Thaw(String),
+    /// Cut a node's bus connection (the node stays up).
+    Cut(String),
+    /// Give a node its bus connection back.
+    Restore(String),
+    /// Restart every node with `routed` or `fanout` routing.
+    Routing(String),
     /// Start one more node.
     Add,
     /// Print the status now.
@@ -48,6 +56,9 @@ pub const HELP: &[&str] = &[
     "restart N  start a fresh process in slot N (it gets a new id, e.g. n2-r1)",
     "freeze N   SIGSTOP node N (a hung node: no heartbeats; the registry drops it at its lease)",
     "thaw N     SIGCONT a frozen node",
+    "cut N      cut node N's bus connection (the node runs on; restore N gives it back)",
+    "restore N  give node N its bus connection back (its devices catch up)",
+    "routing R  restart every node with R = routed or fanout routing",
     "add        start one more node",
     "status     print the status now",
     "quit       stop the whole cluster gracefully (Ctrl-C does the same)",
@@ -79,6 +90,9 @@ impl Command {
             "restart" | "r" => needs_target(Command::Restart),
             "freeze" | "f" => needs_target(Command::Freeze),
             "thaw" | "t" => needs_target(Command::Thaw),
+            "cut" => needs_target(Command::Cut),
+            "restore" => needs_target(Command::Restore),
+            "routing" => needs_target(Command::Routing),
             "add" | "a" => no_target(Command::Add),
             "status" | "st" | "ls" => no_target(Command::Status),
             "help" | "h" | "?" => no_target(Command::Help),
@@ -184,11 +198,31 @@ impl Screen {
 pub struct UpOptions {
     /// Plain lines even on a terminal.
     pub plain: bool,
+    /// Where to serve the panel.
+    pub panel: PanelAt,
+    /// Where to write the run's report at exit (`.html`: the page, else JSON).
+    pub report: Option<PathBuf>,
 }
+
+/// Where `lab up` serves its panel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PanelAt {
+    /// Not at all.
+    Off,
+    /// On `127.0.0.1:7878`, or any free loopback port if that one is taken.
+    #[default]
+    Default,
+    /// Here.
+    Addr(std::net::SocketAddr),
+}
+
+/// The commands, on one line.
+const COMMANDS: &str = "kill N, stop N, restart N, freeze N, thaw N, cut N, restore N, routing R, add, status, help, quit";
 
 /// The status area's lines: the URL, a summary of the setup, the nodes, the commands.
 fn status_lines(
     url: &str,
+    panel: Option<&str>,
     setup: &str,
     slots: &[NodeInfo],
     registry: &Result<protocol::http::NodesResponse, String>,
@@ -198,12 +232,14 @@ fn status_lines(
     if !tty {
         return table;
     }
-    let mut lines = vec![url.to_owned(), setup.to_owned(), String::new()];
+    let mut lines = vec![url.to_owned()];
+    if let Some(panel) = panel {
+        lines.push(format!("panel {panel}"));
+    }
+    lines.extend([setup.to_owned(), String::new()]);
     lines.extend(table);
     lines.push(String::new());
-    lines.push(
-        "commands: kill N, stop N, restart N, freeze N, thaw N, add, status, help, quit".to_owned(),
-    );
+    lines.push(format!("commands: {COMMANDS}"));
     lines.push("─".repeat(78));
     lines
 }
@@ -270,77 +306,165 @@ fn stdin_lines() -> mpsc::UnboundedReceiver<String> {
     rx
 }
 
-/// `lab up`: starts the cluster, shows it, runs commands until Ctrl-C, SIGTERM or `quit`, then
-/// stops it gracefully. Returns whether everything stopped cleanly.
-pub async fn up(config: ClusterConfig, options: UpOptions) -> Result<bool, LabError> {
+/// `lab up`: starts the lab (its cluster, and its virtual users if asked), serves the panel,
+/// shows the cluster, runs commands until Ctrl-C, SIGTERM or `quit`, writes the report if
+/// asked, then stops everything gracefully. Returns whether everything stopped cleanly.
+pub async fn up(config: LabConfig, options: UpOptions) -> Result<bool, LabError> {
     let tty = !options.plain && std::io::stdout().is_terminal();
     let mut signals = stop_signals();
+    let nodes = config.cluster.nodes;
     eprintln!(
-        "lab: starting a controller and {} node{}…",
-        config.nodes,
-        if config.nodes == 1 { "" } else { "s" }
+        "lab: starting a controller and {nodes} node{}…",
+        if nodes == 1 { "" } else { "s" }
     );
-    let cluster = tokio::select! {
-        c = Cluster::start(config) => c?,
+    let setup = setup_line(&config.cluster);
+    let kept = config.cluster.data_dir.is_some() || config.cluster.keep_data_dir;
+    let lab = tokio::select! {
+        l = Lab::start(config) => l?,
         Some(sig) = signals.recv() => {
             // Dropping the half-started cluster killed whatever had started.
             eprintln!("lab: {sig} while starting; nothing left running");
             return Ok(false);
         }
     };
-    let url = cluster.controller_url().to_owned();
+    let url = lab.controller_url();
     println!("{url}");
-    let setup = setup_line(cluster.config());
-    let kept = cluster.config().data_dir.is_some() || cluster.config().keep_data_dir;
+    let panel = match serve_panel(&lab, &options).await {
+        Ok(panel) => panel,
+        Err(e) => {
+            eprintln!("lab: {e}");
+            let _ = lab.shutdown().await;
+            return Err(e);
+        }
+    };
+    let panel_url = panel.as_ref().map(|p| p.url().to_owned());
+    if let Some(panel_url) = &panel_url {
+        println!("{panel_url}");
+        let ready = protocol::lab::LabReady {
+            controller: url.clone(),
+            panel: panel_url.clone(),
+            pid: std::process::id(),
+        };
+        println!("{}", ready.line());
+    }
+    let (data_dir, log_dir) = lab.dirs();
     let data_note = format!(
         "data dir {} ({}) · logs {}",
-        cluster.data_dir().display(),
+        data_dir.display(),
         if kept { "kept" } else { "removed at exit" },
-        cluster.log_dir().display()
+        log_dir.display()
     );
     if !tty {
         println!("{setup}");
         println!("{data_note}");
-        println!(
-            "commands on stdin: kill N, stop N, restart N, freeze N, thaw N, add, status, help, quit"
-        );
+        println!("commands on stdin: {COMMANDS}");
     }
     let screen = Arc::new(Mutex::new(Screen::new(tty)));
     let session = Session {
         screen: screen.clone(),
         url,
+        panel: panel_url,
         setup,
         tty,
     };
     if tty {
         // Draw the status area first: setting it up clears the screen.
-        let registry = cluster.nodes_status().await.map_err(|e| e.to_string());
-        session.show(&cluster.nodes(), &registry, true);
+        let registry = registry_now(&lab).await;
+        session.show(&lab.nodes(), &registry, true);
         session.event(&data_note);
         session.event("type help for the commands");
     }
-    let (snapshot_tx, snapshot_rx) = watch::channel(cluster.nodes());
-    let painter = tokio::spawn(paint_status(
-        session.clone(),
-        cluster.controller().clone(),
-        snapshot_rx,
-    ));
+    let painter = tokio::spawn(paint_status(session.clone(), lab.clone()));
+    let follower = tokio::spawn(follow_log(session.clone(), lab.clone()));
 
-    let result = session.run(cluster, &mut signals, snapshot_tx).await;
+    let reason = session.run(&lab, &mut signals).await;
+    if let Some(path) = &options.report {
+        session.event(&write_report(&lab, path));
+    }
+    let result = session.shutdown(&lab, &reason, &mut signals, kept).await;
+    if let Some(panel) = panel {
+        panel.shutdown().await;
+    }
+    follower.abort();
     painter.abort();
     // Any status redraw in flight finishes before the screen is handed back.
     let _ = painter.await;
+    let _ = follower.await;
     if let Ok(mut s) = screen.lock() {
         s.finish();
     }
     result
 }
 
-/// What the command loop and the status painter share.
+#[cfg(feature = "panel")]
+type Panel = crate::panel::PanelServer;
+#[cfg(not(feature = "panel"))]
+type Panel = NoPanel;
+
+/// Stands in for the panel's server when the lab is built without it.
+#[cfg(not(feature = "panel"))]
+struct NoPanel;
+
+#[cfg(not(feature = "panel"))]
+impl NoPanel {
+    fn url(&self) -> &str {
+        ""
+    }
+    async fn shutdown(self) {}
+}
+
+#[cfg(feature = "panel")]
+async fn serve_panel(lab: &Lab, options: &UpOptions) -> Result<Option<Panel>, LabError> {
+    match options.panel {
+        PanelAt::Off => Ok(None),
+        PanelAt::Default => crate::panel::serve_default(lab.clone()).await.map(Some),
+        PanelAt::Addr(addr) => crate::panel::serve(lab.clone(), addr).await.map(Some),
+    }
+}
+
+#[cfg(not(feature = "panel"))]
+async fn serve_panel(_lab: &Lab, _options: &UpOptions) -> Result<Option<Panel>, LabError> {
+    Ok(None)
+}
+
+/// Writes the run's report (HTML when the path ends in `.html`, JSON otherwise); says how it
+/// went.
+fn write_report(lab: &Lab, path: &std::path::Path) -> String {
+    let report = lab.report();
+    let html = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("html") || e.eq_ignore_ascii_case("htm"));
+    let text = if html {
+        crate::report::html(&report)
+    } else {
+        match serde_json::to_string_pretty(&report) {
+            Ok(t) => t,
+            Err(e) => return format!("error: the report: {e}"),
+        }
+    };
+    match std::fs::write(path, text) {
+        Ok(()) => format!(
+            "report written to {} ({})",
+            path.display(),
+            report.checker.headline
+        ),
+        Err(e) => format!("error: writing the report to {}: {e}", path.display()),
+    }
+}
+
+async fn registry_now(lab: &Lab) -> Result<protocol::http::NodesResponse, String> {
+    let client = ControllerClient::new(lab.controller_url())
+        .map_err(|e| e.to_string())?
+        .with_operator(&lab.operator_token());
+    client.nodes().await.map_err(|e| e.to_string())
+}
+
+/// What the command loop, the status painter and the log follower share.
 #[derive(Clone)]
 struct Session {
     screen: Arc<Mutex<Screen>>,
     url: String,
+    panel: Option<String>,
     setup: String,
     tty: bool,
 }
@@ -358,31 +482,27 @@ impl Session {
         registry: &Result<protocol::http::NodesResponse, String>,
         force: bool,
     ) {
-        let lines = status_lines(&self.url, &self.setup, slots, registry, self.tty);
+        let lines = status_lines(
+            &self.url,
+            self.panel.as_deref(),
+            &self.setup,
+            slots,
+            registry,
+            self.tty,
+        );
         let signature = cluster_signature(slots, registry.as_ref().map_err(String::as_str));
         if let Ok(mut s) = self.screen.lock() {
             s.status(&lines, signature, force);
         }
     }
 
-    async fn run(
-        &self,
-        mut cluster: Cluster,
-        signals: &mut mpsc::Receiver<&'static str>,
-        snapshot: watch::Sender<Vec<NodeInfo>>,
-    ) -> Result<bool, LabError> {
+    /// Runs commands until a signal or `quit`; returns why it stopped.
+    async fn run(&self, lab: &Lab, signals: &mut mpsc::Receiver<&'static str>) -> String {
         let mut input = stdin_lines();
         let mut input_open = true;
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut known: HashMap<String, ProcessState> = cluster
-            .nodes()
-            .into_iter()
-            .map(|n| (n.id.to_string(), n.process))
-            .collect();
-        let reason = loop {
+        loop {
             tokio::select! {
-                Some(sig) = signals.recv() => break sig.to_owned(),
+                Some(sig) = signals.recv() => return sig.to_owned(),
                 line = input.recv(), if input_open => match line {
                     None => {
                         input_open = false;
@@ -390,56 +510,31 @@ impl Session {
                     }
                     Some(line) => match Command::parse(&line) {
                         Ok(None) => {}
-                        Ok(Some(Command::Quit)) => break "quit".to_owned(),
+                        Ok(Some(Command::Quit)) => return "quit".to_owned(),
                         Ok(Some(cmd)) => {
                             let interrupted = tokio::select! {
-                                () = self.execute(&mut cluster, cmd) => None,
+                                () = self.execute(lab, cmd) => None,
                                 Some(sig) = signals.recv() => Some(sig),
                             };
-                            let _ = snapshot.send(cluster.refresh());
                             if let Some(sig) = interrupted {
-                                break sig.to_owned();
+                                return sig.to_owned();
                             }
                         }
                         Err(e) => self.event(&e),
                     },
                 },
-                _ = tick.tick() => {
-                    let nodes = cluster.refresh();
-                    for n in &nodes {
-                        let before = known.insert(n.id.to_string(), n.process.clone());
-                        if let ProcessState::Exited { status } = &n.process
-                            && before.as_ref() != Some(&n.process)
-                        {
-                            self.event(&format!(
-                                "{} died on its own ({}); its log: {}",
-                                n.id,
-                                crate::process::describe_status(*status),
-                                cluster.node_log(n.index).map(|p| p.display().to_string()).unwrap_or_default()
-                            ));
-                        }
-                    }
-                    let _ = snapshot.send(nodes);
-                    if !cluster.controller_running() {
-                        self.event(&format!(
-                            "the controller died; its log: {}",
-                            cluster.controller_log().display()
-                        ));
-                        break "the controller's death".to_owned();
-                    }
-                }
             }
-        };
-        self.shutdown(cluster, &reason, signals).await
+        }
     }
 
     async fn shutdown(
         &self,
-        cluster: Cluster,
+        lab: &Lab,
         reason: &str,
         signals: &mut mpsc::Receiver<&'static str>,
+        kept: bool,
     ) -> Result<bool, LabError> {
-        let running = cluster
+        let running = lab
             .nodes()
             .iter()
             .filter(|n| matches!(n.process, ProcessState::Running | ProcessState::Paused))
@@ -449,25 +544,25 @@ impl Session {
              Ctrl-C again to kill at once)",
             if running == 1 { "" } else { "s" }
         ));
-        let data = cluster.data_dir().to_owned();
-        let kept = cluster.config().data_dir.is_some() || cluster.config().keep_data_dir;
-        let clean = tokio::select! {
-            r = cluster.shutdown() => match r {
-                Ok(exits) => {
-                    for exit in &exits {
-                        self.event(&exit.to_string());
-                    }
-                    self.event("cluster stopped cleanly");
-                    true
-                }
-                Err(e) => {
-                    self.event(&e.to_string());
-                    false
-                }
-            },
+        let (data, _) = lab.dirs();
+        let stopping = lab.shutdown();
+        tokio::pin!(stopping);
+        let result = tokio::select! {
+            r = &mut stopping => r,
             Some(sig) = signals.recv() => {
-                // Dropping the shutdown future dropped the cluster, which SIGKILLed the rest.
+                lab.kill_now();
                 self.event(&format!("{sig} again: killed every remaining process"));
+                stopping.await.map(|_| false)
+            }
+        };
+        let clean = match result {
+            Ok(true) => {
+                self.event("cluster stopped cleanly");
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                self.event(&e.to_string());
                 false
             }
         };
@@ -479,150 +574,104 @@ impl Session {
         Ok(clean)
     }
 
-    async fn execute(&self, cluster: &mut Cluster, cmd: Command) {
-        if let Err(e) = self.try_execute(cluster, cmd).await {
+    async fn execute(&self, lab: &Lab, cmd: Command) {
+        if let Err(e) = self.try_execute(lab, cmd).await {
             self.event(&format!("error: {e}"));
         }
     }
 
-    async fn try_execute(&self, cluster: &mut Cluster, cmd: Command) -> Result<(), String> {
-        let err = |e: LabError| e.to_string();
-        // Long enough for any registry to notice a dead node: the lease plus slack.
-        let gone_limit = cluster.config().lease() + Duration::from_secs(5);
-        match cmd {
+    /// Carries a command out through the lab (whose log the follower prints), plus what the
+    /// console adds: how long the registry took to notice a killed node.
+    async fn try_execute(&self, lab: &Lab, cmd: Command) -> Result<(), String> {
+        let node = |target: &str| -> Result<NodeInfo, String> {
+            let nodes = lab.nodes();
+            let index = resolve_target(target, &nodes)?;
+            nodes
+                .into_iter()
+                .find(|n| n.index == index)
+                .ok_or_else(|| format!("no node {target}"))
+        };
+        let op = match cmd {
             Command::Kill(target) => {
-                let index = resolve_target(&target, &cluster.nodes())?;
-                let node = cluster.node(index).map_err(err)?;
+                let n = node(&target)?;
                 let started = Instant::now();
-                cluster.kill_node(index).await.map_err(err)?;
-                // The embedded registry drops a node as soon as its link breaks; a lease-based
-                // one takes seconds, and then the class should know what we are waiting for.
-                let quick = cluster
-                    .wait_node_gone(&node.id, Duration::from_millis(300))
-                    .await;
-                if quick.is_err() {
-                    self.event(&format!(
-                        "{} killed (SIGKILL, pid {}); the registry still lists it until its \
-                         lease expires…",
-                        node.id, node.pid
-                    ));
-                    cluster
-                        .wait_node_gone(&node.id, gone_limit)
-                        .await
-                        .map_err(err)?;
+                let done = lab.op(Op::Kill { node: target }).await;
+                if !done.ok {
+                    return Ok(());
                 }
+                let lease = Duration::from_millis(lab.with_world(|w| w.cluster_view().lease_ms));
+                let client = ControllerClient::new(lab.controller_url())
+                    .map_err(|e| e.to_string())?
+                    .with_operator(&lab.operator_token());
+                client
+                    .wait_node_gone(&n.id, lease + Duration::from_secs(5))
+                    .await
+                    .map_err(|e| e.to_string())?;
                 self.event(&format!(
                     "{} killed (SIGKILL, pid {}); gone from the registry after {}",
-                    node.id,
-                    node.pid,
+                    n.id,
+                    n.pid,
                     human(started.elapsed())
                 ));
+                return Ok(());
             }
-            Command::Stop(target) => {
-                let index = resolve_target(&target, &cluster.nodes())?;
-                let node = cluster.node(index).map_err(err)?;
-                self.event(&format!(
-                    "{}: SIGTERM sent (pid {}); it drains: moves its devices, deregisters…",
-                    node.id, node.pid
-                ));
-                let exit = cluster.stop_node(index).await.map_err(err)?;
-                let gone = cluster
-                    .wait_node_gone(&node.id, gone_limit)
-                    .await
-                    .map_err(err)?;
-                self.event(&format!(
-                    "{} stopped (SIGTERM): {} after {}; {}",
-                    node.id,
-                    crate::process::describe_status(exit.status),
-                    human(exit.took),
-                    if gone < Duration::from_millis(50) {
-                        "it had already left the registry".to_owned()
-                    } else {
-                        format!("gone from the registry {} later", human(gone))
-                    }
-                ));
-            }
-            Command::Restart(target) => {
-                let index = resolve_target(&target, &cluster.nodes())?;
-                let old = cluster.node(index).map_err(err)?;
-                if old.process == ProcessState::Running {
-                    self.event(&format!(
-                        "{} still runs: stopping it first (SIGTERM)…",
-                        old.id
-                    ));
-                }
-                let started = Instant::now();
-                let new = cluster.restart_node(index).await.map_err(err)?;
-                self.event(&format!(
-                    "{} restarted as {} (pid {}); live after {}",
-                    old.id,
-                    new.id,
-                    new.pid,
-                    human(started.elapsed())
-                ));
-            }
-            Command::Freeze(target) => {
-                let index = resolve_target(&target, &cluster.nodes())?;
-                let node = cluster.node(index).map_err(err)?;
-                cluster.pause_node(index).map_err(err)?;
-                self.event(&format!(
-                    "{} frozen (SIGSTOP, pid {}): its connections stay open but it sends no \
-                     heartbeat; watch the registry drop it when its lease ({:.1} s) runs out",
-                    node.id,
-                    node.pid,
-                    cluster.config().lease().as_secs_f64()
-                ));
-            }
-            Command::Thaw(target) => {
-                let index = resolve_target(&target, &cluster.nodes())?;
-                let node = cluster.node(index).map_err(err)?;
-                cluster.resume_node(index).map_err(err)?;
-                self.event(&format!("{} thawed (SIGCONT, pid {})", node.id, node.pid));
-            }
-            Command::Add => {
-                let started = Instant::now();
-                let new = cluster.add_node().await.map_err(err)?;
-                self.event(&format!(
-                    "{} added (pid {}); live after {}",
-                    new.id,
-                    new.pid,
-                    human(started.elapsed())
-                ));
-            }
+            Command::Stop(node) => Op::Stop { node },
+            Command::Restart(node) => Op::Restart { node },
+            Command::Freeze(node) => Op::Freeze { node },
+            Command::Thaw(node) => Op::Thaw { node },
+            Command::Cut(node) => Op::CutBus { node },
+            Command::Restore(node) => Op::RestoreBus { node },
+            Command::Routing(routing) => Op::SetRouting { routing },
+            Command::Add => Op::AddNode,
             Command::Status => {
-                let registry = cluster.nodes_status().await.map_err(|e| e.to_string());
-                let table = format_cluster(
-                    &cluster.refresh(),
-                    registry.as_ref().map_err(String::as_str),
-                );
+                let registry = registry_now(lab).await;
+                let table = format_cluster(&lab.nodes(), registry.as_ref().map_err(String::as_str));
                 if self.tty {
                     self.event(&table.join("\n"));
                 } else {
-                    self.show(&cluster.nodes(), &registry, true);
+                    self.show(&lab.nodes(), &registry, true);
                 }
+                return Ok(());
             }
-            Command::Help => self.event(&HELP.join("\n")),
-            Command::Quit => {}
-        }
+            Command::Help => {
+                self.event(&HELP.join("\n"));
+                return Ok(());
+            }
+            Command::Quit => return Ok(()),
+        };
+        // The lab logs the outcome, success or error; the follower prints it.
+        lab.op(op).await;
         Ok(())
     }
 }
 
-/// Redraws the status every second from the controller's `/v1/nodes` and the latest snapshot
-/// of the lab's own slots. Runs beside the command loop, so a slow command (a node draining
-/// for seconds) does not freeze the view: the class watches `draining` happen.
-async fn paint_status(
-    session: Session,
-    controller: ControllerClient,
-    slots: watch::Receiver<Vec<NodeInfo>>,
-) {
+/// Redraws the status every second from the controller's `/v1/nodes` and the lab's own
+/// slots. Runs beside the command loop, so a slow command (a node draining for seconds) does
+/// not freeze the view: the class watches `draining` happen.
+async fn paint_status(session: Session, lab: Lab) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
-        let registry = controller.nodes().await.map_err(|e| e.to_string());
-        let slots = slots.borrow().clone();
-        session.show(&slots, &registry, false);
+        let registry = registry_now(&lab).await;
+        session.show(&lab.nodes(), &registry, false);
+    }
+}
+
+/// Prints the lab's log as it grows: what every operation did, whoever asked (this console
+/// or a panel), and what happened on its own (a node that died).
+async fn follow_log(session: Session, lab: Lab) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // From the start: what the lab logged while it started (the virtual users) too.
+    let mut seen = 0;
+    loop {
+        tick.tick().await;
+        let (lines, counter) = lab.with_world(|w| w.log_since(seen));
+        seen = counter;
+        for line in lines {
+            session.event(&line.text);
+        }
     }
 }
 
@@ -665,6 +714,11 @@ mod tests {
             Command::parse("thaw n3"),
             Ok(Some(Command::Thaw("n3".into())))
         );
+        assert_eq!(Command::parse("cut 2"), Ok(Some(Command::Cut("2".into()))));
+        assert_eq!(
+            Command::parse("routing fanout"),
+            Ok(Some(Command::Routing("fanout".into())))
+        );
         assert_eq!(Command::parse("q"), Ok(Some(Command::Quit)));
         assert_eq!(Command::parse("help"), Ok(Some(Command::Help)));
         assert!(Command::parse("kill").is_err_and(|e| e.contains("which node")));
@@ -702,10 +756,17 @@ mod tests {
     fn plain_status_lines_are_just_the_table() {
         let nodes = [info(0, "n1")];
         let registry = Err("connection refused".to_owned());
-        let plain = status_lines("http://x", "setup", &nodes, &registry, false);
+        let plain = status_lines("http://x", None, "setup", &nodes, &registry, false);
         assert!(plain[0].starts_with("NODE"));
         assert!(plain.iter().all(|l| !l.contains('\x1b')));
-        let tty = status_lines("http://x", "setup", &nodes, &registry, true);
+        let tty = status_lines(
+            "http://x",
+            Some("http://p/"),
+            "setup",
+            &nodes,
+            &registry,
+            true,
+        );
         assert_eq!(tty[0], "http://x");
         assert!(tty.iter().any(|l| l.starts_with("commands:")));
     }

@@ -22,6 +22,7 @@
 //! ([`Lab::watch`]), virtual users run, or the configuration asks to always observe.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -89,6 +90,8 @@ struct Inner {
     /// The cluster's operator token (it opens `/trace`, `/metrics`, `/v1/nodes`).
     operator: watch::Receiver<String>,
     users_running: watch::Receiver<bool>,
+    /// The cluster's data dir and log dir (they change with the cluster).
+    dirs: Mutex<(PathBuf, PathBuf)>,
 }
 
 /// A running lab. Cheap to clone. See the module docs.
@@ -145,6 +148,7 @@ impl Lab {
             controller: controller_rx,
             operator: operator_rx,
             users_running: users_rx,
+            dirs: Mutex::new((cluster.data_dir().to_owned(), cluster.log_dir().to_owned())),
         });
         let lab = Lab { inner };
         let (obs_tx, obs_rx) = mpsc::unbounded_channel();
@@ -239,6 +243,11 @@ impl Lab {
     /// the cluster, like the controller's URL).
     pub fn operator_token(&self) -> String {
         self.inner.operator.borrow().clone()
+    }
+
+    /// The cluster's data dir (its SQLite store, its token) and where its processes log.
+    pub fn dirs(&self) -> (PathBuf, PathBuf) {
+        self.inner.dirs.lock().clone()
     }
 
     /// The node slots as of the last look.
@@ -724,6 +733,7 @@ impl Actor {
         let started = Instant::now();
         let cluster = Cluster::start(config).await.map_err(|e| e.to_string())?;
         self.leftovers = Some(leftovers);
+        *self.lab.inner.dirs.lock() = (cluster.data_dir().to_owned(), cluster.log_dir().to_owned());
         self.cluster = Some(cluster);
         self.known.clear();
         self.lab.inner.world.lock().new_run(&tag, now_us());

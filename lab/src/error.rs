@@ -161,6 +161,10 @@ pub enum LabError {
         /// Why.
         source: std::io::Error,
     },
+
+    /// The panel's web server could not start.
+    #[error("the lab panel: {0}")]
+    Panel(String),
 }
 
 impl LabError {

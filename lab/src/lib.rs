@@ -22,6 +22,9 @@
 //! - [`control`]: [`control::Lab`], a running lab: the task that owns the cluster and carries
 //!   out operations one at a time, the pollers and the observer. What the panel, the console,
 //!   lessons and tests drive.
+//! - [`report`]: a run's report as one self-contained HTML page with its plots.
+//! - `panel` (feature `panel`, on by default): the web server of the panel — its assets
+//!   (built in `lab/panel/`, embedded), its WebSocket stream, operations and report.
 //! - [`stacks`]: backend sets a lab can restart its cluster on, and whether they run here.
 //! - `console` (feature `console`, on by default): the interactive `lab up` session and `lab
 //!   status` (the binary is a thin wrapper around it).
@@ -54,8 +57,11 @@ pub mod control;
 mod error;
 pub mod find;
 pub mod observe;
+#[cfg(feature = "panel")]
+pub mod panel;
 pub mod process;
 pub mod proxy;
+pub mod report;
 pub mod stacks;
 pub mod status;
 pub mod users;

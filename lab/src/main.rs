@@ -1,12 +1,15 @@
 //! The `lab` binary: turns flags into a [`lab::ClusterConfig`] and hands over to
 //! [`lab::console`]. (The benchmark is a binary of its own: `bench`, in `bench/`.)
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use lab::ClusterConfig;
 use lab::cli::ClusterArgs;
+use lab::console::{PanelAt, UpOptions};
+use lab::control::LabConfig;
+use lab::users::UsersConfig;
 
 #[derive(Parser)]
 #[command(
@@ -21,9 +24,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Start a controller and N nodes, show them live, and take commands on stdin (kill N,
-    /// stop N, restart N, add, status, help, quit). The first line of stdout is the
-    /// controller's URL. Ctrl-C or SIGTERM stops the cluster gracefully.
+    /// Start a controller and N nodes, serve the lab panel, show them live, and take commands
+    /// on stdin (kill N, stop N, restart N, add, status, help, quit). The first line of stdout
+    /// is the controller's URL, the second the panel's, the third `LAB_READY {json}`. Ctrl-C
+    /// or SIGTERM stops the cluster gracefully.
     Up(UpArgs),
     /// Print a controller's nodes once.
     Status {
@@ -46,14 +50,58 @@ struct UpArgs {
     /// Plain output lines even on a terminal.
     #[arg(long)]
     plain: bool,
+    /// Where to serve the panel (default 127.0.0.1:7878, or any free port if it is taken).
+    #[arg(long)]
+    panel: Option<SocketAddr>,
+    /// Serve no panel.
+    #[arg(long, conflicts_with = "panel")]
+    no_panel: bool,
+    /// Write the run's report here at exit: `.html` for the page with plots, else JSON.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Virtual users to start (the panel can change them).
+    #[arg(long, default_value_t = 0)]
+    users: usize,
+    /// Devices per virtual user.
+    #[arg(long, default_value_t = 2)]
+    devices: usize,
+    /// Messages per second the virtual users send, all together.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Hash passwords at full cost (a lab's accounts are throwaway: by default it hashes at
+    /// the test cost, so that a burst of logins is quick).
+    #[arg(long)]
+    real_hashing: bool,
 }
 
 impl UpArgs {
-    fn config(self) -> ClusterConfig {
-        let mut config = self.cluster.config();
+    fn config(&self) -> LabConfig {
+        let mut cluster = self.cluster.clone().config();
         // Ctrl-C must reach the lab alone, so that it stops the nodes before the controller.
-        config.own_process_groups = true;
+        cluster.own_process_groups = true;
+        // The panel's "cut bus" needs a proxy in front of every node's bus connection.
+        cluster.cuttable_bus = true;
+        if !self.real_hashing {
+            cluster.controller_args = vec!["--password-hash".into(), "fast".into()];
+        }
+        let mut config = LabConfig::new(cluster);
+        if self.users > 0 {
+            config.users = Some(UsersConfig::new(self.users, self.devices.max(1)));
+        }
+        config.traffic.rate = self.rate.max(0.0);
         config
+    }
+
+    fn options(&self) -> UpOptions {
+        UpOptions {
+            plain: self.plain,
+            panel: match (self.no_panel, self.panel) {
+                (true, _) => PanelAt::Off,
+                (false, Some(addr)) => PanelAt::Addr(addr),
+                (false, None) => PanelAt::Default,
+            },
+            report: self.report.clone(),
+        }
     }
 }
 
@@ -74,12 +122,9 @@ fn main() -> ExitCode {
 
 async fn run(command: Cmd) -> anyhow::Result<bool> {
     match command {
-        Cmd::Up(args) => {
-            let plain = args.plain;
-            lab::console::up(args.config(), lab::console::UpOptions { plain })
-                .await
-                .map_err(anyhow::Error::from)
-        }
+        Cmd::Up(args) => lab::console::up(args.config(), args.options())
+            .await
+            .map_err(anyhow::Error::from),
         Cmd::Status {
             controller,
             operator_token,

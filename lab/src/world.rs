@@ -302,6 +302,22 @@ impl World {
         }
     }
 
+    /// Where the log is now: pass it to [`World::log_since`] later.
+    pub fn log_counter(&self) -> u64 {
+        self.counter
+    }
+
+    /// Log lines written after `after` (a [`World::log_counter`]), and the counter now.
+    pub fn log_since(&self, after: u64) -> (Vec<LogEntry>, u64) {
+        let lines = self
+            .log
+            .iter()
+            .filter(|(c, _)| *c > after)
+            .map(|(_, l)| l.clone())
+            .collect();
+        (lines, self.counter)
+    }
+
     /// The lab did something to node `id` that the registry should notice.
     pub fn expect_notice(&mut self, id: &str, slot: &str, cause: &str, now_us: i64) {
         self.pending_notices
