@@ -33,8 +33,11 @@ async function op(o: Op): Promise<OpResult> {
       body: JSON.stringify(o),
     });
     const result = (await r.json()) as OpResult;
-    $("op-result").textContent = result.message;
-    $("op-result").dataset.ok = String(result.ok);
+    const el = $("op-result");
+    el.textContent = result.message;
+    el.dataset.ok = String(result.ok);
+    // Answers so far: what a test waits on.
+    el.dataset.answers = String(Number(el.dataset.answers ?? 0) + 1);
     return result;
   } catch (e) {
     const message = `the lab did not answer: ${e}`;
