@@ -100,7 +100,7 @@ async fn run_with(
             let publisher = publisher.clone();
             let targets = targets_of(i);
             let payload = payload.clone();
-            async move { publisher.publish(&targets, payload).await }
+            async move { publisher.publish(&targets, b"", payload).await }
         })
         .buffer_unordered(in_flight())
         .filter(|r| futures::future::ready(r.is_err()))

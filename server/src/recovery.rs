@@ -14,6 +14,7 @@ use protocol::{Millis, NodeId, UserId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::bus::order_key;
 use crate::ids::now_ms;
 use crate::registry::DeadNode;
 use crate::route::Router;
@@ -72,6 +73,7 @@ pub async fn recover(
                 seq: ev.seq,
                 id: ev.id,
             };
+            let key = order_key(&kind);
             let env = router.envelope(
                 appended.recipients.to_vec(),
                 kind,
@@ -80,7 +82,7 @@ pub async fn recover(
             let router = &router;
             let cancel = &cancel;
             Some(async move {
-                retry(cancel, || router.bus.publish(&targets, env.clone()))
+                retry(cancel, || router.bus.publish(&targets, &key, env.clone()))
                     .await
                     .is_some()
             })

@@ -9,7 +9,7 @@ use protocol::bus::{BusHeader, BusKind, Envelope};
 use protocol::link::Targets;
 use protocol::{NodeId, UserId};
 
-use crate::bus::{BusError, Routing, SharedBus};
+use crate::bus::{BusError, Routing, SharedBus, order_key};
 use crate::ids::now_ms;
 use crate::registry::{RegistryError, SharedRegistry};
 
@@ -96,8 +96,9 @@ impl Router {
     ) -> Result<(), RouteError> {
         let targets = self.targets(&[recipients]).await?;
         if let Some(Some(t)) = targets.into_iter().next() {
+            let key = order_key(&kind);
             let env = self.envelope(recipients.to_vec(), kind, frame);
-            self.bus.publish(&t, env).await?;
+            self.bus.publish(&t, &key, env).await?;
         }
         Ok(())
     }

@@ -13,6 +13,11 @@
 //! names for its recipients; in `fanout` mode to every node, as the design we started from did.
 //! Both deliver the same; the lab compares what they cost.
 //!
+//! Order: every publish carries an order key ([`order_key`]); envelopes published with the same
+//! key reach a node in the order they were published. Buses that keep one stream per node keep
+//! that order anyway and ignore the key; Kafka keeps order only within a partition, so it puts
+//! one key's envelopes in one partition.
+//!
 //! [`locate`]: crate::registry::Registry::locate
 
 use std::sync::Arc;
@@ -20,6 +25,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use protocol::NodeId;
+use protocol::bus::BusKind;
 pub use protocol::link::Targets;
 use tokio::sync::mpsc;
 
@@ -58,8 +64,10 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Hands `envelope` to the bus for `targets`. Returns once the bus has accepted it
     /// (publisher confirm where the bus has them); the envelope may still be lost if a target
-    /// node dies. Safe to call from many tasks at once.
-    async fn publish(&self, targets: &Targets, envelope: Bytes) -> BusResult<()>;
+    /// node dies. Envelopes with the same `key` (see [`order_key`]) reach each target in the
+    /// order they were published; the bus treats the key and the envelope as opaque bytes.
+    /// Safe to call from many tasks at once.
+    async fn publish(&self, targets: &Targets, key: &[u8], envelope: Bytes) -> BusResult<()>;
 
     /// Starts receiving envelopes addressed to `node` (and fanout ones). Called once per node;
     /// the implementation re-subscribes by itself after a reconnect.
@@ -80,6 +88,17 @@ pub trait Bus: Send + Sync + 'static {
     /// (a bus that hosts the registry); otherwise publishers `locate` them first.
     fn resolves_users(&self) -> bool {
         false
+    }
+}
+
+/// The order key of an envelope of `kind`: a conversation's events share one (they must arrive in
+/// `seq` order, or receivers fetch the apparent gap from the store), a user's revocations share
+/// another; live frames need no order and have an empty key.
+pub fn order_key(kind: &BusKind) -> Vec<u8> {
+    match kind {
+        BusKind::Event { conv, .. } => format!("c{}", conv.0).into_bytes(),
+        BusKind::Revoke { user, .. } => format!("u{}", user.0).into_bytes(),
+        BusKind::Live => Vec::new(),
     }
 }
 

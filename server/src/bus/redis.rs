@@ -145,7 +145,7 @@ impl Bus for RedisBus {
         "redis"
     }
 
-    async fn publish(&self, targets: &Targets, envelope: Bytes) -> BusResult<()> {
+    async fn publish(&self, targets: &Targets, _key: &[u8], envelope: Bytes) -> BusResult<()> {
         if matches!(targets, Targets::Nodes(nodes) if nodes.is_empty()) {
             return Ok(());
         }
@@ -446,7 +446,7 @@ mod tests {
             let msg = Bytes::from(format!("after-kill-{round}"));
             nodes[1]
                 .1
-                .publish(&Targets::Nodes(vec![id.clone()]), msg.clone())
+                .publish(&Targets::Nodes(vec![id.clone()]), b"k", msg.clone())
                 .await?;
             let got = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
                 .await

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use protocol::NodeId;
 
 use super::{BusError, Inbox, SharedBus, Targets};
@@ -46,7 +47,7 @@ pub async fn routed_reaches_only_targets(nodes: Vec<(NodeId, SharedBus)>) -> R {
     let targets = Targets::Nodes(vec![nodes[1].0.clone(), nodes[2].0.clone()]);
     nodes[0]
         .1
-        .publish(&targets, Bytes::from_static(b"to-1-and-2"))
+        .publish(&targets, b"k", Bytes::from_static(b"to-1-and-2"))
         .await?;
     assert_eq!(
         next(&mut inboxes[1]).await.as_deref(),
@@ -69,7 +70,7 @@ pub async fn fanout_reaches_everyone(nodes: Vec<(NodeId, SharedBus)>) -> R {
     let mut inboxes = subscribe_all(&nodes).await?;
     nodes[1]
         .1
-        .publish(&Targets::All, Bytes::from_static(b"all"))
+        .publish(&Targets::All, b"k", Bytes::from_static(b"all"))
         .await?;
     for inbox in inboxes.iter_mut() {
         assert_eq!(next(inbox).await.as_deref(), Some(&b"all"[..]));
@@ -77,7 +78,7 @@ pub async fn fanout_reaches_everyone(nodes: Vec<(NodeId, SharedBus)>) -> R {
     Ok(())
 }
 
-/// Many envelopes from one publisher arrive complete and in order.
+/// Many envelopes of one key from one publisher arrive complete and in order.
 pub async fn many_envelopes_arrive_in_order(nodes: Vec<(NodeId, SharedBus)>) -> R {
     let mut inboxes = subscribe_all(&nodes).await?;
     let to = Targets::Nodes(vec![nodes[1].0.clone()]);
@@ -85,7 +86,7 @@ pub async fn many_envelopes_arrive_in_order(nodes: Vec<(NodeId, SharedBus)>) -> 
     for i in 0..n {
         nodes[0]
             .1
-            .publish(&to, Bytes::from(i.to_be_bytes().to_vec()))
+            .publish(&to, b"one-key", Bytes::from(i.to_be_bytes().to_vec()))
             .await?;
     }
     for i in 0..n {
@@ -95,6 +96,47 @@ pub async fn many_envelopes_arrive_in_order(nodes: Vec<(NodeId, SharedBus)>) -> 
         assert_eq!(&got[..], &i.to_be_bytes()[..], "out of order at {i}");
     }
     assert!(silent(&mut inboxes[1]).await, "more than was sent");
+    Ok(())
+}
+
+/// Envelopes of many keys, published interleaved and several at a time, arrive complete and
+/// in order per key, routed and fanout alike (a bus that orders per partition must keep one
+/// key in one partition).
+pub async fn each_key_stays_in_order(nodes: Vec<(NodeId, SharedBus)>) -> R {
+    let mut inboxes = subscribe_all(&nodes).await?;
+    let keys = 12u32;
+    let per_key = 100u32;
+    for targets in [Targets::Nodes(vec![nodes[1].0.clone()]), Targets::All] {
+        // Up to 32 publishes in flight, each key's in the order they were started.
+        let publisher = nodes[0].1.clone();
+        let sends = (0..per_key).flat_map(|i| (0..keys).map(move |k| (k, i)));
+        futures::stream::iter(sends)
+            .map(|(k, i)| {
+                let publisher = publisher.clone();
+                let targets = targets.clone();
+                async move {
+                    let key = format!("key-{k}");
+                    publisher
+                        .publish(&targets, key.as_bytes(), Bytes::from(format!("{k}:{i}")))
+                        .await
+                }
+            })
+            .buffered(32)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let mut next_of = vec![0u32; keys as usize];
+        for _ in 0..keys * per_key {
+            let got = next(&mut inboxes[1]).await.expect("an envelope was lost");
+            let text = String::from_utf8_lossy(&got).into_owned();
+            let (k, i) = text
+                .split_once(':')
+                .and_then(|(k, i)| Some((k.parse::<usize>().ok()?, i.parse::<u32>().ok()?)))
+                .unwrap_or_else(|| panic!("not an envelope of this scenario: {text}"));
+            assert_eq!(i, next_of[k], "key {k} out of order");
+            next_of[k] += 1;
+        }
+        assert!(silent(&mut inboxes[1]).await, "more than was sent");
+    }
     Ok(())
 }
 
@@ -109,7 +151,9 @@ pub async fn concurrent_publishers_all_delivered(nodes: Vec<(NodeId, SharedBus)>
         let to = to.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..per {
-                bus.publish(&to, Bytes::from(format!("{p}:{i}"))).await?;
+                let key = format!("key-{}", i % 7);
+                bus.publish(&to, key.as_bytes(), Bytes::from(format!("{p}:{i}")))
+                    .await?;
             }
             Ok::<(), BusError>(())
         }));
@@ -170,6 +214,7 @@ macro_rules! bus_suite {
             case!(routed_reaches_only_targets);
             case!(fanout_reaches_everyone);
             case!(many_envelopes_arrive_in_order);
+            case!(each_key_stays_in_order);
             case!(concurrent_publishers_all_delivered);
             case!(reports_up);
         }

@@ -313,7 +313,7 @@ impl Bus for LinkClient {
         "embedded"
     }
 
-    async fn publish(&self, targets: &Targets, envelope: Bytes) -> BusResult<()> {
+    async fn publish(&self, targets: &Targets, _key: &[u8], envelope: Bytes) -> BusResult<()> {
         let mut unacked = self.shared.unacked.lock();
         if unacked.len() >= MAX_UNACKED {
             return Err(BusError::Unavailable(

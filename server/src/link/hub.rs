@@ -395,7 +395,7 @@ impl Bus for HubBus {
         "embedded"
     }
 
-    async fn publish(&self, targets: &Targets, envelope: Bytes) -> BusResult<()> {
+    async fn publish(&self, targets: &Targets, _key: &[u8], envelope: Bytes) -> BusResult<()> {
         self.0.route(None, targets, &envelope);
         Ok(())
     }

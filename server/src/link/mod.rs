@@ -274,12 +274,12 @@ mod tests {
         ca.attach(&a, UserId(1), None).await.expect("attach");
         cb.attach(&b, UserId(1), None).await.expect("attach");
         let to = Targets::Users(vec![UserId(1), UserId(2)]);
-        ca.publish(&to, Bytes::from_static(b"first"))
+        ca.publish(&to, b"k", Bytes::from_static(b"first"))
             .await
             .expect("publish");
         // User 2 comes online on c: the next publish finds it there.
         cc.attach(&c, UserId(2), None).await.expect("attach");
-        ca.publish(&to, Bytes::from_static(b"second"))
+        ca.publish(&to, b"k", Bytes::from_static(b"second"))
             .await
             .expect("publish");
         async fn recv(inbox: &mut crate::bus::Inbox) -> Option<Bytes> {
@@ -319,9 +319,13 @@ mod tests {
         let (b, cb) = registered(&hub.url, "pb").await;
         let mut inbox = cb.subscribe(&b).await.expect("subscribe");
         for text in [&b"one"[..], b"two", b"three"] {
-            ca.publish(&Targets::Nodes(vec![b.clone()]), Bytes::from_static(text))
-                .await
-                .expect("publish");
+            ca.publish(
+                &Targets::Nodes(vec![b.clone()]),
+                b"k",
+                Bytes::from_static(text),
+            )
+            .await
+            .expect("publish");
         }
         for _ in 0..3 {
             tokio::time::timeout(Duration::from_secs(5), inbox.recv())
@@ -419,6 +423,7 @@ mod tests {
         // Published while the controller is down: kept and sent after the reconnect.
         ca.publish(
             &Targets::Nodes(vec![b.clone()]),
+            b"k",
             Bytes::from_static(b"while-down"),
         )
         .await

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::devices::{DeviceSlot, Outbound, SharedEvent};
 use super::{Fault, NodeCtx};
+use crate::bus::order_key;
 use crate::store::{Appended, NewEvent, StoreError};
 
 /// Most events in one commit.
@@ -336,7 +337,10 @@ async fn publish_batch(ctx: &NodeCtx, jobs: &[PublishJob]) -> Result<(), (Vec<bo
         let env = ctx
             .router
             .envelope(job.recipients.to_vec(), job.kind.clone(), job.frame.clone());
-        ctx.router.bus.publish(&targets, env).await?;
+        ctx.router
+            .bus
+            .publish(&targets, &order_key(&job.kind), env)
+            .await?;
         metrics::counter!("chat_bus_published_total").increment(1);
         if let BusKind::Event { conv, seq, id } = &job.kind
             && ctx.tracer.enabled()

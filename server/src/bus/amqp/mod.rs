@@ -238,7 +238,7 @@ impl Bus for AmqpBus {
         "amqp"
     }
 
-    async fn publish(&self, targets: &Targets, envelope: Bytes) -> BusResult<()> {
+    async fn publish(&self, targets: &Targets, _key: &[u8], envelope: Bytes) -> BusResult<()> {
         let Some(channel) = self.shared.publisher.lock().clone() else {
             return Err(BusError::Unavailable("not connected to RabbitMQ".into()));
         };

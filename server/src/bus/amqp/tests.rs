@@ -19,8 +19,8 @@ impl Bus for TestBus {
     fn kind(&self) -> &'static str {
         self.bus.kind()
     }
-    async fn publish(&self, targets: &Targets, envelope: Bytes) -> BusResult<()> {
-        self.bus.publish(targets, envelope).await
+    async fn publish(&self, targets: &Targets, key: &[u8], envelope: Bytes) -> BusResult<()> {
+        self.bus.publish(targets, key, envelope).await
     }
     async fn subscribe(&self, node: &NodeId) -> BusResult<Inbox> {
         self.bus.subscribe(node).await
@@ -137,7 +137,7 @@ async fn reconnects_and_finds_its_queue_after_the_connection_is_closed() -> BusR
     let to = Targets::Nodes(vec![id.clone()]);
     nodes[1]
         .1
-        .publish(&to, Bytes::from_static(b"before"))
+        .publish(&to, b"k", Bytes::from_static(b"before"))
         .await?;
     let got = tokio::time::timeout(Duration::from_secs(5), inbox.recv()).await;
     assert_eq!(got.ok().flatten().as_deref(), Some(&b"before"[..]));
@@ -147,7 +147,7 @@ async fn reconnects_and_finds_its_queue_after_the_connection_is_closed() -> BusR
     // Published while the node is away: it waits in the node's queue.
     nodes[1]
         .1
-        .publish(&to, Bytes::from_static(b"while-away"))
+        .publish(&to, b"k", Bytes::from_static(b"while-away"))
         .await?;
     wait_until("the bus comes back", || bus.is_up()).await;
     assert_eq!(bus.sessions(), 2);
@@ -155,7 +155,7 @@ async fn reconnects_and_finds_its_queue_after_the_connection_is_closed() -> BusR
     assert_eq!(got.ok().flatten().as_deref(), Some(&b"while-away"[..]));
     nodes[1]
         .1
-        .publish(&to, Bytes::from_static(b"after"))
+        .publish(&to, b"k", Bytes::from_static(b"after"))
         .await?;
     let got = tokio::time::timeout(Duration::from_secs(5), inbox.recv()).await;
     assert_eq!(got.ok().flatten().as_deref(), Some(&b"after"[..]));
@@ -181,7 +181,7 @@ async fn batched_acks_drain_the_queue() -> BusResult<()> {
             let to = to2.clone();
             async move {
                 publisher
-                    .publish(&to, Bytes::from(i.to_be_bytes().to_vec()))
+                    .publish(&to, b"k", Bytes::from(i.to_be_bytes().to_vec()))
                     .await
             }
         });
