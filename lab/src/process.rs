@@ -128,13 +128,29 @@ pub struct ServerProcess {
     paused: bool,
 }
 
+/// Creates (or truncates) a file readable and writable by its owner only.
+fn private_file(path: &std::path::Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
 impl ServerProcess {
     /// Starts the process. It is not ready yet: call [`ServerProcess::wait_ready`].
     ///
     /// Must be called inside a tokio runtime (the stdout reader is a task).
     pub fn spawn(spec: ProcessSpec) -> Result<ServerProcess, LabError> {
+        // Logs say who logged in from where: their owner's alone, like the data dir.
         if let Some(dir) = spec.log_path.parent() {
-            std::fs::create_dir_all(dir)
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
                 .map_err(|e| LabError::io(format!("creating log dir {}", dir.display()), e))?;
         }
         // Both writers (the child's stderr, our stdout drain) append: with a plain write
@@ -148,7 +164,7 @@ impl ServerProcess {
                 })
         };
         // A log file of an earlier run with the same name starts over.
-        drop(File::create(&spec.log_path).map_err(|e| {
+        drop(private_file(&spec.log_path).map_err(|e| {
             LabError::io(format!("creating log file {}", spec.log_path.display()), e)
         })?);
         let stderr = open_log()?;

@@ -63,7 +63,10 @@ async fn three_live_nodes_and_drop_leaves_no_process() {
         assert!(log.is_file(), "{}", log.display());
     }
     assert!(cluster.controller_url().starts_with("http://127.0.0.1:"));
-    assert_eq!(cluster.secret().len(), 64);
+    let (tokens, nodes) = (cluster.token_keys(), cluster.node_keys());
+    assert!(tokens.is_some_and(|k| k.len() == 68), "{tokens:?}");
+    assert!(nodes.is_some_and(|k| k.len() == 68), "{nodes:?}");
+    assert_ne!(tokens, nodes);
     assert!(cluster.controller_log().is_file());
 
     let table = format_nodes(&status);

@@ -16,6 +16,9 @@
 //! so it cannot be paired with a shared registry; a real bus needs a registry every node can read for
 //! routed delivery, so it cannot be paired with the embedded one.
 //!
+//! Whatever the backends, the bus and the registry are handed out sealed
+//! ([`crate::sealed`]): envelopes and node entries carry a MAC under the node-admission key.
+//!
 //! A URL may end in `?prefix=NAME` to keep a cluster's keys, channels, exchanges and queues
 //! apart from another's on the same server (default `chat:` in Redis, `chat.` in RabbitMQ, the
 //! root znode `/chat` in ZooKeeper).
@@ -30,10 +33,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::Secret;
+use crate::auth::KeyRing;
 use crate::bus::SharedBus;
 use crate::link::LinkClient;
 use crate::registry::{Lease, RegistryResult, SharedRegistry};
+use crate::sealed::{SealedBus, SealedRegistry};
 
 /// Where the registry lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -316,19 +320,34 @@ async fn real_bus(
     }
 }
 
-/// Opens a node's registry and bus. Background tasks stop when `cancel` fires.
+/// Opens a node's registry and bus, sealed with the node-admission key. Background tasks stop
+/// when `cancel` fires.
 pub async fn for_node(
     me: &protocol::NodeId,
     registry: &RegistryChoice,
     bus: &BusChoice,
     controller: Option<&str>,
-    secret: &Secret,
+    node_keys: &KeyRing,
+    cancel: CancellationToken,
+) -> Result<NodeBackends, BackendError> {
+    let mut b = open_for_node(me, registry, bus, controller, node_keys, cancel).await?;
+    b.registry = SealedRegistry::wrap(b.registry, node_keys.clone());
+    b.bus = SealedBus::wrap(b.bus, node_keys.clone());
+    Ok(b)
+}
+
+async fn open_for_node(
+    me: &protocol::NodeId,
+    registry: &RegistryChoice,
+    bus: &BusChoice,
+    controller: Option<&str>,
+    node_keys: &KeyRing,
     cancel: CancellationToken,
 ) -> Result<NodeBackends, BackendError> {
     match (registry, bus) {
         (RegistryChoice::Embedded, BusChoice::Embedded) => {
             let controller = controller.ok_or(BackendError::NoController)?;
-            let link = LinkClient::start(controller, secret.clone(), cancel);
+            let link = LinkClient::start(controller, node_keys.clone(), cancel);
             Ok(NodeBackends {
                 lease_changes: Some(link.lease()),
                 node_reaps: false,
@@ -361,10 +380,24 @@ pub struct ControllerBackends {
     pub workers: Option<WorkerClaims>,
 }
 
-/// Opens a controller's registry and bus when they are real backends; the embedded pair is
-/// built by the controller itself (it hosts them). `lease_ms` becomes the cluster's node
-/// lease. Background tasks stop when `cancel` fires.
+/// Opens a controller's registry and bus when they are real backends, sealed with the
+/// node-admission key; the embedded pair is built by the controller itself (it hosts them).
+/// `lease_ms` becomes the cluster's node lease. Background tasks stop when `cancel` fires.
 pub async fn for_controller(
+    me: &protocol::NodeId,
+    registry: &RegistryChoice,
+    bus: &BusChoice,
+    lease_ms: u64,
+    node_keys: &KeyRing,
+    cancel: CancellationToken,
+) -> Result<ControllerBackends, BackendError> {
+    let mut b = open_for_controller(me, registry, bus, lease_ms, cancel).await?;
+    b.registry = SealedRegistry::wrap(b.registry, node_keys.clone());
+    b.bus = SealedBus::wrap(b.bus, node_keys.clone());
+    Ok(b)
+}
+
+async fn open_for_controller(
     me: &protocol::NodeId,
     registry: &RegistryChoice,
     bus: &BusChoice,
@@ -508,7 +541,8 @@ mod tests {
 
     #[tokio::test]
     async fn unsupported_combinations_say_what_works() {
-        let secret = Secret::new("backends-test-secret-0123456789").expect("secret");
+        let keys =
+            crate::auth::ClusterKeys::derived("9f2c4e6a8b0d1f3e5a7c9b2d4f6e8a0c").expect("keys");
         let cases = [
             ("embedded", "redis://127.0.0.1:1"),
             ("embedded", "amqp://127.0.0.1:1"),
@@ -523,7 +557,7 @@ mod tests {
                 &registry,
                 &bus,
                 None,
-                &secret,
+                &keys.nodes,
                 CancellationToken::new(),
             )
             .await
@@ -534,11 +568,18 @@ mod tests {
                 err.contains("Combinations that work") && err.contains("--registry redis://"),
                 "{r} + {b}: {err}"
             );
-            let err = for_controller(&me, &registry, &bus, 5_000, CancellationToken::new())
-                .await
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
+            let err = for_controller(
+                &me,
+                &registry,
+                &bus,
+                5_000,
+                &keys.nodes,
+                CancellationToken::new(),
+            )
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
             assert!(err.contains("Combinations that work"), "{r} + {b}: {err}");
         }
     }

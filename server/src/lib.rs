@@ -9,11 +9,13 @@
 //! - [`backends`]: choosing those implementations from URLs.
 //! - [`link`]: the node ↔ controller link of the embedded setup (registry and bus in the
 //!   controller).
+//! - [`sealed`]: the node-admission key's MACs over every bus envelope and registry node
+//!   entry, one layer above all backends.
 //! - [`route`]: recipients → target nodes → publishes.
 //! - [`recovery`]: publishing again what a dead node may not have published.
 //! - [`node`]: the chat node (sessions, delivery order, group commit, publisher).
 //! - [`controller`]: the controller's HTTP API and its background tasks.
-//! - [`auth`]: the cluster secret, password hashes and device-bound tokens.
+//! - [`auth`]: the key rings, the operator's token, password hashes and device-bound tokens.
 //! - [`conn`]: the accepted TCP connections (no Nagle delay; a reset instead of a close).
 //! - [`limit`]: token buckets (a device's frames, the controller's login throttles).
 //! - [`ids`]: clocks and Snowflake ids; [`metrics`]: Prometheus; [`trace`]: hop events.
@@ -30,5 +32,6 @@ pub mod node;
 pub mod recovery;
 pub mod registry;
 pub mod route;
+pub mod sealed;
 pub mod store;
 pub mod trace;

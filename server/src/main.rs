@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use protocol::NodeId;
 use protocol::http::ReadyLine;
-use server::auth::{HashCost, OperatorToken, Secret};
+use server::auth::{ClusterKeys, HashCost, OperatorToken};
 use server::backends::{BusChoice, RegistryChoice};
 use server::bus::Routing;
 use server::controller::{AuthLimits, Controller, ControllerConfig};
@@ -41,8 +41,9 @@ enum Role {
 
 #[derive(Args)]
 struct Common {
-    /// Directory for the SQLite history, the cluster secret and the operator token (each read
-    /// from the environment instead when set: CHAT_SECRET, CHAT_OPERATOR_TOKEN).
+    /// Directory for the SQLite history, the key rings and the operator token (each read from
+    /// the environment instead when set: CHAT_TOKEN_KEYS, CHAT_NODE_KEYS, or both derived from
+    /// CHAT_SECRET; CHAT_OPERATOR_TOKEN). Kept private: 0700, its files 0600.
     #[arg(long, env = "CHAT_DATA_DIR", default_value = ".chat-data")]
     data_dir: PathBuf,
     /// History store: sqlite://PATH or postgres://… (default: SQLite in the data dir).
@@ -64,6 +65,15 @@ struct Common {
 }
 
 impl Common {
+    /// Makes the data dir private, then reads the keys and the operator's token.
+    fn credentials(&self) -> anyhow::Result<(ClusterKeys, OperatorToken)> {
+        server::auth::secrets::private_dir(&self.data_dir)?;
+        Ok((
+            ClusterKeys::load(&self.data_dir)?,
+            OperatorToken::load(&self.data_dir)?,
+        ))
+    }
+
     fn store_url(&self) -> String {
         self.store
             .clone()
@@ -159,6 +169,9 @@ fn main() -> anyhow::Result<()> {
     // switch) only leaves the system's default.
     #[cfg(target_os = "linux")]
     let _ = nix::sys::prctl::set_thp_disable(true);
+    // Everything the process creates (the store's files, keys, logs of its own) is its owner's
+    // alone, whatever the shell's umask.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     // `CHAT_WORKER_THREADS`: 0 runs every task on one thread (no wakeups across threads); N
     // uses N worker threads; unset, one per core. The lab, which packs a controller and its
     // nodes onto one machine, gives each process its share of the cores.
@@ -204,8 +217,7 @@ fn ready(line: ReadyLine) -> anyhow::Result<()> {
 }
 
 async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
-    let secret = Secret::load(&args.common.data_dir)?;
-    let operator = OperatorToken::load(&args.common.data_dir)?;
+    let (keys, operator) = args.common.credentials()?;
     let id = args
         .id
         .unwrap_or_else(|| format!("controller-{}", std::process::id()));
@@ -216,7 +228,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         bus: args.common.bus.parse::<BusChoice>()?,
         routing: args.common.routing,
         lease_ms: args.common.lease_ms,
-        secret,
+        keys,
         operator,
         hash_cost: args.password_hash,
         auth: AuthLimits {
@@ -249,8 +261,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
 }
 
 async fn node(args: NodeArgs) -> anyhow::Result<()> {
-    let secret = Secret::load(&args.common.data_dir)?;
-    let operator = OperatorToken::load(&args.common.data_dir)?;
+    let (keys, operator) = args.common.credentials()?;
     let id = args
         .id
         .unwrap_or_else(|| format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
@@ -262,7 +273,7 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
         bus: args.common.bus.parse::<BusChoice>()?,
         routing: args.common.routing,
         advertise_host: args.advertise_host,
-        secret,
+        keys,
         operator,
         limits: NodeLimits {
             rate_per_sec: args.rate_per_sec,

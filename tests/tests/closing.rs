@@ -252,15 +252,18 @@ async fn a_drain_does_not_wait_for_a_device_that_stopped_reading() -> Result<()>
     cluster.shutdown().await
 }
 
-/// A token for `session`'s device signed with the cluster's secret, issued at `issued`.
+/// A token for `session`'s device signed with the cluster's user-token key, issued at `issued`.
 fn mint(
     cluster: &TestCluster,
     session: &client::Session,
     issued: i64,
     ttl_secs: i64,
 ) -> Result<String> {
-    use server::auth::{Secret, TokenKeys};
-    let keys = TokenKeys::new(&Secret::new(cluster.secret())?);
+    use server::auth::{KeyRing, TokenKeys};
+    let ring = cluster
+        .token_keys()
+        .context("the lab gave the cluster its keys")?;
+    let keys = TokenKeys::new(&KeyRing::parse(ring, "test keys")?);
     let record = server::store::DeviceRecord {
         user: session.user.id,
         id: session.device.clone(),

@@ -4,14 +4,14 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use client::{ClientError, ClientEvent, Draft, StopReason};
 use futures::{SinkExt, StreamExt};
 use protocol::http::{DeviceInfoState, ErrorBody};
 use protocol::trace::{Trace, TraceEvent};
 use protocol::ws::{ErrorCode, ServerFrame, close};
 use protocol::{DeviceId, UserId};
-use server::auth::{Secret, TokenKeys};
+use server::auth::{KeyRing, TokenKeys};
 use server::store::DeviceRecord;
 use tests::{Closed, Device, Incoming, PATIENCE, Raw, cluster, login, register};
 use tokio_tungstenite::tungstenite::Message;
@@ -38,14 +38,15 @@ fn refused_with(
 }
 
 fn mint(
-    secret: &str,
+    ring: Option<&str>,
     user: UserId,
     device: &DeviceId,
     generation: i64,
     now_ms: i64,
     ttl_secs: i64,
 ) -> Result<String> {
-    let keys = TokenKeys::new(&Secret::new(secret)?);
+    let ring = ring.context("the lab gave the cluster its keys")?;
+    let keys = TokenKeys::new(&KeyRing::parse(ring, "test keys")?);
     let record = DeviceRecord {
         user,
         id: device.clone(),
@@ -75,7 +76,7 @@ async fn tokens_are_checked_on_every_socket() -> Result<()> {
         ErrorCode::Unauthorized,
     )?;
     let forged = mint(
-        "some-other-secret-of-enough-length",
+        Some("lab:3e8f1a6c9d2b5e7f0a4c8d1e6b9f2a5c7d0e3b8f1a4c6e9d2b7f5a0c3e8d1b6f"),
         alice_id,
         &session.device,
         0,
@@ -88,8 +89,15 @@ async fn tokens_are_checked_on_every_socket() -> Result<()> {
         ErrorCode::Unauthorized,
     )?;
     ensure!(m.contains("invalid"), "{m}");
+    // The node-admission key signs no user token, though a node holds it.
+    let by_node_key = mint(cluster.node_keys(), alice_id, &session.device, 0, now, 3600)?;
+    refused_with(
+        Raw::open(&ws_url, Some(&by_node_key)).await,
+        401,
+        ErrorCode::Unauthorized,
+    )?;
     let expired = mint(
-        cluster.secret(),
+        cluster.token_keys(),
         alice_id,
         &session.device,
         0,
@@ -104,7 +112,7 @@ async fn tokens_are_checked_on_every_socket() -> Result<()> {
     ensure!(m.contains("expired"), "{m}");
     // The right secret, a valid time, but a device that never logged in.
     let stranger = mint(
-        cluster.secret(),
+        cluster.token_keys(),
         alice_id,
         &DeviceId::new("never-logged-in")?,
         0,
@@ -125,7 +133,7 @@ async fn tokens_are_checked_on_every_socket() -> Result<()> {
     // A token that runs out during its session: the node closes the socket (4001) after an
     // error frame that says why, within a heartbeat period or so.
     let short = mint(
-        cluster.secret(),
+        cluster.token_keys(),
         alice_id,
         &session.device,
         0,

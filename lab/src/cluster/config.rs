@@ -8,8 +8,16 @@ use std::time::Duration;
 use protocol::NodeId;
 use protocol::bus::Routing;
 
-/// The environment variable every server process reads its secret from.
+/// The environment variable a server process derives both its keys from when their own
+/// variables are not set (the desktop app's local cluster keeps one for the life of its data
+/// dir).
 pub const SECRET_ENV: &str = "CHAT_SECRET";
+
+/// The environment variable of the user-token key ring (`ID:KEY[,ID:KEY…]`).
+pub const TOKEN_KEYS_ENV: &str = "CHAT_TOKEN_KEYS";
+
+/// The environment variable of the node-admission key ring (`ID:KEY[,ID:KEY…]`).
+pub const NODE_KEYS_ENV: &str = "CHAT_NODE_KEYS";
 
 /// The environment variable every server process reads the operator's token from: it opens
 /// the processes' `/metrics`, the controller's `/v1/nodes`, and each node's `/trace`.

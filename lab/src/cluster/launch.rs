@@ -8,7 +8,9 @@ use std::time::Instant;
 use protocol::NodeId;
 use rand::Rng;
 
-use super::{ClusterConfig, NodeInfo, OPERATOR_TOKEN_ENV, ProcessState, SECRET_ENV};
+use super::{
+    ClusterConfig, NODE_KEYS_ENV, NodeInfo, OPERATOR_TOKEN_ENV, ProcessState, TOKEN_KEYS_ENV,
+};
 use crate::LabError;
 use crate::process::{ProcessSpec, ServerProcess};
 use crate::proxy::CutProxy;
@@ -80,7 +82,8 @@ pub(super) struct Launcher {
     pub(super) program: PathBuf,
     pub(super) data_dir: PathBuf,
     pub(super) log_dir: PathBuf,
-    pub(super) secret: String,
+    /// The user-token and node-admission rings (`ID:KEY`), unless the config's env has keys.
+    pub(super) keys: Option<(String, String)>,
     pub(super) operator_token: String,
     pub(super) controller: ControllerClient,
 }
@@ -93,13 +96,14 @@ impl Launcher {
             .map(|(k, _)| k)
             .filter(|k| k.to_string_lossy().starts_with("CHAT_"))
             .collect();
-        let mut env: Vec<(OsString, OsString)> = vec![
-            (SECRET_ENV.into(), self.secret.clone().into()),
-            (
-                OPERATOR_TOKEN_ENV.into(),
-                self.operator_token.clone().into(),
-            ),
-        ];
+        let mut env: Vec<(OsString, OsString)> = vec![(
+            OPERATOR_TOKEN_ENV.into(),
+            self.operator_token.clone().into(),
+        )];
+        if let Some((tokens, nodes)) = &self.keys {
+            env.push((TOKEN_KEYS_ENV.into(), tokens.into()));
+            env.push((NODE_KEYS_ENV.into(), nodes.into()));
+        }
         if std::env::var_os("NO_COLOR").is_none() {
             // Log files, not terminals: escape codes would only clutter them and the tails
             // that errors quote.
@@ -279,6 +283,19 @@ pub(super) fn node_id(name: &str, restarts: u32) -> Result<NodeId, LabError> {
         format!("{name}-r{restarts}")
     };
     NodeId::new(&id).map_err(|e| LabError::io(format!("node id {id}"), std::io::Error::other(e)))
+}
+
+/// Creates `dir` if missing and makes it its owner's alone (0700): it holds the cluster's
+/// history, operator token and logs.
+pub(super) fn private_dir(dir: &Path) -> Result<(), LabError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let io = |e| LabError::io(format!("creating data dir {}", dir.display()), e);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)
 }
 
 /// Writes `content` to `path`, readable and writable by its owner only.

@@ -1,5 +1,5 @@
 //! A local cluster: one controller and N chat nodes, each a supervised [`ServerProcess`],
-//! sharing a data dir, a secret and an operator token (which opens the processes' `/metrics`
+//! sharing a private data dir, two key rings (user tokens, node admission) and an operator token (which opens the processes' `/metrics`
 //! and the nodes' `/trace` to the lab: see [`Cluster::operator_token`]).
 //!
 //! Nodes live in *slots*: slot 0 is named `n1`, slot 1 `n2`, and so on. The first process in a
@@ -19,7 +19,10 @@
 mod config;
 mod launch;
 
-pub use config::{Backends, ClusterConfig, OPERATOR_TOKEN_ENV, OPERATOR_TOKEN_FILE, SECRET_ENV};
+pub use config::{
+    Backends, ClusterConfig, NODE_KEYS_ENV, OPERATOR_TOKEN_ENV, OPERATOR_TOKEN_FILE, SECRET_ENV,
+    TOKEN_KEYS_ENV,
+};
 
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -33,7 +36,9 @@ use crate::LabError;
 use crate::process::{Exit, ServerProcess};
 use crate::proxy::CutProxy;
 use crate::status::ControllerClient;
-use launch::{EndedBy, Launcher, Slot, launch, new_secret, node_id, slot_name, write_private};
+use launch::{
+    EndedBy, Launcher, Slot, launch, new_secret, node_id, private_dir, slot_name, write_private,
+};
 
 /// What the lab knows about a node's process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,8 +118,7 @@ impl Cluster {
         };
         let data_dir = match &config.data_dir {
             Some(dir) => {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| LabError::io(format!("creating data dir {}", dir.display()), e))?;
+                private_dir(dir)?;
                 DataDir::Kept(dir.clone())
             }
             None => {
@@ -139,7 +143,18 @@ impl Cluster {
             program,
             data_dir: data_dir.path().to_owned(),
             log_dir,
-            secret: new_secret(),
+            // Separate keys for user tokens and node admission, unless the config's env
+            // brings its own (a master secret that derives both, or the rings).
+            keys: (!config
+                .env
+                .iter()
+                .any(|(k, _)| [SECRET_ENV, TOKEN_KEYS_ENV, NODE_KEYS_ENV].contains(&k.as_str())))
+            .then(|| {
+                (
+                    format!("lab:{}", new_secret()),
+                    format!("lab:{}", new_secret()),
+                )
+            }),
             operator_token,
             // Replaced once the controller tells us its port.
             controller: ControllerClient::new("http://127.0.0.1:0")?,
@@ -183,9 +198,19 @@ impl Cluster {
         self.controller.pid()
     }
 
-    /// The cluster's secret (`CHAT_SECRET`), e.g. to mint tokens in tests.
-    pub fn secret(&self) -> &str {
-        &self.launcher.secret
+    /// The user-token key ring the lab gave the processes (`CHAT_TOKEN_KEYS`, `ID:KEY`), e.g.
+    /// to mint tokens in tests; `None` when the config's env brought its own keys.
+    pub fn token_keys(&self) -> Option<&str> {
+        self.launcher
+            .keys
+            .as_ref()
+            .map(|(tokens, _)| tokens.as_str())
+    }
+
+    /// The node-admission key ring the lab gave the processes (`CHAT_NODE_KEYS`, `ID:KEY`), e.g.
+    /// to seal what a test injects on the bus; `None` when the config's env brought its own.
+    pub fn node_keys(&self) -> Option<&str> {
+        self.launcher.keys.as_ref().map(|(_, nodes)| nodes.as_str())
     }
 
     /// The operator's token (`CHAT_OPERATOR_TOKEN`) of this cluster's processes: send it as

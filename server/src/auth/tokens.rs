@@ -1,12 +1,17 @@
 //! The JWT that binds a user to one device, and its checks: signature, expiry, and the device
-//! still active with the token's generation in the store.
+//! still active with the token's generation in the store. Tokens are signed with the current
+//! key of the user-token ring and name it (`kid`); any key of the ring checks them, so a new
+//! key signs nobody out.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use protocol::http::DeviceInfoState;
 use protocol::{DeviceId, Millis, UserId};
 use serde::{Deserialize, Serialize};
 
-use super::Secret;
+use super::keys::KeyRing;
 use crate::store::{DeviceRecord, Store, StoreError};
 
 /// What a token says.
@@ -62,8 +67,11 @@ pub enum AuthError {
 /// Signs and checks tokens.
 #[derive(Clone)]
 pub struct TokenKeys {
+    /// The signing key's id and key.
+    kid: String,
     enc: EncodingKey,
-    dec: DecodingKey,
+    /// Every key of the ring, by id.
+    dec: Arc<HashMap<String, DecodingKey>>,
     validation: Validation,
 }
 
@@ -71,14 +79,21 @@ pub struct TokenKeys {
 pub const TOKEN_TTL_SECS: i64 = 30 * 24 * 3600;
 
 impl TokenKeys {
-    /// Keys from the cluster secret.
-    pub fn new(secret: &Secret) -> Self {
+    /// Keys from the user-token ring: its current key signs, every key checks.
+    pub fn new(ring: &KeyRing) -> Self {
         let mut validation = Validation::new(jsonwebtoken::Algorithm::HS256);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp"]);
+        let current = ring.current();
         TokenKeys {
-            enc: EncodingKey::from_secret(secret.as_bytes()),
-            dec: DecodingKey::from_secret(secret.as_bytes()),
+            kid: current.id().to_owned(),
+            enc: EncodingKey::from_secret(current.bytes()),
+            dec: Arc::new(
+                ring.keys()
+                    .iter()
+                    .map(|k| (k.id().to_owned(), DecodingKey::from_secret(k.bytes())))
+                    .collect(),
+            ),
             validation,
         }
     }
@@ -101,14 +116,24 @@ impl TokenKeys {
             iat,
             exp: iat + ttl_secs,
         };
-        let token = jsonwebtoken::encode(&Header::default(), &claims, &self.enc)
-            .map_err(|_| AuthError::Invalid)?;
+        let header = Header {
+            kid: Some(self.kid.clone()),
+            ..Header::default()
+        };
+        let token =
+            jsonwebtoken::encode(&header, &claims, &self.enc).map_err(|_| AuthError::Invalid)?;
         Ok((token, claims.exp * 1000))
     }
 
-    /// Checks the signature and expiry. Does not look at the store.
+    /// Checks the signature (by the key its `kid` names) and expiry. Does not look at the
+    /// store.
     pub fn decode(&self, token: &str) -> Result<Claims, AuthError> {
-        jsonwebtoken::decode::<Claims>(token, &self.dec, &self.validation)
+        let kid = jsonwebtoken::decode_header(token)
+            .map_err(|_| AuthError::Invalid)?
+            .kid
+            .ok_or(AuthError::Invalid)?;
+        let key = self.dec.get(&kid).ok_or(AuthError::Invalid)?;
+        jsonwebtoken::decode::<Claims>(token, key, &self.validation)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
@@ -155,7 +180,7 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_expire() {
-        let keys = TokenKeys::new(&Secret::new("0123456789abcdef-secret").expect("secret"));
+        let keys = TokenKeys::new(&ring(OLD));
         let now = crate::ids::now_ms();
         let (token, exp) = keys
             .issue(UserId(1), "alice", &device(3), now, 60)
@@ -172,11 +197,71 @@ mod tests {
             .expect("issue");
         assert!(matches!(keys.decode(&old), Err(AuthError::Expired)));
 
-        let other = TokenKeys::new(&Secret::new("another-secret-of-16+").expect("secret"));
+        let other = TokenKeys::new(&ring(NEW));
         assert!(matches!(other.decode(&token), Err(AuthError::Invalid)));
         assert!(matches!(
             keys.decode("not.a.token"),
             Err(AuthError::Invalid)
         ));
+    }
+
+    const OLD: &str = "t1:5b0e9d3c7a2f4e8b1d6c0a9f3e7b2d5c";
+    const NEW: &str = "t2:c8a1f0e7d6b5a4c3e2d1f0a9b8c7d6e5";
+
+    fn ring(spec: &str) -> KeyRing {
+        KeyRing::parse(spec, "test").expect("ring")
+    }
+
+    #[test]
+    fn a_new_key_signs_nobody_out_and_dropping_the_old_one_does() {
+        let now = crate::ids::now_ms();
+        let before = TokenKeys::new(&ring(OLD));
+        let (old_token, _) = before
+            .issue(UserId(1), "alice", &device(1), now, 60)
+            .expect("issue");
+        // Rotation: the new key in front, the old one kept.
+        let rotated = TokenKeys::new(&ring(&format!("{NEW},{OLD}")));
+        assert!(
+            rotated.decode(&old_token).is_ok(),
+            "signed out by a rotation"
+        );
+        let (new_token, _) = rotated
+            .issue(UserId(1), "alice", &device(1), now, 60)
+            .expect("issue");
+        let kid = jsonwebtoken::decode_header(&new_token).expect("header").kid;
+        assert_eq!(kid.as_deref(), Some("t2"));
+        assert!(matches!(before.decode(&new_token), Err(AuthError::Invalid)));
+        // The old key dropped: what it signed is refused.
+        let after = TokenKeys::new(&ring(NEW));
+        assert!(matches!(after.decode(&old_token), Err(AuthError::Invalid)));
+        assert!(after.decode(&new_token).is_ok());
+    }
+
+    #[test]
+    fn the_node_key_signs_no_user_token() {
+        let keys =
+            crate::auth::ClusterKeys::derived("0d6c1f8e9b2a7d4c3e5f6a1b8c9d2e7f").expect("keys");
+        let users = TokenKeys::new(&keys.tokens);
+        // Whoever holds the node key mints a token under the node key's id and bytes.
+        let minted = TokenKeys::new(&keys.nodes)
+            .issue(UserId(1), "alice", &device(1), crate::ids::now_ms(), 60)
+            .expect("issue")
+            .0;
+        assert!(matches!(users.decode(&minted), Err(AuthError::Invalid)));
+        // A token without a key id (as every token was before rings) is refused too.
+        let bare = jsonwebtoken::encode(
+            &Header::default(),
+            &Claims {
+                sub: 1,
+                name: "alice".into(),
+                dev: "dev1".into(),
+                generation: 1,
+                iat: 0,
+                exp: i64::MAX / 2000,
+            },
+            &EncodingKey::from_secret(keys.tokens.current().bytes()),
+        )
+        .expect("encode");
+        assert!(matches!(users.decode(&bare), Err(AuthError::Invalid)));
     }
 }

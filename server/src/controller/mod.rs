@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{HashCost, OperatorToken, Passwords, Secret, TokenKeys};
+use crate::auth::{ClusterKeys, HashCost, KeyRing, OperatorToken, Passwords, TokenKeys};
 use crate::backends::{BusChoice, RegistryChoice, WorkerClaims};
 use crate::bus::{Routing, SharedBus};
 use crate::ids::Snowflakes;
@@ -34,6 +34,7 @@ use crate::link::{HubBus, LinkHub};
 use crate::registry::memory::{CONTROLLER_WORKER_ID, MemoryRegistry};
 use crate::registry::{DeadNode, SharedRegistry};
 use crate::route::Router;
+use crate::sealed::{SealedBus, SealedRegistry};
 use crate::store::SharedStore;
 use error::ApiError;
 pub use throttle::AuthLimits;
@@ -54,8 +55,8 @@ pub struct ControllerConfig {
     pub routing: Routing,
     /// Node lease (embedded registry).
     pub lease_ms: u64,
-    /// The cluster secret.
-    pub secret: Secret,
+    /// The user-token and node-admission keys.
+    pub keys: ClusterKeys,
     /// Opens `/metrics` and `/v1/nodes` to the operator.
     pub operator: OperatorToken,
     /// Password hashing cost.
@@ -86,8 +87,8 @@ pub struct AppState {
     pub ids: Snowflakes,
     /// The embedded hub, when the controller hosts registry and bus.
     pub hub: Option<Arc<LinkHub>>,
-    /// Checks node links.
-    pub secret: Secret,
+    /// The node-admission key: checks node links.
+    pub node_keys: KeyRing,
     /// Opens `/metrics` and `/v1/nodes` to the operator.
     pub operator: OperatorToken,
     /// Largest attachment.
@@ -138,7 +139,15 @@ impl Controller {
             (RegistryChoice::Embedded, BusChoice::Embedded) => {
                 let memory = Arc::new(MemoryRegistry::new(config.lease_ms));
                 let hub = LinkHub::new(memory.clone(), dead_tx.clone());
-                (memory, Arc::new(HubBus(hub.clone())), Some(hub), None)
+                // Nodes seal their entries and envelopes on their side of the link; the
+                // controller checks and seals on its own.
+                let nodes = &config.keys.nodes;
+                (
+                    SealedRegistry::wrap(memory, nodes.clone()),
+                    SealedBus::wrap(Arc::new(HubBus(hub.clone())), nodes.clone()),
+                    Some(hub),
+                    None,
+                )
             }
             // Real backends: the controller only reads the registry, publishes, and reaps.
             (registry, bus) => {
@@ -147,6 +156,7 @@ impl Controller {
                     registry,
                     bus,
                     config.lease_ms,
+                    &config.keys.nodes,
                     cancel.clone(),
                 )
                 .await?;
@@ -174,12 +184,12 @@ impl Controller {
                 bus,
                 routing: config.routing,
             },
-            keys: TokenKeys::new(&config.secret),
+            keys: TokenKeys::new(&config.keys.tokens),
             passwords: Passwords::new(config.hash_cost, config.auth.hash_concurrency).await?,
             throttle: Throttle::new(&config.auth),
             ids: Snowflakes::new(worker_id),
             hub,
-            secret: config.secret.clone(),
+            node_keys: config.keys.nodes.clone(),
             operator: config.operator.clone(),
             max_attachment_bytes: config.max_attachment_bytes,
             token_ttl_secs: config.token_ttl_secs,
@@ -272,7 +282,8 @@ impl Controller {
     }
 }
 
-/// `GET /internal/link`: a node's link, authenticated by the cluster secret.
+/// `GET /internal/link`: a node's link, admitted by its proof that it holds the node-admission
+/// key (see [`crate::auth::keys::admission_proof`]).
 async fn link(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -283,8 +294,13 @@ async fn link(
             .into_response();
     };
     match crate::node::bearer(&headers) {
-        Some(s) if state.secret.matches(&s) => {}
-        _ => return ApiError::Unauthorized("bad cluster secret".into()).into_response(),
+        Some(proof)
+            if crate::auth::keys::admits(&state.node_keys, &proof, crate::ids::now_ms() / 1000) => {
+        }
+        _ => {
+            metrics::counter!("chat_link_refused_total").increment(1);
+            return ApiError::Unauthorized("bad node admission proof".into()).into_response();
+        }
     }
     ws.max_message_size(16 * 1024 * 1024)
         .max_frame_size(16 * 1024 * 1024)

@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::sync::CancellationToken;
 
 use super::hub::UNKNOWN_NODE;
-use crate::auth::Secret;
+use crate::auth::KeyRing;
 use crate::bus::{Bus, BusError, BusResult, Inbox};
 use crate::ids::now_ms;
 use crate::registry::{DeadNode, Lease, Load, NodeInfo, Registry, RegistryError, RegistryResult};
@@ -42,7 +42,8 @@ type Reply = oneshot::Sender<RegistryResult<LinkReply>>;
 
 struct Shared {
     url: String,
-    secret: Secret,
+    /// The node-admission key: each connect proves the node holds it.
+    node_keys: KeyRing,
     up: AtomicBool,
     /// Links established so far.
     sessions: AtomicU64,
@@ -75,7 +76,7 @@ pub struct LinkClient {
 impl LinkClient {
     /// Starts the link task towards `controller` (its HTTP base URL). The task stops when
     /// `cancel` fires.
-    pub fn start(controller: &str, secret: Secret, cancel: CancellationToken) -> LinkClient {
+    pub fn start(controller: &str, node_keys: KeyRing, cancel: CancellationToken) -> LinkClient {
         let base = controller.trim_end_matches('/');
         let url = if let Some(rest) = base.strip_prefix("https://") {
             format!("wss://{rest}/internal/link")
@@ -85,7 +86,7 @@ impl LinkClient {
         let (inbox_tx, inbox_rx) = mpsc::channel(16_384);
         let shared = Arc::new(Shared {
             url,
-            secret,
+            node_keys,
             up: AtomicBool::new(false),
             sessions: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
@@ -357,14 +358,12 @@ async fn connect(shared: &Shared) -> Result<Ws, String> {
         .as_str()
         .into_client_request()
         .map_err(|e| e.to_string())?;
-    let auth = format!(
-        "Bearer {}",
-        String::from_utf8_lossy(shared.secret.as_bytes())
-    );
+    let proof = crate::auth::keys::admission_proof(&shared.node_keys, now_ms() / 1000);
     req.headers_mut().insert(
         "authorization",
-        auth.parse()
-            .map_err(|_| "secret is not a valid header".to_owned())?,
+        format!("Bearer {proof}")
+            .parse()
+            .map_err(|_| "the admission proof is not a valid header".to_owned())?,
     );
     let (ws, _) =
         tokio_tungstenite::connect_async_with_config(req, Some(super::socket_config()), true)

@@ -35,7 +35,7 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::auth::Secret;
+    use crate::auth::KeyRing;
     use crate::bus::{Bus, SharedBus};
     use crate::ids::now_ms;
     use crate::registry::memory::MemoryRegistry;
@@ -89,8 +89,8 @@ mod tests {
         }
     }
 
-    fn secret() -> Secret {
-        Secret::new("link-test-secret-0123456789").expect("secret")
+    fn secret() -> KeyRing {
+        KeyRing::derive(b"link test master", "node admission")
     }
 
     async fn registered(url: &str, name: &str) -> (NodeId, LinkClient) {

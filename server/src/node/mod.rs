@@ -45,7 +45,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{AuthError, OperatorToken, Secret, TokenKeys};
+use crate::auth::{AuthError, ClusterKeys, OperatorToken, TokenKeys};
 use crate::backends::{self, BusChoice, RegistryChoice};
 use crate::bus::{Inbox, Routing};
 use crate::conn::Peer;
@@ -128,8 +128,8 @@ pub struct NodeConfig {
     pub routing: Routing,
     /// Host put in the URLs the node advertises (default: the address it is bound to).
     pub advertise_host: Option<String>,
-    /// The cluster secret.
-    pub secret: Secret,
+    /// The user-token and node-admission keys.
+    pub keys: ClusterKeys,
     /// Opens `/trace` and `/metrics`.
     pub operator: OperatorToken,
     /// Per-device limits.
@@ -218,7 +218,7 @@ impl Node {
             &config.registry,
             &config.bus,
             config.controller.as_deref(),
-            &config.secret,
+            &config.keys.nodes,
             background.clone(),
         )
         .await?;
@@ -244,7 +244,7 @@ impl Node {
             },
             devices: Devices::default(),
             tracer: Tracer::new(config.id.clone(), 4096),
-            keys: TokenKeys::new(&config.secret),
+            keys: TokenKeys::new(&config.keys.tokens),
             operator: config.operator.clone(),
             limits: config.limits,
             ids: Snowflakes::new(lease.worker_id),

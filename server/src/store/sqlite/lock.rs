@@ -2,6 +2,8 @@
 //! (an exclusive `flock` of `<file>.write-lock`, queued in the kernel, taken before `BEGIN
 //! IMMEDIATE`), and where a writer waits for it.
 
+use std::os::unix::fs::OpenOptionsExt;
+
 use crate::store::{StoreError, StoreResult};
 
 thread_local! {
@@ -48,6 +50,7 @@ impl FileLock {
             }
             FileLock::Free(file) => file,
             FileLock::Closed => std::fs::OpenOptions::new()
+                .mode(0o600)
                 .create(true)
                 .truncate(false)
                 .write(true)
