@@ -57,6 +57,9 @@ pub struct LabConfig {
     pub drawn_per_sec: f64,
     /// Subscribe to the traces even when nobody watches (measurements, headless lessons).
     pub always_observe: bool,
+    /// Never subscribe to the traces, whoever watches: the baseline against which the cost of
+    /// observing is measured (the panel then draws no message path).
+    pub never_observe: bool,
 }
 
 impl LabConfig {
@@ -69,6 +72,7 @@ impl LabConfig {
             checker: CheckerConfig::default(),
             drawn_per_sec: 6.0,
             always_observe: false,
+            never_observe: false,
         }
     }
 }
@@ -92,6 +96,8 @@ struct Inner {
     users_running: watch::Receiver<bool>,
     /// The cluster's data dir and log dir (they change with the cluster).
     dirs: Mutex<(PathBuf, PathBuf)>,
+    /// The controller's pid (it changes with the cluster).
+    controller_pid: std::sync::atomic::AtomicU32,
 }
 
 /// A running lab. Cheap to clone. See the module docs.
@@ -149,6 +155,7 @@ impl Lab {
             operator: operator_rx,
             users_running: users_rx,
             dirs: Mutex::new((cluster.data_dir().to_owned(), cluster.log_dir().to_owned())),
+            controller_pid: std::sync::atomic::AtomicU32::new(cluster.controller_pid()),
         });
         let lab = Lab { inner };
         let (obs_tx, obs_rx) = mpsc::unbounded_channel();
@@ -177,7 +184,11 @@ impl Lab {
             lab.clone(),
             observer,
             config.drawn_per_sec,
-            config.always_observe,
+            if config.never_observe {
+                Some(false)
+            } else {
+                config.always_observe.then_some(true)
+            },
         ));
         if config.users.is_some() {
             actor.start_users().await;
@@ -248,6 +259,11 @@ impl Lab {
     /// The cluster's data dir (its SQLite store, its token) and where its processes log.
     pub fn dirs(&self) -> (PathBuf, PathBuf) {
         self.inner.dirs.lock().clone()
+    }
+
+    /// The controller's pid.
+    pub fn controller_pid(&self) -> u32 {
+        self.inner.controller_pid.load(Ordering::Relaxed)
     }
 
     /// The node slots as of the last look.
@@ -888,7 +904,13 @@ async fn poll_counters(lab: Lab) {
 
 /// Keeps the observer on the cluster's current processes while somebody watches, and its
 /// sampling in step with the traffic.
-async fn keep_observing(lab: Lab, observer: Arc<Observer>, drawn_per_sec: f64, always: bool) {
+/// `forced`: always (`Some(true)`) or never (`Some(false)`) observe, whoever watches.
+async fn keep_observing(
+    lab: Lab,
+    observer: Arc<Observer>,
+    drawn_per_sec: f64,
+    forced: Option<bool>,
+) {
     let cancel = lab.inner.cancel.clone();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -897,9 +919,9 @@ async fn keep_observing(lab: Lab, observer: Arc<Observer>, drawn_per_sec: f64, a
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let watching = always
-            || lab.inner.watchers.load(Ordering::Relaxed) > 0
-            || *lab.inner.users_running.borrow();
+        let watching = forced.unwrap_or_else(|| {
+            lab.inner.watchers.load(Ordering::Relaxed) > 0 || *lab.inner.users_running.borrow()
+        });
         if !watching {
             observer.set_targets(&[]);
             continue;

@@ -77,6 +77,8 @@ $("rate").oninput = sendRate;
 $("rooms").oninput = sendRate;
 let slidersTouched = false;
 for (const id of ["rate", "rooms"]) $(id).addEventListener("pointerdown", () => (slidersTouched = true));
+let usersTouched = false;
+for (const id of ["users", "devices"]) $(id).addEventListener("input", () => (usersTouched = true));
 
 $("nodes").addEventListener("click", (ev) => {
   const b = (ev.target as HTMLElement).closest("button");
@@ -138,9 +140,20 @@ function set(root: ParentNode, sel: string, text: string): void {
   if (el && el.textContent !== text) el.textContent = text;
 }
 
+/** What each element was last given: comparing with it is cheap, reading innerHTML is not. */
+const markups = new Map<string, string>();
 function html(id: string, markup: string): void {
-  const el = $(id);
-  if (el.innerHTML !== markup) el.innerHTML = markup;
+  if (markups.get(id) === markup) return;
+  markups.set(id, markup);
+  $(id).innerHTML = markup;
+}
+
+/** Runs `draw` only when `key` changed since the last call for `id`. */
+const drawn = new Map<string, string>();
+function redrawIf(id: string, key: string, draw: () => void): void {
+  if (drawn.get(id) === key) return;
+  drawn.set(id, key);
+  draw();
 }
 
 function drawHistogram(canvas: HTMLCanvasElement, h: Histogram, colour: string): void {
@@ -191,6 +204,10 @@ function renderDom(): void {
   renderNodes(u);
 
   const t = u.traffic;
+  if (!usersTouched && t.users > 0) {
+    $<HTMLInputElement>("users").value = String(t.users);
+    $<HTMLInputElement>("devices").value = String(t.devices_per_user);
+  }
   if (!slidersTouched) {
     $<HTMLInputElement>("rate").value = String(t.rate);
     $<HTMLInputElement>("rooms").value = String(Math.round(t.room_share * 100));
@@ -212,9 +229,19 @@ function renderDom(): void {
   ];
   html("checker", rows.map(([k, v]) => `<tr><td>${esc(k)}</td><td data-k="${esc(k.split(" ")[0])}">${esc(String(v))}</td></tr>`).join(""));
   html("violations", c.violations.slice(0, 8).map((v) => `<li>${esc(v.text)}</li>`).join(""));
+  html(
+    "check-rows",
+    c.rows.length
+      ? `<tr><th>device</th><th>conv</th><th>got</th><th>stale</th><th>lost</th><th>dup</th><th>order</th></tr>` +
+          c.rows
+            .slice(0, 8)
+            .map((r) => `<tr data-level="${r.level}"><td>${esc(r.device)}${r.sender ? " (sender)" : ""}</td><td>${r.conv}</td><td>${r.delivered}/${r.expected}</td><td>${r.stale}</td><td>${r.lost}</td><td>${r.duplicates}</td><td>${r.out_of_order}</td></tr>`)
+            .join("")
+      : "",
+  );
 
   set(document, "#latency-figures", `${c.latency.count} deliveries · p50 ${c.latency.p50_ms.toFixed(1)} ms · p99 ${c.latency.p99_ms.toFixed(1)} ms · max ${c.latency.max_ms.toFixed(1)} ms`);
-  drawHistogram($<HTMLCanvasElement>("latency"), c.latency, "#0969da");
+  redrawIf("latency", JSON.stringify(c.latency.buckets), () => drawHistogram($<HTMLCanvasElement>("latency"), c.latency, "#0969da"));
   set(document, "#msgs-per-op", c.msgs_per_op === undefined ? "—" : c.msgs_per_op.toFixed(2));
   set(document, "#msgs-per-op-note", `bus envelopes per message over ${c.ops_sampled} sampled; ${b.routing} on ${u.cluster.nodes.filter((n) => n.state === "live").length} live nodes`);
   set(document, "#failover-figures", `${c.failover.count} · p50 ${c.failover.p50_ms.toFixed(0)} ms · p99 ${c.failover.p99_ms.toFixed(0)} ms · max ${c.failover.max_ms.toFixed(0)} ms`);
@@ -249,7 +276,7 @@ function renderDom(): void {
   const list = state.messages.slice(-30).reverse();
   html("messages", list.map((m) => `<li data-id="${esc(m.id)}" aria-selected="${m.id === selected}" title="${esc(pathSummary(m))}">#${m.seq} ${esc(pathSummary(m))}</li>`).join(""));
   const shown = selected ? state.message(selected) : topology.current() ?? state.messages[state.messages.length - 1];
-  drawTimeline($<HTMLCanvasElement>("timeline"), shown);
+  redrawIf("timeline", shown ? `${shown.id}:${shown.steps.length}` : "", () => drawTimeline($<HTMLCanvasElement>("timeline"), shown));
 
   const n = state.narration;
   $("narration").hidden = !n;

@@ -46,40 +46,70 @@ export class Topology {
   /** The message the user clicked: played again and again until released. */
   frozen?: string;
   private drawnVersion = -1;
-  private width = 0;
+  private placedDevices = -1;
+  private placedBoxes = "";
+  private boxesKey = "";
+  /** The boxes and dots, redrawn only when they change. */
+  private layer = document.createElement("canvas");
+  private lctx: CanvasRenderingContext2D;
+  private colours: string[] = [];
 
   constructor(private canvas: HTMLCanvasElement, private state: LabState) {
     const ctx = canvas.getContext("2d");
-    if (!ctx) throw new Error("no 2D canvas");
+    const lctx = this.layer.getContext("2d");
+    if (!ctx || !lctx) throw new Error("no 2D canvas");
     this.ctx = ctx;
+    this.lctx = lctx;
   }
 
-  /** Draws if anything changed or moves; called on every animation frame. */
+  private colour(user: number): string {
+    return (this.colours[user] ??= userColour(user));
+  }
+
+  /** Draws if anything changed or moves; called on every animation frame. The boxes and the
+   *  dots are drawn on a layer of their own only when a lab frame arrived (a few times a
+   *  second) or dots glide; an animation frame only copies that layer and draws the path. */
   frame(now: number): void {
-    const w = this.canvas.clientWidth;
-    const moving = this.playing !== undefined || this.glides.size > 0;
-    if (!moving && this.drawnVersion === this.state.version && w === this.width) {
-      this.pickMessage(now);
-      if (!this.playing) return;
+    const resized = this.resize();
+    let dirty = resized;
+    if (resized || this.drawnVersion !== this.state.version) {
+      this.drawnVersion = this.state.version;
+      this.layout();
+      if (resized || this.placedDevices !== this.state.devicesVersion || this.boxesKey !== this.placedBoxes) {
+        this.placedDevices = this.state.devicesVersion;
+        this.placedBoxes = this.boxesKey;
+        this.placeDevices(now);
+      }
+      dirty = true;
     }
-    this.drawnVersion = this.state.version;
-    this.resize();
-    this.layout();
-    this.placeDevices(now);
+    if (this.glides.size) {
+      this.stepGlides(now);
+      dirty = true;
+    }
+    if (dirty) this.drawStatic();
+    const wasPlaying = this.playing !== undefined;
     this.pickMessage(now);
-    this.draw(now);
+    if (!dirty && !this.playing && !wasPlaying) return;
+    const ctx = this.ctx;
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.clearRect(0, 0, this.canvas.width, this.canvas.height);
+    ctx.drawImage(this.layer, 0, 0);
+    const dpr = window.devicePixelRatio || 1;
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    if (this.playing) this.path(this.playing.msg, (now - this.playing.start) / PLAY_MS);
   }
 
-  private resize(): void {
+  /** Fits the canvas and its layer to the element; says whether the size changed. */
+  private resize(): boolean {
     const dpr = window.devicePixelRatio || 1;
-    const w = this.canvas.clientWidth;
-    const h = this.canvas.clientHeight;
-    if (this.canvas.width !== Math.round(w * dpr) || this.canvas.height !== Math.round(h * dpr)) {
-      this.canvas.width = Math.round(w * dpr);
-      this.canvas.height = Math.round(h * dpr);
-    }
-    this.width = w;
-    this.ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    const w = Math.round(this.canvas.clientWidth * dpr);
+    const h = Math.round(this.canvas.clientHeight * dpr);
+    if (this.canvas.width === w && this.canvas.height === h && this.layer.width === w) return false;
+    this.canvas.width = w;
+    this.canvas.height = h;
+    this.layer.width = w;
+    this.layer.height = h;
+    return true;
   }
 
   private layout(): void {
@@ -97,6 +127,7 @@ export class Topology {
     const bw = (W - 32 - gap * (perRow - 1)) / perRow;
     const bh = (H - top - 12 - gap * (rows - 1)) / rows;
     this.boxes.clear();
+    this.boxesKey = `${W}x${H}:${nodes.map((n) => n.slot).join(",")}`;
     nodes.forEach((n, i) => {
       const r = Math.floor(i / perRow);
       const c = i % perRow;
@@ -145,13 +176,16 @@ export class Topology {
         }
       }
     }
+    if (this.dots.size > seen.size) for (const id of this.dots.keys()) if (!seen.has(id)) this.dots.delete(id);
+  }
+
+  private stepGlides(now: number): void {
     for (const [id, g] of this.glides) {
       const t = Math.min(1, (now - g.start) / GLIDE_MS);
       const e = t < 0.5 ? 2 * t * t : 1 - (-2 * t + 2) ** 2 / 2;
       this.dots.set(id, { x: g.from.x + (g.to.x - g.from.x) * e, y: g.from.y + (g.to.y - g.from.y) * e });
       if (t >= 1) this.glides.delete(id);
     }
-    if (this.dots.size > seen.size) for (const id of this.dots.keys()) if (!seen.has(id)) this.dots.delete(id);
   }
 
   private pickMessage(now: number): void {
@@ -179,8 +213,11 @@ export class Topology {
     return this.playing?.msg;
   }
 
-  private draw(now: number): void {
-    const ctx = this.ctx;
+  /** The boxes, the bus and the dots, on the layer. */
+  private drawStatic(): void {
+    const ctx = this.lctx;
+    const dpr = window.devicePixelRatio || 1;
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     const W = this.canvas.clientWidth;
     const H = this.canvas.clientHeight;
     ctx.clearRect(0, 0, W, H);
@@ -212,7 +249,7 @@ export class Topology {
     for (const [user, , state, id] of this.state.devices.devices) {
       const p = this.dots.get(id);
       if (!p) continue;
-      const c = state === "live" ? userColour(user) : state === "resyncing" ? "#bf8700" : "#8c959f";
+      const c = state === "live" ? this.colour(user) : state === "resyncing" ? "#bf8700" : "#8c959f";
       let list = byColour.get(c);
       if (!list) byColour.set(c, (list = []));
       list.push(p);
@@ -222,11 +259,10 @@ export class Topology {
       ctx.fillStyle = c;
       for (const p of pts) ctx.fillRect(p.x, p.y, s, s);
     }
-    if (this.playing) this.path(this.playing.msg, (now - this.playing.start) / PLAY_MS);
   }
 
   private service(box: Box, title: string, detail: string, colour: string): void {
-    const ctx = this.ctx;
+    const ctx = this.lctx;
     ctx.fillStyle = "#f6f8fa";
     ctx.strokeStyle = colour;
     ctx.lineWidth = 1.5;
@@ -244,7 +280,7 @@ export class Topology {
   private node(n: NodeView, nowUs: number): void {
     const box = this.boxes.get(n.slot);
     if (!box) return;
-    const ctx = this.ctx;
+    const ctx = this.lctx;
     const colour = n.bus_cut ? STATE_COLOURS.cut : STATE_COLOURS[n.state];
     ctx.fillStyle = n.state === "dead" || n.state === "stopped" ? "#fff5f5" : "#ffffff";
     ctx.strokeStyle = colour;
