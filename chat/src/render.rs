@@ -168,6 +168,8 @@ impl Names {
                     w.conversations.len()
                 ))
             }
+            ClientEvent::Teaching { mode: Some(mode) } => Some(format!("! {}", mode.status_line())),
+            ClientEvent::Teaching { mode: None } => Some("* teaching mode off".to_owned()),
             ClientEvent::Moving { node, reason } => {
                 Some(format!("* {node} is draining ({reason})"))
             }

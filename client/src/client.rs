@@ -238,6 +238,7 @@ impl Client {
                 reads: Default::default(),
                 typing: Default::default(),
                 waiters: Default::default(),
+                teaching: None,
             }),
             wake: Notify::new(),
             retry: Notify::new(),
@@ -462,6 +463,12 @@ impl Client {
     /// The current status.
     pub fn status(&self) -> Status {
         self.inner.status.borrow().clone()
+    }
+
+    /// The teaching mode the node said is on, if any: a guarantee is broken on purpose (show
+    /// [`protocol::teaching::Teaching::status_line`] beside the status).
+    pub fn teaching(&self) -> Option<protocol::teaching::Teaching> {
+        self.inner.shared.inner.lock().teaching
     }
 
     /// Ends a wait between reconnection attempts now (a person pressed "Retry now"). Does

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use protocol::limits;
 use protocol::model::Event;
+use protocol::teaching::Teaching;
 use protocol::ws::{Ack, ClientFrame, ErrorCode, ErrorFrame, Hello, ServerFrame};
 use protocol::{ClientMsgId, ConvId, DeviceId, NodeId, PROTOCOL_VERSION, Seq};
 use rand::SeedableRng;
@@ -69,6 +70,8 @@ pub(crate) struct Inner {
     pub typing: VecDeque<(ConvId, bool)>,
     /// Callers of `send_and_wait_ack`, by client id.
     pub waiters: HashMap<ClientMsgId, Vec<Waiter>>,
+    /// The teaching mode the node said is on (see [`protocol::teaching`]).
+    pub teaching: Option<Teaching>,
 }
 
 impl Inner {
@@ -377,6 +380,14 @@ impl Engine {
             ServerFrame::Read { conv, user, seq } => {
                 self.emit(ClientEvent::Read { conv, user, seq }).await?;
             }
+            ServerFrame::Teaching { mode } => {
+                match mode {
+                    Some(m) => warn!(%node, mode = %m, "{}", m.status_line()),
+                    None => info!(%node, "teaching mode off"),
+                }
+                self.shared.inner.lock().teaching = mode;
+                self.emit(ClientEvent::Teaching { mode }).await?;
+            }
             ServerFrame::Moving { reason } => {
                 info!(%node, %reason, "node is draining; moving");
                 self.emit(ClientEvent::Moving {
@@ -394,7 +405,19 @@ impl Engine {
     }
 
     async fn on_event(&self, event: Event) -> Result<(), Disconnect> {
-        let verdict = self.shared.inner.lock().sync.check(event.conv, event.seq);
+        let (verdict, teaching) = {
+            let inner = self.shared.inner.lock();
+            (inner.sync.check(event.conv, event.seq), inner.teaching)
+        };
+        // Teaching modes: what the node writes is shown as it comes, late events included
+        // (arrival order), and a gap is not filled from history (bus only).
+        let verdict = match (verdict, teaching) {
+            (Verdict::Duplicate, Some(Teaching::ArrivalOrder)) => Verdict::Deliver,
+            (Verdict::Gap { .. }, Some(Teaching::ArrivalOrder | Teaching::BusOnly)) => {
+                Verdict::Deliver
+            }
+            (v, _) => v,
+        };
         match verdict {
             Verdict::Duplicate => Ok(()),
             Verdict::Deliver => self.deliver(event).await,

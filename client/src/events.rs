@@ -67,6 +67,13 @@ pub enum ClientEvent {
         /// Up to which event.
         seq: Seq,
     },
+    /// A teaching mode was turned on (or off: `None`) in the cluster: a guarantee is broken
+    /// on purpose, and the status line should say "teaching mode: <what is broken>"
+    /// ([`protocol::teaching::Teaching::status_line`]).
+    Teaching {
+        /// The mode, or none.
+        mode: Option<protocol::teaching::Teaching>,
+    },
     /// The node is shutting down; the engine is moving to another node (a `Reconnecting`
     /// status follows).
     Moving {

@@ -51,6 +51,10 @@ pub struct ClusterArgs {
     /// The server binary (default: $CHAT_SERVER_BIN, else beside this binary).
     #[arg(long)]
     pub server_bin: Option<PathBuf>,
+    /// Start every process with --teaching, so that teaching modes (which break a guarantee
+    /// on purpose, for a class) can be turned on. Never for a cluster people chat on.
+    #[arg(long)]
+    pub teaching: bool,
 }
 
 impl ClusterArgs {
@@ -68,6 +72,7 @@ impl ClusterArgs {
         };
         config.lease_ms = self.lease_ms;
         config.server_bin = self.server_bin;
+        config.teaching = self.teaching;
         config
     }
 }

@@ -174,6 +174,7 @@ impl Lab {
             operator: operator_tx,
             users_running: users_tx,
             known: HashMap::new(),
+            teaching: None,
         };
         actor.publish_setup();
         let t = &lab.inner.tasks;
@@ -336,6 +337,8 @@ struct Actor {
     operator: watch::Sender<String>,
     users_running: watch::Sender<bool>,
     known: HashMap<String, ProcessState>,
+    /// The teaching mode the lab turned on (given again to nodes that start meanwhile).
+    teaching: Option<protocol::teaching::Teaching>,
 }
 
 impl Actor {
@@ -589,6 +592,8 @@ impl Actor {
                 let (index, n) = self.slot(&node)?;
                 let started = Instant::now();
                 let new = self.cluster()?.restart_node(index).await.map_err(err)?;
+                let mode = self.teaching;
+                crate::teach::reapply(self.cluster()?, mode, &new).await?;
                 format!(
                     "{} restarted as {} (pid {}); live after {}",
                     n.id,
@@ -625,6 +630,8 @@ impl Actor {
             Op::AddNode => {
                 let started = Instant::now();
                 let new = self.cluster()?.add_node().await.map_err(err)?;
+                let mode = self.teaching;
+                crate::teach::reapply(self.cluster()?, mode, &new).await?;
                 format!(
                     "{} added (pid {}); live after {}",
                     new.id,
@@ -635,7 +642,11 @@ impl Actor {
             Op::SetRouting { routing } => {
                 let routing: Routing = routing.parse()?;
                 let started = Instant::now();
-                self.cluster()?.set_routing(routing).await.map_err(err)?;
+                let nodes = self.cluster()?.set_routing(routing).await.map_err(err)?;
+                let mode = self.teaching;
+                for n in &nodes {
+                    crate::teach::reapply(self.cluster()?, mode, n).await?;
+                }
                 self.publish_setup();
                 format!(
                     "every node restarted with {} routing in {}",
@@ -706,6 +717,32 @@ impl Actor {
                 self.lab.inner.world.lock().checker_mut().reset(now_us());
                 "the checker starts counting again".into()
             }
+            Op::Teach { mode } => {
+                let switched = crate::teach::switch(self.cluster()?, mode).await;
+                // Whatever failed half-way, the world shows the mode asked for only if it
+                // is on.
+                if switched.is_ok() {
+                    self.teaching = mode;
+                    self.lab.inner.world.lock().set_teaching(mode);
+                }
+                self.publish_setup();
+                switched?
+            }
+            Op::DelayBus { node, ms } => {
+                let (index, n) = self.slot(&node)?;
+                let delay = Duration::from_millis(ms.min(10_000));
+                self.cluster()?.delay_bus(index, delay).map_err(err)?;
+                if ms == 0 {
+                    format!("{}'s bus connection runs at full speed again", n.id)
+                } else {
+                    format!(
+                        "{}'s bus connection delayed by {} ms each way: one path slower than \
+                         the others",
+                        n.id,
+                        delay.as_millis()
+                    )
+                }
+            }
         };
         self.lab.log(Level::Ok, message.clone());
         Ok(message)
@@ -745,6 +782,7 @@ impl Actor {
         let (backends, leftovers) = stack.backends(&tag, config.backends.routing)?;
         config.backends = backends;
         config.nodes = nodes;
+        config.teaching_at_start = None;
         config.data_dir = None;
         let started = Instant::now();
         let cluster = Cluster::start(config).await.map_err(|e| e.to_string())?;
@@ -753,6 +791,7 @@ impl Actor {
         self.cluster = Some(cluster);
         self.known.clear();
         self.lab.inner.world.lock().new_run(&tag, now_us());
+        self.teaching = None;
         self.publish_setup();
         self.refresh();
         let mut message = format!(
@@ -793,6 +832,9 @@ fn describe(op: &Op) -> String {
         Op::EndBurst => "logging the burst out…".into(),
         Op::Settle => "judging…".into(),
         Op::ResetChecker => "resetting the checker…".into(),
+        Op::Teach { mode: Some(mode) } => format!("turning teaching mode {mode} on…"),
+        Op::Teach { mode: None } => "turning teaching mode off…".into(),
+        Op::DelayBus { node, ms } => format!("delaying {node}'s bus by {ms} ms…"),
     }
 }
 

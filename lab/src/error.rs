@@ -165,6 +165,9 @@ pub enum LabError {
     /// The panel's web server could not start.
     #[error("the lab panel: {0}")]
     Panel(String),
+    /// A lesson's cluster could not be set up (its backend set, its services).
+    #[error("lesson: {0}")]
+    Lesson(String),
 }
 
 impl LabError {

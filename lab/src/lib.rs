@@ -19,12 +19,15 @@
 //!   conversation, latency, msgs-per-op, failover times. No task, no clock: usable headless.
 //! - [`observe`]: the merged `/trace` streams of every node and the controller.
 //! - [`world`]: the lab's picture of a run, fed by all of the above; panel frames and reports.
+//! - [`lessons`]: each article's mistake and its fix as a script of steps on a live lab, with
+//!   the checker's verdicts; `lab lesson` runs them headless.
 //! - [`control`]: [`control::Lab`], a running lab: the task that owns the cluster and carries
 //!   out operations one at a time, the pollers and the observer. What the panel, the console,
 //!   lessons and tests drive.
 //! - [`report`]: a run's report as one self-contained HTML page with its plots.
 //! - `panel` (feature `panel`, on by default): the web server of the panel — its assets
 //!   (built in `lab/panel/`, embedded), its WebSocket stream, operations and report.
+//! - [`teach`]: teaching modes turned on and off in a cluster started with `--teaching`.
 //! - [`stacks`]: backend sets a lab can restart its cluster on, and whether they run here.
 //! - `console` (feature `console`, on by default): the interactive `lab up` session and `lab
 //!   status` (the binary is a thin wrapper around it).
@@ -56,6 +59,7 @@ pub mod console;
 pub mod control;
 mod error;
 pub mod find;
+pub mod lessons;
 pub mod observe;
 #[cfg(feature = "panel")]
 pub mod panel;
@@ -64,6 +68,7 @@ pub mod proxy;
 pub mod report;
 pub mod stacks;
 pub mod status;
+pub mod teach;
 pub mod users;
 pub mod world;
 

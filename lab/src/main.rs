@@ -29,6 +29,10 @@ enum Cmd {
     /// is the controller's URL, the second the panel's, the third `LAB_READY {json}`. Ctrl-C
     /// or SIGTERM stops the cluster gracefully.
     Up(UpArgs),
+    /// Run a lesson (an article's mistake on a live cluster, then its fix), headless:
+    /// `--list` names them, `NAME` runs one, `--check` (alone: every lesson) exits non-zero
+    /// unless each mistake showed and each fix held.
+    Lesson(LessonArgs),
     /// Print a controller's nodes once.
     Status {
         /// The controller's HTTP base.
@@ -41,6 +45,19 @@ enum Cmd {
         #[arg(long, conflicts_with = "operator_token")]
         data_dir: Option<PathBuf>,
     },
+}
+
+#[derive(Args)]
+struct LessonArgs {
+    /// The lesson (see --list).
+    name: Option<String>,
+    /// List the lessons, one a line, short name first.
+    #[arg(long, conflicts_with = "name")]
+    list: bool,
+    /// Judge: exit 0 only if each mistake showed (checker red) and each fix held (green).
+    /// Without a name, every lesson.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Args)]
@@ -123,6 +140,9 @@ fn main() -> ExitCode {
 async fn run(command: Cmd) -> anyhow::Result<bool> {
     match command {
         Cmd::Up(args) => lab::console::up(args.config(), args.options())
+            .await
+            .map_err(anyhow::Error::from),
+        Cmd::Lesson(args) => lab::lessons::command(args.name.as_deref(), args.list, args.check)
             .await
             .map_err(anyhow::Error::from),
         Cmd::Status {

@@ -1,7 +1,9 @@
 //! A TCP proxy the lab puts between one node and its bus, so that the node's bus connection
 //! can be cut for real while the node keeps running: [`CutProxy::cut`] closes every connection
 //! through it and refuses new ones (each is accepted and closed at once, as a broker that went
-//! away would), [`CutProxy::restore`] lets the node connect again.
+//! away would), [`CutProxy::restore`] lets the node connect again. [`CutProxy::set_delay`]
+//! holds every byte through it for a while, both ways: one uneven path, for the lessons that
+//! need messages to overtake each other.
 //!
 //! What goes through it depends on the bus: with Redis or RabbitMQ, the node's connections to
 //! the broker (its registry connection stays direct); with the embedded bus, the node's link
@@ -9,9 +11,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::LabError;
@@ -23,6 +28,7 @@ pub struct CutProxy {
     addr: SocketAddr,
     target: String,
     cut: Arc<watch::Sender<bool>>,
+    delay: Arc<watch::Sender<Duration>>,
     stop: CancellationToken,
 }
 
@@ -36,17 +42,20 @@ impl CutProxy {
             .local_addr()
             .map_err(|e| LabError::io("reading a bus proxy's address", e))?;
         let cut = Arc::new(watch::channel(false).0);
+        let delay = Arc::new(watch::channel(Duration::ZERO).0);
         let stop = CancellationToken::new();
         tokio::spawn(accept(
             listener,
             target.to_owned(),
             cut.clone(),
+            delay.clone(),
             stop.clone(),
         ));
         Ok(CutProxy {
             addr,
             target: target.to_owned(),
             cut,
+            delay,
             stop,
         })
     }
@@ -76,6 +85,17 @@ impl CutProxy {
     pub fn is_cut(&self) -> bool {
         *self.cut.borrow()
     }
+
+    /// Holds every byte through the proxy this long before passing it on, both ways, from now
+    /// on (zero: none). Bytes keep their order.
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay.send_replace(delay);
+    }
+
+    /// The delay now.
+    pub fn delay(&self) -> Duration {
+        *self.delay.borrow()
+    }
 }
 
 impl Drop for CutProxy {
@@ -88,6 +108,7 @@ async fn accept(
     listener: TcpListener,
     target: String,
     cut: Arc<watch::Sender<bool>>,
+    delay: Arc<watch::Sender<Duration>>,
     stop: CancellationToken,
 ) {
     loop {
@@ -107,28 +128,72 @@ async fn accept(
             inbound,
             target.clone(),
             cut.subscribe(),
+            delay.subscribe(),
             stop.clone(),
         ));
     }
 }
 
-/// Copies both ways until either side closes, the proxy is cut or it stops.
+/// Copies both ways (each byte held for the delay) until both sides closed, the proxy is cut
+/// or it stops.
 async fn forward(
-    mut inbound: TcpStream,
+    inbound: TcpStream,
     target: String,
     mut cut: watch::Receiver<bool>,
+    delay: watch::Receiver<Duration>,
     stop: CancellationToken,
 ) {
-    let Ok(mut outbound) = TcpStream::connect(&target).await else {
+    let Ok(outbound) = TcpStream::connect(&target).await else {
         return;
     };
     let _ = inbound.set_nodelay(true);
     let _ = outbound.set_nodelay(true);
+    let (in_read, in_write) = inbound.into_split();
+    let (out_read, out_write) = outbound.into_split();
     tokio::select! {
         _ = stop.cancelled() => {}
         _ = cut.wait_for(|cut| *cut) => {}
-        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+        _ = async {
+            tokio::join!(
+                pump(in_read, out_write, delay.clone()),
+                pump(out_read, in_write, delay),
+            )
+        } => {}
     }
+}
+
+/// Copies one way: each chunk read is written once the delay (as it was when the chunk was
+/// read) has passed, in order.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: watch::Receiver<Duration>,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let read = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let due = Instant::now() + *delay.borrow();
+                    if tx.send((due, buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let write = async move {
+        while let Some((due, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(read, write);
 }
 
 /// `host:port` of a URL such as `redis://127.0.0.1:6379/?prefix=x`,
@@ -237,6 +302,15 @@ mod tests {
         back.write_all(b"pong").await?;
         back.read_exact(&mut buf).await?;
         assert_eq!(&buf, b"pong");
+
+        // A delay holds the bytes each way, and keeps them in order.
+        proxy.set_delay(Duration::from_millis(150));
+        let started = std::time::Instant::now();
+        back.write_all(b"ab").await?;
+        back.write_all(b"cd").await?;
+        back.read_exact(&mut buf).await?;
+        assert_eq!(&buf, b"abcd");
+        assert!(started.elapsed() >= Duration::from_millis(300));
         Ok(())
     }
 }

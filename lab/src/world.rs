@@ -159,6 +159,7 @@ pub struct World {
     busy: Option<String>,
     sample: u32,
     lessons: Vec<protocol::lab::LessonSummary>,
+    teaching: Option<protocol::teaching::Teaching>,
 }
 
 impl World {
@@ -197,6 +198,7 @@ impl World {
             busy: None,
             sample: 1,
             lessons: Vec::new(),
+            teaching: None,
         }
     }
 
@@ -258,6 +260,11 @@ impl World {
     pub fn set_narration(&mut self, narration: Option<Narration>) {
         self.narration = narration;
         self.narration_version += 1;
+    }
+
+    /// The teaching mode the cluster is in now (every panel says so).
+    pub fn set_teaching(&mut self, teaching: Option<protocol::teaching::Teaching>) {
+        self.teaching = teaching;
     }
 
     /// The operation under way.
@@ -668,6 +675,12 @@ impl World {
         if now_us - at >= 1_000_000 {
             let view = self.checker.view();
             let dt = (now_us - at) as f64 / 1e6;
+            // A checker reset starts its counts again from zero.
+            let (sent, delivered) = if view.sent < sent || view.delivered < delivered {
+                (0, 0)
+            } else {
+                (sent, delivered)
+            };
             self.traffic.sent_per_sec = (view.sent - sent) as f64 / dt;
             self.series.push_back(SeriesPoint {
                 at_us: now_us,
@@ -757,6 +770,7 @@ impl World {
             nodes,
             registry_error: self.registry_error.clone(),
             cuttable: self.setup.cuttable,
+            teaching: self.teaching,
         }
     }
 

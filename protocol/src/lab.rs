@@ -108,6 +108,9 @@ pub struct ClusterView {
     pub registry_error: Option<String>,
     /// Whether a node's bus connection can be cut (the lab put a proxy in front of it).
     pub cuttable: bool,
+    /// The teaching mode on, if any: the panel says "teaching mode: <what is broken>".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teaching: Option<crate::teaching::Teaching>,
 }
 
 /// Which backends a run uses.
@@ -614,6 +617,20 @@ pub enum Op {
     Settle,
     /// Forget what the checker saw so far and start counting again.
     ResetChecker,
+    /// Turn a teaching mode on (or, with `mode: null`, teaching off) in a cluster the lab
+    /// started with `--teaching`.
+    Teach {
+        /// The mode, or none.
+        mode: Option<crate::teaching::Teaching>,
+    },
+    /// Hold everything through a node's bus connection this long, both ways (0: no delay):
+    /// one uneven path, so that events of one conversation can arrive out of order.
+    DelayBus {
+        /// Slot name, node id or slot number.
+        node: String,
+        /// Milliseconds.
+        ms: u64,
+    },
 }
 
 /// The answer to an [`Op`].

@@ -13,6 +13,7 @@
 //!   and the bus (the embedded, one-machine setup).
 //! - [`trace`]: structured hop and connection events a node streams to observers (the lab).
 //! - [`lab`]: the lab panel's stream, operations and report, and `lab up`'s ready line.
+//! - [`teaching`]: the switches that break a guarantee on purpose, for lessons.
 //! - [`limits`]: sizes and rates both sides agree on.
 //!
 //! The protocol version is [`PROTOCOL_VERSION`]; a device says which one it speaks in its
@@ -26,6 +27,7 @@ pub mod lab;
 pub mod limits;
 pub mod link;
 pub mod model;
+pub mod teaching;
 pub mod trace;
 pub mod ws;
 

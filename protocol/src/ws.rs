@@ -157,6 +157,13 @@ pub enum ServerFrame {
         /// Why, for people.
         reason: String,
     },
+    /// A teaching mode is on (or, with `mode: null`, every mode is off again) in this
+    /// cluster: a guarantee is broken on purpose (see [`crate::teaching`]). Sent after
+    /// `welcome` while a mode is on, and whenever it changes.
+    Teaching {
+        /// The mode, or none.
+        mode: Option<crate::teaching::Teaching>,
+    },
 }
 
 /// The answer to `hello`.

@@ -18,6 +18,7 @@
 //! - [`auth`]: the key rings, the operator's token, password hashes and device-bound tokens.
 //! - [`conn`]: the accepted TCP connections (no Nagle delay; a reset instead of a close).
 //! - [`limit`]: token buckets (a device's frames, the controller's login throttles).
+//! - [`teaching`]: the switches that break a guarantee on purpose, for the lab's lessons.
 //! - [`ids`]: clocks and Snowflake ids; [`metrics`]: Prometheus; [`trace`]: hop events.
 pub mod auth;
 pub mod backends;
@@ -34,4 +35,5 @@ pub mod registry;
 pub mod route;
 pub mod sealed;
 pub mod store;
+pub mod teaching;
 pub mod trace;

@@ -62,6 +62,10 @@ struct Common {
     /// Node lease in milliseconds: a silent node is gone after this long.
     #[arg(long, env = "CHAT_LEASE_MS", default_value_t = server::registry::DEFAULT_LEASE_MS)]
     lease_ms: u64,
+    /// Let the operator turn teaching modes on (`PUT /v1/teaching`), which break a guarantee
+    /// on purpose for a class (the lab's lessons). Never in production.
+    #[arg(long)]
+    teaching: bool,
 }
 
 impl Common {
@@ -153,6 +157,9 @@ struct NodeArgs {
     /// Fault injection for tests (crash-after-ack=N). Never in production.
     #[arg(long, hide = true)]
     fault: Option<Fault>,
+    /// Start in this teaching mode (`shared-queue` is chosen only here); needs --teaching.
+    #[arg(long, requires = "teaching")]
+    teaching_mode: Option<protocol::teaching::Teaching>,
 }
 
 /// mimalloc instead of the system allocator: a message's path allocates and frees small
@@ -241,6 +248,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         },
         max_attachment_bytes: args.max_attachment_bytes,
         token_ttl_secs: args.token_ttl_secs,
+        teaching: args.common.teaching,
     };
     let listener = TcpListener::bind(&args.listen)
         .await
@@ -284,6 +292,8 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
         },
         fault: args.fault,
         drain_timeout: Duration::from_millis(args.drain_timeout_ms),
+        teaching: args.common.teaching,
+        teaching_mode: args.teaching_mode,
     };
     let listener = TcpListener::bind(&args.listen)
         .await

@@ -88,6 +88,11 @@ pub struct ClusterConfig {
     /// one node's bus connection while it keeps running. With the embedded bus the proxy sits
     /// on the node's link to the controller, which carries the embedded registry too.
     pub cuttable_bus: bool,
+    /// Start every process with `--teaching`, so that the lab can turn teaching modes on (see
+    /// [`protocol::teaching`]); the lessons' clusters, never a test's unless it is about them.
+    pub teaching: bool,
+    /// The teaching mode nodes start in (`--teaching-mode`; the shared queue is chosen so).
+    pub teaching_at_start: Option<protocol::teaching::Teaching>,
 }
 
 impl ClusterConfig {
@@ -109,6 +114,8 @@ impl ClusterConfig {
             stop_timeout: Duration::from_secs(15),
             own_process_groups: false,
             cuttable_bus: false,
+            teaching: false,
+            teaching_at_start: None,
         }
     }
 
@@ -133,6 +140,9 @@ impl ClusterConfig {
         ]);
         if let Some(ms) = self.lease_ms {
             args.extend(["--lease-ms".into(), ms.to_string().into()]);
+        }
+        if self.teaching {
+            args.push("--teaching".into());
         }
         args
     }
@@ -177,6 +187,9 @@ impl ClusterConfig {
         ];
         args.extend(self.common_args(data_dir, bus));
         args.extend(["--id".into(), id.as_str().into()]);
+        if let (true, Some(mode)) = (self.teaching, self.teaching_at_start) {
+            args.extend(["--teaching-mode".into(), mode.as_str().into()]);
+        }
         args.extend(self.node_args.iter().map(OsString::from));
         args
     }

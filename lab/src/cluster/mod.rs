@@ -411,6 +411,28 @@ impl Cluster {
         Ok(())
     }
 
+    /// Holds everything through a node's bus connection for `delay`, both ways (zero: no
+    /// delay): one path slower than the others.
+    pub fn delay_bus(&mut self, index: usize, delay: Duration) -> Result<(), LabError> {
+        self.proxy_of(index)?.set_delay(delay);
+        Ok(())
+    }
+
+    /// Restarts every running node in turn in teaching mode `mode` chosen at start (or none);
+    /// a cluster started with `teaching` only.
+    pub async fn set_teaching_at_start(
+        &mut self,
+        mode: Option<protocol::teaching::Teaching>,
+    ) -> Result<Vec<NodeInfo>, LabError> {
+        self.launcher.config.teaching_at_start = mode;
+        for index in 0..self.slots.len() {
+            if self.slots[index].node.process.is_running() {
+                self.restart_node(index).await?;
+            }
+        }
+        Ok(self.nodes())
+    }
+
     fn proxy_of(&self, index: usize) -> Result<&CutProxy, LabError> {
         let slot = self.slot(index)?;
         slot.proxy.as_ref().ok_or_else(|| LabError::NotCuttable {

@@ -63,6 +63,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/rooms/{id}/leave", post(leave))
         .route("/internal/link", get(super::link))
         .route("/trace", get(trace))
+        .route("/v1/teaching", axum::routing::put(teach))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(state)
 }
@@ -164,16 +165,52 @@ async fn assign(
         .filter_map(|p| NodeId::new(p).ok())
         .collect();
     metrics::counter!("chat_assignments_total").increment(1);
-    let answer = s
-        .router
-        .registry
-        .assign(&exclude)
-        .await?
-        .ok_or(ApiError::NoNode)?;
+    let answer = if s
+        .teaching
+        .is(protocol::teaching::Teaching::NaiveLeastConnections)
+    {
+        naive_assign(&s, &exclude).await?
+    } else {
+        s.router.registry.assign(&exclude).await?
+    }
+    .ok_or(ApiError::NoNode)?;
     if s.tracer.enabled() {
         trace_assignment(&s, &answer.node, exclude).await;
     }
     Ok(Json(answer))
+}
+
+/// The naive least-connections teaching mode, as the article (`000_*`) wrote it: under one
+/// global lock, a scan of every node for the fewest connections, without a reservation. A
+/// thousand clients asking before any of them connected all get the same node.
+async fn naive_assign(s: &AppState, exclude: &[NodeId]) -> Api<Option<AssignResponse>> {
+    let _global = s.naive_lock.lock().await;
+    let nodes = s.router.registry.nodes().await?;
+    Ok(nodes
+        .into_iter()
+        .filter(|n| n.state == protocol::http::NodeState::Live && !exclude.contains(&n.id))
+        .min_by_key(|n| (n.connections, n.id.clone()))
+        .map(|n| AssignResponse {
+            node: n.id,
+            ws_url: n.ws_url,
+            reservation: String::new(),
+            expires_at: now_ms(),
+        }))
+}
+
+/// `PUT /v1/teaching`: turns the controller's teaching mode on or off (the operator only, and
+/// only in a controller started with `--teaching`).
+async fn teach(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    match crate::teaching::put(
+        &s.teaching,
+        crate::teaching::Role::Controller,
+        &s.operator,
+        &headers,
+        &body,
+    ) {
+        Ok(mode) => crate::teaching::answer(mode),
+        Err(refusal) => refusal.into_response(),
+    }
 }
 
 /// Streams an answer with the loads it was chosen over. Only while somebody watches: it costs

@@ -67,6 +67,8 @@ pub struct ControllerConfig {
     pub max_attachment_bytes: u64,
     /// Token lifetime.
     pub token_ttl_secs: i64,
+    /// Started with `--teaching`: teaching modes may be turned on (see [`crate::teaching`]).
+    pub teaching: bool,
 }
 
 /// State shared by the handlers.
@@ -104,6 +106,10 @@ pub struct AppState {
     pub tasks: TaskTracker,
     /// The controller's trace stream (`GET /trace`): its least-loaded answers.
     pub tracer: crate::trace::Tracer,
+    /// The teaching mode on, if any.
+    pub teaching: crate::teaching::TeachingState,
+    /// The one lock of the naive least-connections teaching mode (every answer waits for it).
+    pub naive_lock: tokio::sync::Mutex<()>,
 }
 
 /// A running controller.
@@ -196,6 +202,8 @@ impl Controller {
             cancel: cancel.clone(),
             tasks: TaskTracker::new(),
             tracer: crate::trace::Tracer::new(config.id.clone(), 4096),
+            teaching: crate::teaching::TeachingState::new(config.teaching, None),
+            naive_lock: tokio::sync::Mutex::new(()),
         });
         let worker_keeper = workers.map(|w| {
             let state = state.clone();

@@ -86,6 +86,28 @@ impl Cursors {
         Offer::Buffered
     }
 
+    /// Teaching modes: writes an event as it comes, without waiting for the ones before it
+    /// and without asking the store for them: a later `seq` skips whatever is missing, and an
+    /// earlier one is written late if `late` (arrival order) or dropped (bus only).
+    pub fn pass(
+        &mut self,
+        conv: ConvId,
+        seq: Seq,
+        frame: Bytes,
+        late: bool,
+        out: &mut Vec<Bytes>,
+    ) -> Offer {
+        let c = self.convs.entry(conv).or_default();
+        if seq == c.seq || (seq < c.seq && !late) {
+            return Offer::Duplicate;
+        }
+        out.push(frame);
+        c.seq = c.seq.max(seq);
+        c.pending.clear();
+        c.gap_since = None;
+        Offer::Written(0)
+    }
+
     fn drain_ready(c: &mut Conv, out: &mut Vec<Bytes>) {
         while let Some(entry) = c.pending.first_entry() {
             if *entry.key() != c.seq + 1 {
@@ -157,6 +179,29 @@ mod tests {
         out.iter()
             .map(|b| String::from_utf8_lossy(b).into_owned())
             .collect()
+    }
+
+    #[test]
+    fn passing_skips_gaps_and_writes_late_events_only_when_asked() {
+        let mut c = Cursors::default();
+        c.set(ConvId(1), 1);
+        let mut out = Vec::new();
+        assert_eq!(
+            c.pass(ConvId(1), 3, f(3), false, &mut out),
+            Offer::Written(0)
+        );
+        assert_eq!(
+            c.pass(ConvId(1), 2, f(2), false, &mut out),
+            Offer::Duplicate
+        );
+        assert_eq!(
+            c.pass(ConvId(1), 2, f(2), true, &mut out),
+            Offer::Written(0)
+        );
+        assert_eq!(c.pass(ConvId(1), 3, f(3), true, &mut out), Offer::Duplicate);
+        assert_eq!(names(&out), vec!["e3", "e2"]);
+        assert_eq!(c.get(ConvId(1)), Some(3));
+        assert!(c.due_gaps(Instant::now() + GAP_WAIT * 2).is_empty());
     }
 
     #[test]

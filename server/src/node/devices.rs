@@ -296,6 +296,20 @@ impl Devices {
         })
     }
 
+    /// Queues a live frame for every local device.
+    pub fn deliver_all(&self, frame: &Bytes) -> usize {
+        let mut n = 0;
+        for shard in self.shards.iter() {
+            for list in shard.read().values() {
+                for slot in list {
+                    slot.queue.push(Outbound::Live(frame.clone()));
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
     /// Closes every session of one device.
     pub fn close_device(&self, user: UserId, device: &DeviceId, reason: CloseReason) -> usize {
         let mut n = 0;

@@ -31,12 +31,13 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use protocol::bus::{BusKind, Envelope};
 use protocol::http::{ErrorBody, Health, NodeState};
 use protocol::limits;
+use protocol::teaching::Teaching;
 use protocol::trace::{Hop, NodeChange};
-use protocol::ws::ErrorCode;
+use protocol::ws::{ErrorCode, ServerFrame};
 use protocol::{NodeId, UserId};
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -53,6 +54,7 @@ use crate::ids::{Snowflakes, now_ms};
 use crate::registry::{Load, NodeInfo, RegistryError};
 use crate::route::Router;
 use crate::store::SharedStore;
+use crate::teaching::{Role, TeachingState};
 use crate::trace::Tracer;
 use devices::{CloseReason, Devices, SharedEvent};
 use pipeline::{AckCounter, AppendJob, PublishJob, Unpublished};
@@ -138,6 +140,10 @@ pub struct NodeConfig {
     pub fault: Option<Fault>,
     /// How long a drain waits for devices and pending events.
     pub drain_timeout: Duration,
+    /// Started with `--teaching`: teaching modes may be turned on (see [`crate::teaching`]).
+    pub teaching: bool,
+    /// The teaching mode to start in (only with `teaching`): the shared queue is chosen here.
+    pub teaching_mode: Option<protocol::teaching::Teaching>,
 }
 
 /// State shared by the node's tasks.
@@ -176,6 +182,8 @@ pub struct NodeCtx {
     pub acks: AckCounter,
     /// Tracks device sessions, to wait for them on drain.
     pub tracker: TaskTracker,
+    /// The teaching mode on, if any.
+    pub teaching: TeachingState,
 }
 
 /// A running node.
@@ -229,7 +237,25 @@ impl Node {
             started_at: now_ms(),
         };
         let lease = registry.register(&info).await?;
-        let inbox = bus.subscribe(&config.id).await?;
+        let teaching = TeachingState::new(config.teaching, config.teaching_mode);
+        if config.teaching_mode.is_some() && teaching.get().is_none() {
+            anyhow::bail!("--teaching-mode needs --teaching");
+        }
+        let inbox = if teaching.is(Teaching::SharedQueue) {
+            // The article's mistake: every node joins one consumer group (here, consumes
+            // one queue), so the broker hands each envelope to one node of them all.
+            if !matches!(bus.kind(), "amqp" | "kafka") {
+                anyhow::bail!(
+                    "--teaching-mode shared-queue needs a bus with competing consumers \
+                     (RabbitMQ or Kafka), not {}",
+                    bus.kind()
+                );
+            }
+            tracing::warn!("teaching mode: {}", Teaching::SharedQueue.broken());
+            bus.subscribe(&NodeId::new(SHARED_QUEUE)?).await?
+        } else {
+            bus.subscribe(&config.id).await?
+        };
 
         let (commit_tx, commit_rx) = mpsc::channel(8192);
         let (publish_tx, publish_rx) = mpsc::channel(65_536);
@@ -256,6 +282,7 @@ impl Node {
             fault: config.fault,
             acks: AckCounter::default(),
             tracker: TaskTracker::new(),
+            teaching,
         });
         crate::metrics::install();
         let committer = pipeline::Committer::spawn(ctx.clone(), commit_rx)?;
@@ -301,6 +328,7 @@ impl Node {
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics_page))
             .route("/trace", get(trace))
+            .route("/v1/teaching", put(teach))
             .with_state(ctx.clone());
         let stop_accepting = accept.clone();
         let server = tokio::spawn(async move {
@@ -516,6 +544,26 @@ async fn trace(
     crate::trace::upgrade(&ctx.operator, &headers, ws, ctx.tracer.clone(), q.sample())
 }
 
+/// The name every node consumes under in the shared-queue teaching mode.
+const SHARED_QUEUE: &str = "shared";
+
+/// `PUT /v1/teaching`: turns a node teaching mode on or off (the operator only, and only in a
+/// node started with `--teaching`), and tells every device connected here.
+async fn teach(
+    State(ctx): State<Arc<NodeCtx>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    match crate::teaching::put(&ctx.teaching, Role::Node, &ctx.operator, &headers, &body) {
+        Ok(mode) => {
+            let frame = bytes::Bytes::from(ServerFrame::Teaching { mode }.to_json());
+            ctx.devices.deliver_all(&frame);
+            crate::teaching::answer(mode)
+        }
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
 /// Hands envelopes from the bus to local devices.
 async fn consume_inbox(ctx: Arc<NodeCtx>, mut inbox: Inbox) {
     while let Some(bytes) = inbox.recv().await {
@@ -587,7 +635,9 @@ async fn heartbeat(ctx: Arc<NodeCtx>, info: NodeInfo, lease_ms: u64, cancel: Can
             _ = tokio::time::sleep(period) => {}
         }
         let sessions = ctx.router.bus.sessions();
-        if sessions > bus_sessions && bus_sessions > 0 {
+        if sessions > bus_sessions && bus_sessions > 0 && ctx.teaching.is(Teaching::BusOnly) {
+            tracing::warn!("the bus connected again; teaching mode: no resync");
+        } else if sessions > bus_sessions && bus_sessions > 0 {
             // However short the outage, what was published meanwhile may have gone elsewhere
             // or nowhere: every local device compares itself with the store.
             let n = ctx.devices.resync_all();

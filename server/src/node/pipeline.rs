@@ -253,6 +253,10 @@ async fn committed(ctx: &Arc<NodeCtx>, job: Sender, appended: Appended) {
     });
     let local = ctx.devices.deliver_event(&appended.recipients, &shared);
     metrics::counter!("chat_deliveries_total").increment(local as u64);
+    if ctx.teaching.is(protocol::teaching::Teaching::NoBus) {
+        // Teaching mode: a load balancer alone, no bus; devices elsewhere never hear of it.
+        return;
+    }
     let job = PublishJob {
         recipients: appended.recipients.clone(),
         kind: BusKind::Event {

@@ -10,6 +10,7 @@ use axum::extract::ws::{Message, Utf8Bytes};
 use bytes::Bytes;
 use futures::SinkExt;
 use protocol::limits::INITIAL_SYNC_EVENTS;
+use protocol::teaching::Teaching;
 use protocol::trace::{ConnChange, Hop};
 use protocol::ws::{ErrorCode, ServerFrame, close};
 use protocol::{ConvId, Seq};
@@ -72,6 +73,10 @@ async fn write_opening(
 ) -> Result<bool, axum::Error> {
     slot.queue.writing(now_ms());
     sink.feed(text(welcome)).await?;
+    if let Some(mode) = ctx.teaching.get() {
+        sink.feed(text(ServerFrame::Teaching { mode: Some(mode) }.to_json()))
+            .await?;
+    }
     let replayed = match replay(ctx, sink, slot, cursors, plan).await? {
         Ok(n) => n,
         Err(e) => {
@@ -296,8 +301,13 @@ fn order(
     out: &mut Vec<Bytes>,
 ) -> AfterBatch {
     let mut after = AfterBatch::default();
+    // Teaching modes: events written as they come, without the cursors' order and gap filling.
+    let teaching = ctx.teaching.get();
+    let bus_only = teaching == Some(Teaching::BusOnly);
+    let arrival = teaching == Some(Teaching::ArrivalOrder);
     for item in items {
         match item {
+            Outbound::Resync if bus_only => {}
             Outbound::Resync => after.catch_up = true,
             Outbound::Live(b) => out.push(b),
             Outbound::AckThenCrash(b) => {
@@ -306,7 +316,12 @@ fn order(
             }
             Outbound::Event(ev) => {
                 let before = out.len();
-                match cursors.offer(ev.conv, ev.seq, ev.frame.clone(), now, out) {
+                let offer = if bus_only || arrival {
+                    cursors.pass(ev.conv, ev.seq, ev.frame.clone(), arrival, out)
+                } else {
+                    cursors.offer(ev.conv, ev.seq, ev.frame.clone(), now, out)
+                };
+                match offer {
                     Offer::Duplicate => {
                         metrics::counter!("chat_duplicates_dropped_total").increment(1)
                     }
