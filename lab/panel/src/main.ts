@@ -32,7 +32,9 @@ async function op(o: Op): Promise<OpResult> {
       headers: { "content-type": "application/json" },
       body: JSON.stringify(o),
     });
-    const result = (await r.json()) as OpResult;
+    const result: OpResult = r.ok
+      ? ((await r.json()) as OpResult)
+      : { ok: false, message: `the lab refused it (${r.status}): ${await r.text()}` };
     const el = $("op-result");
     el.textContent = result.message;
     el.dataset.ok = String(result.ok);
@@ -261,7 +263,7 @@ function renderDom(): void {
   const recent = state.assignments.slice(-200);
   const spread = new Map<string, number>();
   for (const a of recent) spread.set(a.chosen.node, (spread.get(a.chosen.node) ?? 0) + 1);
-  set(document, "#spread", recent.length ? `last ${recent.length} answers: ${[...spread].map(([n, k]) => `${n} ${k}`).join(" · ")}` : "no login yet");
+  set(document, "#spread", recent.length ? `last ${recent.length} answers: ${[...spread].sort().map(([n, k]) => `${n} ${k}`).join(" · ")}` : "no login yet");
 
   const p = u.presence;
   set(document, "#presence", `${p.online} of ${p.users} users online${p.online_names.length ? `: ${p.online_names.slice(0, 20).join(", ")}${p.online_names.length > 20 ? "…" : ""}` : ""}`);

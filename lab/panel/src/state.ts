@@ -7,7 +7,7 @@ import type {
 } from "./types";
 
 const MESSAGES_KEPT = 200;
-const ASSIGNMENTS_KEPT = 100;
+const ASSIGNMENTS_KEPT = 400;
 const LOG_KEPT = 300;
 
 /** Where a message reached devices from: the bus, or the store (gap filled, replayed). */

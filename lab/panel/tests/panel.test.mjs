@@ -145,7 +145,22 @@ test("the panel drives a real cluster: kill, cut the bus, fanout, export", { tim
   await until("msgs-per-op shown", () => Number(document.querySelector("#msgs-per-op").textContent) > 2.7);
   await page.screenshot({ path: join(shots, "05-fanout.png"), fullPage: true });
 
-  // 5. Export: the JSON and the HTML report, downloaded from the panel.
+  // 5. A burst of 200 logins, shared out by least connections.
+  const before = await page.evaluate(() => window.lab.assignments.length);
+  const burst = await clickOp("#burst");
+  assert.match(burst, /burst: 200 devices logged in/);
+  await until("200 answers seen", (n) => window.lab.assignments.length >= n + 200, before);
+  const spread = await page.evaluate((n) => {
+    const counts = {};
+    for (const a of window.lab.assignments.slice(n)) counts[a.chosen.node] = (counts[a.chosen.node] ?? 0) + 1;
+    return counts;
+  }, before);
+  assert.equal(Object.keys(spread).length, 3, `every node got some: ${JSON.stringify(spread)}`);
+  assert.ok(Object.values(spread).every((k) => k >= 20), `spread: ${JSON.stringify(spread)}`);
+  await page.screenshot({ path: join(shots, "06-burst.png"), fullPage: true });
+  await clickOp("#end-burst");
+
+  // 6. Export: the JSON and the HTML report, downloaded from the panel.
   const [json] = await Promise.all([page.waitForEvent("download"), page.click("#export-json")]);
   const report = JSON.parse(readFileSync(await json.path(), "utf8"));
   assert.equal(report.run, await page.evaluate(() => window.lab.run));
@@ -163,7 +178,7 @@ test("the panel drives a real cluster: kill, cut the bus, fanout, export", { tim
   await reportPage.goto(`file://${htmlPath}`);
   const embedded = JSON.parse(await reportPage.locator("#report").textContent());
   assert.equal(embedded.run, report.run);
-  await reportPage.screenshot({ path: join(shots, "06-report.png"), fullPage: true });
+  await reportPage.screenshot({ path: join(shots, "07-report.png"), fullPage: true });
 
   assert.deepEqual(errors, [], "no script error in the panel");
   lab.child.kill("SIGTERM");
