@@ -86,7 +86,7 @@ export function drawTimeline(canvas: HTMLCanvasElement, m: MessageView | undefin
     ctx.fillText(l, 4, y(l) + 4, left - 8);
   }
   // Steps in time order, evenly spaced (the order is the point), labelled with their offset.
-  const dx = (W - left - 20) / Math.max(1, steps.length - 1 || 1);
+  const dx = (W - left - 90) / Math.max(1, steps.length - 1);
   const pos = new Map<Step, { x: number; y: number }>();
   steps.forEach((s, i) => {
     const l = lane(s);

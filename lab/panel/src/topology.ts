@@ -24,6 +24,8 @@ export function userColour(user: number): string {
   return `hsl(${(user * 137.508) % 360} 65% 48%)`;
 }
 
+/** The tallest the canvas grows, in CSS pixels. */
+const MAX_HEIGHT = 640;
 /** How long one message's path takes to play. */
 const PLAY_MS = 1600;
 /** How long a device takes to glide to its new node. */
@@ -125,20 +127,26 @@ export class Topology {
     const gap = 12;
     const top = this.bus.y + this.bus.h + 26;
     const bw = (W - 32 - gap * (perRow - 1)) / perRow;
-    const bh = (H - top - 12 - gap * (rows - 1)) / rows;
+    // Dots as big as the fullest node allows at the canvas's tallest; boxes as tall as their
+    // dots need; the canvas as tall as its boxes.
+    const counts = new Map<string, number>();
+    for (const d of this.state.devices.devices) if (d[1]) counts.set(d[1], (counts.get(d[1]) ?? 0) + 1);
+    const most = Math.max(1, ...counts.values());
+    const bhMax = (MAX_HEIGHT - top - 12 - gap * (rows - 1)) / rows;
+    const areaMax = Math.max(1, (bw - 12) * (bhMax - 64));
+    this.dotSize = Math.max(2, Math.min(10, Math.floor(Math.sqrt(areaMax / most)) - 1));
+    const cell = this.dotSize + 1;
+    const cols = Math.max(1, Math.floor((bw - 12) / cell));
+    const bh = Math.max(96, Math.min(bhMax, 64 + Math.ceil(most / cols) * cell + 6));
+    const height = Math.round(top + rows * bh + gap * (rows - 1) + 12);
+    if (Math.abs(H - height) > 1) this.canvas.style.height = `${height}px`;
     this.boxes.clear();
-    this.boxesKey = `${W}x${H}:${nodes.map((n) => n.slot).join(",")}`;
+    this.boxesKey = `${W}x${height}:${nodes.map((n) => n.slot).join(",")}`;
     nodes.forEach((n, i) => {
       const r = Math.floor(i / perRow);
       const c = i % perRow;
       this.boxes.set(n.slot, { x: 16 + c * (bw + gap), y: top + r * (bh + gap), w: bw, h: bh });
     });
-    // Dots: as big as the fullest node's area allows.
-    const counts = new Map<string, number>();
-    for (const d of this.state.devices.devices) if (d[1]) counts.set(d[1], (counts.get(d[1]) ?? 0) + 1);
-    const most = Math.max(1, ...counts.values());
-    const area = Math.max(1, (bw - 12) * (bh - 64));
-    this.dotSize = Math.max(2, Math.min(10, Math.floor(Math.sqrt(area / most)) - 1));
   }
 
   /** Each device's target point; a device that changed node glides there. */
