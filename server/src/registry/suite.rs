@@ -187,22 +187,43 @@ pub async fn lapsed_nodes_are_reaped(r: SharedRegistry, lease_ms: u64) -> R {
         },
     )
     .await?;
-    // Keep l2 alive while l1's lease runs out.
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(lease_ms * 2 + 200);
-    while tokio::time::Instant::now() < deadline {
-        r.heartbeat(
-            &ns[1].id,
-            Load {
-                connections: 1,
-                unpublished_since: None,
-            },
-        )
-        .await?;
+    // Keep l2 alive for the rest of the scenario (a pause longer than its lease on a loaded
+    // machine would lapse it too), while l1's lease runs out.
+    let keeper = {
+        let (r, id) = (r.clone(), ns[1].id.clone());
+        tokio::spawn(async move {
+            loop {
+                let load = Load {
+                    connections: 1,
+                    unpublished_since: None,
+                };
+                if let Err(e) = r.heartbeat(&id, load).await {
+                    eprintln!("heartbeat of l2 failed: {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(lease_ms / 4)).await;
+            }
+        })
+    };
+    let _keeper = AbortOnDrop(keeper);
+    // Two leases, then until l1 is no longer answered: every round of five answers is l2,
+    // though l2's load passes l1's after two of them. No fixed deadline beyond a generous
+    // bound: a loaded machine may take longer to notice.
+    let start = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(lease_ms * 2 + 200)).await;
+    loop {
+        let mut answered = Vec::new();
+        for _ in 0..5 {
+            answered.push(r.assign(&[]).await?.expect("l2 is live").node);
+        }
+        if answered.iter().all(|n| *n == ns[1].id) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(lease_ms * 40),
+            "a lapsed node was still answered {} ms after its last heartbeat: {answered:?}",
+            start.elapsed().as_millis()
+        );
         tokio::time::sleep(Duration::from_millis(lease_ms / 4)).await;
-    }
-    for _ in 0..5 {
-        let a = r.assign(&[]).await?.expect("l2 is live");
-        assert_eq!(a.node, ns[1].id, "a lapsed node was answered");
     }
     let dead = r.reap(now_ms()).await?;
     assert_eq!(dead.len(), 1, "{dead:?}");
@@ -213,7 +234,8 @@ pub async fn lapsed_nodes_are_reaped(r: SharedRegistry, lease_ms: u64) -> R {
         "bob still has a device on l2"
     );
     assert_eq!(dead[0].unpublished_since, Some(123));
-    assert!(r.reap(now_ms()).await?.is_empty(), "reaped twice");
+    let again = r.reap(now_ms()).await?;
+    assert!(again.is_empty(), "reaped again: {again:?}");
     assert!(r.online(&[alice]).await?.is_empty());
     assert_eq!(r.locate(&[bob]).await?[0], vec![ns[1].id.clone()]);
     let listed: Vec<NodeId> = r.nodes().await?.into_iter().map(|s| s.id).collect();
@@ -263,6 +285,15 @@ pub async fn simultaneous_assigns_stay_balanced(r: SharedRegistry) -> R {
         .unwrap_or(0);
     assert!(max - min <= 1, "unbalanced: {counts:?}");
     Ok(())
+}
+
+/// Aborts a scenario's helper task when the scenario ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Runs one scenario with a fresh registry.

@@ -5,7 +5,11 @@
 //! and a reaper that hands each dead node to exactly one survivor. The suite in
 //! `registry::suite` runs against it as against the others.
 //!
-//! The znodes are listed in [`tree`]. Who writes what:
+//! Code map: [`tree`] lists the znodes; [`node`] is a node's own session and what it writes;
+//! [`index`] the controller's ordered index of loads; `session` connects and keeps the
+//! process's main session and the watch; `tests` runs the registry suite and this backend's own.
+//!
+//! Who writes what:
 //! - A node's own session ([`node::NodeSession`]) writes its record, its `live` znode, its
 //!   worker id and one location per user it holds. When the session ends (the process died or
 //!   froze for a lease, or stopped heartbeating) ZooKeeper removes the ephemerals at once:
@@ -31,6 +35,9 @@
 
 mod index;
 mod node;
+mod session;
+#[cfg(test)]
+mod tests;
 mod tree;
 
 use std::collections::HashMap;
@@ -46,6 +53,7 @@ use zookeeper_client as zk;
 
 use self::index::{Index, Snapshot};
 use self::node::{NodeSession, ignore_no_node};
+use self::session::{connect, keep_main, write_config};
 use self::tree::{ClusterConfig, NodeRecord, Tree, Watched, is_transient, map_err, opts};
 use super::{
     DEFAULT_LEASE_MS, DEFAULT_RESERVATION_MS, DeadNode, Lease, Load, NodeInfo, Registry,
@@ -115,7 +123,7 @@ pub struct ZkRegistry {
     shared: Arc<Shared>,
     /// Tests: removes the test's tree when the last clone goes.
     #[cfg(test)]
-    _cleanup: Option<Arc<test_support::DeleteOnDrop>>,
+    _cleanup: Option<Arc<tests::support::DeleteOnDrop>>,
 }
 
 impl ZkRegistry {
@@ -476,165 +484,6 @@ fn snapshot(record: NodeRecord, stat: &zk::Stat) -> Snapshot {
     }
 }
 
-async fn connect(hosts: &str, timeout: Duration) -> RegistryResult<zk::Client> {
-    zk::Client::connector()
-        .with_session_timeout(timeout)
-        .with_connection_timeout(Duration::from_secs(3))
-        .connect(hosts)
-        .await
-        .map_err(|e| RegistryError::Unavailable(format!("zookeeper at {hosts}: {e}")))
-}
-
-async fn write_config(client: &zk::Client, tree: &Tree, lease_ms: u64) -> RegistryResult<()> {
-    let bytes = serde_json::to_vec(&ClusterConfig { lease_ms }).unwrap_or_default();
-    match client.set_data(&tree.config(), &bytes, None).await {
-        Ok(_) => Ok(()),
-        Err(zk::Error::NoNode) => match client
-            .create(&tree.config(), &bytes, &opts(zk::CreateMode::Persistent))
-            .await
-        {
-            Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
-            Err(e) => Err(map_err(e)),
-        },
-        Err(e) => Err(map_err(e)),
-    }
-}
-
-/// Keeps the process's own session: a new one when it expires, and, for a controller, the
-/// watch that feeds the index (reloaded in full after every reconnect).
-async fn keep_main(
-    shared: std::sync::Weak<Shared>,
-    cancel: CancellationToken,
-    mut ready: Option<tokio::sync::oneshot::Sender<()>>,
-) {
-    let mut fresh = false;
-    loop {
-        let Some(s) = shared.upgrade() else { return };
-        let (client, tree, index, hosts) = (
-            s.main.read().clone(),
-            s.tree.clone(),
-            s.index.clone(),
-            s.hosts.clone(),
-        );
-        drop(s);
-        if fresh {
-            tracing::info!("zookeeper session renewed");
-        }
-        let ended = tokio::select! {
-            _ = cancel.cancelled() => return,
-            ended = follow(&client, &tree, index.as_deref(), &mut ready) => ended,
-        };
-        tracing::warn!(state = ?ended, "zookeeper session ended; opening a new one");
-        let mut backoff = Duration::from_millis(100);
-        let client = loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                c = connect(&hosts, MAIN_SESSION_TIMEOUT) => match c {
-                    Ok(c) => break c,
-                    Err(e) => tracing::warn!(error = %e, "zookeeper unreachable"),
-                },
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        };
-        let Some(s) = shared.upgrade() else { return };
-        *s.main.write() = client;
-        fresh = true;
-    }
-}
-
-/// Follows one session until it ends: for a controller, applies watch events to the index and
-/// reloads it after every reconnect. Returns the terminal state.
-async fn follow(
-    client: &zk::Client,
-    tree: &Tree,
-    index: Option<&Index>,
-    ready: &mut Option<tokio::sync::oneshot::Sender<()>>,
-) -> zk::SessionState {
-    let Some(index) = index else {
-        let mut states = client.state_watcher();
-        loop {
-            let s = states.changed().await;
-            if s.is_terminated() {
-                return s;
-            }
-        }
-    };
-    let mut watcher = loop {
-        match client
-            .watch(&tree.nodes(), zk::AddWatchMode::PersistentRecursive)
-            .await
-        {
-            Ok(w) => break w,
-            Err(e) if is_transient(&e) => tokio::time::sleep(Duration::from_millis(100)).await,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the nodes");
-                return client.state();
-            }
-        }
-    };
-    let mut reload = true;
-    loop {
-        if reload {
-            match ZkRegistry::read_records(client, tree).await {
-                Ok(all) => {
-                    index.reload(all);
-                    reload = false;
-                    if let Some(tx) = ready.take() {
-                        let _ = tx.send(());
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "reading the nodes failed; retrying"),
-            }
-        }
-        let event = if reload {
-            match tokio::time::timeout(Duration::from_millis(200), watcher.changed()).await {
-                Ok(e) => e,
-                Err(_) => continue,
-            }
-        } else {
-            watcher.changed().await
-        };
-        match event.event_type {
-            zk::EventType::Session => match event.session_state {
-                s if s.is_terminated() => return s,
-                zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
-                    reload = true
-                }
-                _ => {}
-            },
-            kind => {
-                let Some(what) = tree.classify(&event.path) else {
-                    continue;
-                };
-                let id = match &what {
-                    Watched::Record(id) | Watched::Live(id) => id.clone(),
-                };
-                match (what, kind) {
-                    (Watched::Record(_), zk::EventType::NodeDeleted) => {
-                        index.remove(&id);
-                        continue;
-                    }
-                    (Watched::Live(_), zk::EventType::NodeDeleted) => index.set_live(&id, false),
-                    _ => {}
-                }
-                match client.get_data(&tree.node(&id)).await {
-                    Ok((bytes, stat)) => {
-                        if let Ok(record) = NodeRecord::decode(&bytes) {
-                            index.apply(&id, snapshot(record, &stat));
-                        }
-                    }
-                    Err(zk::Error::NoNode) => index.remove(&id),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "reading a node record failed; reloading");
-                        reload = true;
-                    }
-                }
-            }
-        }
-    }
-}
-
 #[async_trait]
 impl Registry for ZkRegistry {
     fn kind(&self) -> &'static str {
@@ -870,199 +719,4 @@ pub async fn remove_tree(url: &str, prefix: &str) -> RegistryResult<()> {
     Err(RegistryError::Internal(format!(
         "zookeeper: {root} kept changing while removed"
     )))
-}
-
-/// What the tests of the ZooKeeper registry share: the server they need and a fresh root each.
-#[cfg(test)]
-pub(crate) mod test_support {
-    /// The ZooKeeper the tests use.
-    pub const ZOOKEEPER_URL: &str = "zookeeper://127.0.0.1:2181";
-
-    /// Fails the test, naming the service and how to start it, if ZooKeeper does not answer.
-    pub async fn require_zookeeper() {
-        let up = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            zookeeper_client::Client::connect("127.0.0.1:2181"),
-        )
-        .await;
-        if !matches!(up, Ok(Ok(_))) {
-            panic!(
-                "ZooKeeper is not reachable at 127.0.0.1:2181; these tests need it. Start it with scripts/services.sh"
-            );
-        }
-    }
-
-    /// A root no other test uses.
-    pub fn fresh_prefix(what: &str) -> String {
-        format!("test-{what}-{}", uuid::Uuid::new_v4().simple())
-    }
-
-    /// Removes a test's tree when dropped (on a thread and runtime of its own, so it works
-    /// from any context, even after the test's runtime is gone).
-    pub struct DeleteOnDrop(pub String);
-
-    impl Drop for DeleteOnDrop {
-        fn drop(&mut self) {
-            let prefix = self.0.clone();
-            let done = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                rt.block_on(super::remove_tree(ZOOKEEPER_URL, &prefix))
-                    .map_err(|e| e.to_string())
-            })
-            .join();
-            if !matches!(done, Ok(Ok(()))) {
-                eprintln!("could not remove the test tree /{}: {done:?}", self.0);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::test_support::{DeleteOnDrop, ZOOKEEPER_URL, fresh_prefix, require_zookeeper};
-    use super::*;
-
-    async fn fresh(lease_ms: u64) -> ZkRegistry {
-        require_zookeeper().await;
-        let prefix = fresh_prefix("registry");
-        let mut r = ZkRegistry::connect(ZOOKEEPER_URL, &prefix, Some(lease_ms))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        r._cleanup = Some(Arc::new(DeleteOnDrop(prefix)));
-        r
-    }
-
-    crate::registry_suite!(|lease_ms| async move {
-        Arc::new(fresh(lease_ms).await) as crate::registry::SharedRegistry
-    });
-
-    fn info(name: &str) -> NodeInfo {
-        NodeInfo {
-            id: NodeId::new(name).unwrap_or_else(|e| panic!("{e}")),
-            ws_url: format!("ws://{name}"),
-            http_url: format!("http://{name}"),
-            started_at: now_ms(),
-        }
-    }
-
-    #[test]
-    fn urls_become_connect_strings() {
-        assert_eq!(
-            connect_string("zookeeper://127.0.0.1:2181/")
-                .ok()
-                .as_deref(),
-            Some("127.0.0.1:2181")
-        );
-        assert_eq!(
-            connect_string("zookeeper://a:1,b:2").ok().as_deref(),
-            Some("a:1,b:2")
-        );
-        assert!(connect_string("zookeeper://a:1/chroot").is_err());
-        assert!(connect_string("redis://a:1").is_err());
-    }
-
-    /// A node registered by one process (its own handle, no index) is answered, located and
-    /// reaped by a controller's handle, which learns of it only through its watch.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_controller_follows_nodes_of_other_processes() -> RegistryResult<()> {
-        require_zookeeper().await;
-        let prefix = fresh_prefix("watch");
-        let _cleanup = DeleteOnDrop(prefix.clone());
-        let controller = ZkRegistry::connect(ZOOKEEPER_URL, &prefix, Some(1_000)).await?;
-        let node_side = ZkRegistry::connect(ZOOKEEPER_URL, &prefix, None).await?;
-        let n = info("far");
-        let lease = node_side.register(&n).await?;
-        assert_eq!(lease.lease_ms, 1_000, "the node takes the cluster's lease");
-        let a = eventually(|| async { controller.assign(&[]).await.ok().flatten() }).await;
-        assert_eq!(a.node, n.id);
-        assert!(
-            node_side
-                .attach(&n.id, UserId(7), Some(&a.reservation))
-                .await?
-        );
-        eventually(|| async {
-            let s = controller.nodes().await.ok()?;
-            (s.first().map(|s| (s.connections, s.reserved)) == Some((1, 0))).then_some(())
-        })
-        .await;
-        assert_eq!(
-            controller.locate(&[UserId(7)]).await?,
-            vec![vec![n.id.clone()]]
-        );
-        // The node process dies: its session is gone, then its node and user with it.
-        drop(node_side);
-        eventually(|| async { controller.nodes().await.ok()?.is_empty().then_some(()) }).await;
-        assert!(controller.online(&[UserId(7)]).await?.is_empty());
-        let dead = eventually(|| async {
-            let d = controller.reap(now_ms()).await.ok()?;
-            (!d.is_empty()).then_some(d)
-        })
-        .await;
-        assert_eq!(dead[0].node, n.id);
-        assert_eq!(dead[0].went_offline, vec![UserId(7)]);
-        Ok(())
-    }
-
-    /// Two nodes attaching the same user at once: exactly one says the user came online.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn one_of_two_simultaneous_first_devices_announces() -> RegistryResult<()> {
-        let r = fresh(60_000).await;
-        let (a, b) = (info("sa"), info("sb"));
-        r.register(&a).await?;
-        r.register(&b).await?;
-        for user in 100..120 {
-            let (x, y) = tokio::join!(
-                r.attach(&a.id, UserId(user), None),
-                r.attach(&b.id, UserId(user), None)
-            );
-            assert!(x? ^ y?, "user {user}: both or neither announced");
-        }
-        Ok(())
-    }
-
-    /// A node that registers again after its session ended is cleaned up after first, and the
-    /// dead incarnation is reported once.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn registering_again_reports_the_dead_incarnation() -> RegistryResult<()> {
-        let r = fresh(60_000).await;
-        let n = info("again");
-        let w = r.register(&n).await?.worker_id;
-        r.attach(&n.id, UserId(3), None).await?;
-        r.session(&n.id)?.close_and_wait().await;
-        assert!(matches!(
-            r.heartbeat(&n.id, Load::default()).await,
-            Err(RegistryError::UnknownNode(_))
-        ));
-        assert_eq!(
-            r.register(&n).await?.worker_id,
-            w,
-            "the old worker id comes back"
-        );
-        let dead = r.reap(now_ms()).await?;
-        assert_eq!(dead.len(), 1);
-        assert_eq!(dead[0].went_offline, vec![UserId(3)]);
-        assert!(r.reap(now_ms()).await?.is_empty());
-        assert!(r.attach(&n.id, UserId(3), None).await?);
-        Ok(())
-    }
-
-    async fn eventually<T, F, Fut>(mut f: F) -> T
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Option<T>>,
-    {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(v) = f().await {
-                return v;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "timed out");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
 }

@@ -248,10 +248,8 @@ impl NodeSession {
                 let Ok(client) = self.client() else { return };
                 match client.set_data(&path, &bytes, Some(current.version)).await {
                     Ok(stat) => {
-                        self.written.send_modify(|w| {
-                            w.generation = generation;
-                            w.version = stat.version;
-                        });
+                        // The index first: whoever waits for this write reads the index next
+                        // (a heartbeat, then an `assign` of the same handle).
                         if let Some(index) = &self.index
                             && let Ok(record) = NodeRecord::decode(&bytes)
                         {
@@ -267,6 +265,10 @@ impl NodeSession {
                                 },
                             );
                         }
+                        self.written.send_modify(|w| {
+                            w.generation = generation;
+                            w.version = stat.version;
+                        });
                     }
                     Err(e) if is_transient(&e) => {
                         tokio::select! {
