@@ -248,9 +248,25 @@ impl Backend {
     }
 
     /// Nodes as the controller (and, locally, the lab) sees them.
-    pub async fn cluster_view(&self, http: &reqwest::Client) -> Result<ClusterView> {
+    /// `/v1/nodes` answers a token only: a local cluster's nodes are the app's own, so it asks
+    /// with the cluster's operator token; a remote one with the calling window's device's.
+    pub async fn cluster_view(
+        &self,
+        http: &reqwest::Client,
+        device_api: Option<client::Api>,
+    ) -> Result<ClusterView> {
         let url = self.url().await?;
-        let api = client::Api::with_http(&url, http.clone())?;
+        let operator = self
+            .cluster
+            .lock()
+            .await
+            .as_ref()
+            .map(|c| c.operator_token().to_owned());
+        let api = match (operator, device_api) {
+            (Some(token), _) => client::Api::with_http(&url, http.clone())?.with_token(token),
+            (None, Some(api)) => api,
+            (None, None) => client::Api::with_http(&url, http.clone())?,
+        };
         let registry = api.nodes().await.ok();
         let mut guard = self.cluster.lock().await;
         let Some(cluster) = guard.as_mut() else {

@@ -60,6 +60,22 @@ const statusLog = () => s.execute<string[]>("return window.__statusLog ?? [];");
 
 // ---------------------------------------------------------------------------------------------
 
+/** In the cluster panel: clicks the first enabled button `arguments[0]` (a testid) of a row,
+ * and says whether every node row is `arguments[1]` ("dead": killed or exited; "live"). Until
+ * the panel's first answer it has no rows, so nothing is done. */
+const CLICK_FIRST = `
+  const [button, wanted] = arguments;
+  const rows = [...document.querySelectorAll('[data-testid="node"]')];
+  if (rows.length < 3) return false;
+  const target = rows.map((r) => r.querySelector('[data-testid="' + button + '"]')).find((b) => b);
+  if (target) {
+    if (!target.disabled) target.click();
+    return false;
+  }
+  const done = (state) => (wanted === "live" ? state === "live" : state === "killed" || state === "exited");
+  return rows.every((r) => done(r.dataset.state));
+`;
+
 describe("the desktop app", () => {
   it("starts a local cluster on first run", async () => {
     s = await h.start();
@@ -157,14 +173,9 @@ describe("the desktop app", () => {
     // Take the whole cluster down from the app's own cluster panel.
     await h.menu("cluster");
     await s.waitFor('[data-testid="cluster-dialog"]');
-    await waitFor("every node killed", async () => {
-      // Until the panel's first answer, it has no rows and so no Kill buttons either.
-      if ((await s.findAll('[data-testid="node"]')).length < 3) return false;
-      const kill = await s.findAll('[data-testid="kill-node"]');
-      if (kill.length === 0) return true;
-      await s.click(kill[0]!).catch(() => undefined);
-      return false;
-    }, 30_000);
+    // In the page, in one step: a row re-rendered between finding a button and clicking it
+    // must not turn a Kill into a Restart.
+    await waitFor("every node killed", () => s.execute<boolean>(CLICK_FIRST, ["kill-node", "dead"]), 30_000);
     await h.screenshot("cluster-all-killed");
     await s.clickOn('[aria-label="Close"]');
     await waitFor("the window to notice it is offline", async () => {
@@ -181,13 +192,7 @@ describe("the desktop app", () => {
     await h.screenshot("offline-pending");
 
     await h.menu("cluster");
-    await waitFor("every node restarted", async () => {
-      if ((await s.findAll('[data-testid="node"]')).length < 3) return false;
-      const restart = await s.findAll('[data-testid="restart-node"]');
-      if (restart.length === 0) return (await s.findAll('[data-testid="node"][data-state="live"]')).length >= 3;
-      await s.click(restart[0]!).catch(() => undefined);
-      return false;
-    }, 60_000);
+    await waitFor("every node restarted", () => s.execute<boolean>(CLICK_FIRST, ["restart-node", "live"]), 60_000);
     await s.clickOn('[aria-label="Close"]');
     await h.waitLive(60_000);
 

@@ -3,14 +3,21 @@
 
 use tauri::State;
 
+use super::Caller;
 use crate::backend::ClusterView;
 use crate::error::Result;
 use crate::state::AppState;
 
 /// The nodes of the cluster, for the cluster panel.
 #[tauri::command]
-pub async fn cluster_status(state: State<'_, AppState>) -> Result<ClusterView> {
-    state.backend.cluster_view(&state.http).await
+pub async fn cluster_status(caller: Caller<'_>) -> Result<ClusterView> {
+    // Before sign-in the window has no token: a local cluster still answers the operator's.
+    let device_api = caller.api().await.ok();
+    caller
+        .state
+        .backend
+        .cluster_view(&caller.state.http, device_api)
+        .await
 }
 
 /// Kills a node of the local cluster (SIGKILL), as a crash would.

@@ -51,11 +51,11 @@ export function Cluster({ state, chat, onClose }: DialogProps) {
               {view.local && (
                 <td class="right">
                   {processRuns(n.state) ? (
-                    <button class="danger small" disabled={busy} onClick={() => void run(() => chat.killNode(n.id).then(load))} data-testid="kill-node">
+                    <button key="kill" class="danger small" disabled={busy} onClick={() => void run(() => chat.killNode(n.id).then(load))} data-testid="kill-node">
                       Kill
                     </button>
                   ) : (
-                    <button class="secondary small" disabled={busy} onClick={() => void run(() => chat.restartNode(n.id).then(load))} data-testid="restart-node">
+                    <button key="restart" class="secondary small" disabled={busy} onClick={() => void run(() => chat.restartNode(n.id).then(load))} data-testid="restart-node">
                       Restart
                     </button>
                   )}
