@@ -700,6 +700,47 @@ pub struct LessonSummary {
     pub lines: Vec<String>,
 }
 
+/// A lesson the lab can run (`GET /api/lessons`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LessonInfo {
+    /// Short kebab-case name (`pubsub-forgets`).
+    pub name: String,
+    /// Its title.
+    pub title: String,
+    /// The article it comes from.
+    pub article: String,
+    /// What the class sees, in one line.
+    pub about: String,
+    /// Its steps' titles.
+    pub steps: Vec<String>,
+}
+
+/// `POST /api/lesson`: start a lesson on the panel's lab (its cluster must have been started
+/// with `--teaching`); answered with an [`OpResult`] once it has started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LessonStart {
+    /// The lesson.
+    pub name: String,
+    /// Each step waits for `POST /api/lesson/next` (else the steps follow each other).
+    #[serde(default)]
+    pub teacher: bool,
+}
+
+/// `GET /api/lesson`: the lesson running or last run on this lab.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LessonStatus {
+    /// The lesson, if one was started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Whether it still runs.
+    pub running: bool,
+    /// Whether it waits for the teacher's "next".
+    pub waiting: bool,
+    /// Its summary, once it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<LessonSummary>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@ import { LabState, connect } from "./state";
 import { STATE_COLOURS, Topology } from "./topology";
 import { drawTimeline, pathSummary } from "./timeline";
 import type { Histogram, Op, OpResult, Update } from "./types";
+import { mountLessons } from "./lessons";
 
 const $ = <T extends HTMLElement = HTMLElement>(id: string): T => {
   const el = document.getElementById(id);
@@ -312,6 +313,8 @@ connect(
     el.dataset.ok = String(ok);
   },
 );
+
+mountLessons($("lessons-bar"));
 
 // For tests and curious teachers: the panel's state in the console.
 (window as unknown as { lab: LabState }).lab = state;

@@ -13,6 +13,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use protocol::lab::{CheckerView, LessonSummary, Level, Narration, Op, Update};
@@ -93,7 +95,15 @@ pub enum Advance {
     /// Each step follows the last at once.
     Auto,
     /// Each step waits for a message (the panel's "next").
-    Teacher(mpsc::Receiver<()>),
+    Teacher(Teacher),
+}
+
+/// A teacher's hand on the steps.
+pub struct Teacher {
+    /// One message per step.
+    pub next: mpsc::Receiver<()>,
+    /// True while a step waits for it.
+    pub waiting: Arc<AtomicBool>,
 }
 
 /// What a lesson's script drives: the lab, the narration, the verdicts and the summary.
@@ -103,6 +113,9 @@ pub struct Runner {
     current: usize,
     advance: Advance,
     cursor: Cursor,
+    /// What the current step says, and the verdicts and figures it has recorded so far.
+    text: String,
+    notes: Vec<String>,
     lines: Vec<String>,
     failures: Vec<String>,
     /// Print what happens on stdout (the headless `lab lesson`).
@@ -118,6 +131,8 @@ impl Runner {
             current: 0,
             advance,
             cursor: Cursor::default(),
+            text: String::new(),
+            notes: Vec::new(),
             lines: Vec::new(),
             failures: Vec::new(),
             echo,
@@ -133,13 +148,18 @@ impl Runner {
     /// teacher first, if a teacher advances the steps.
     pub async fn step(&mut self, index: usize, text: &str) {
         if index > 0 && matches!(self.advance, Advance::Teacher(_)) {
-            self.narrate("(press \"next\" to go on)");
-            if let Advance::Teacher(rx) = &mut self.advance {
-                let _ = rx.recv().await;
+            self.notes.push("(press \"next step\" to go on)".into());
+            self.narrate();
+            if let Advance::Teacher(t) = &mut self.advance {
+                t.waiting.store(true, Ordering::Relaxed);
+                let _ = t.next.recv().await;
+                t.waiting.store(false, Ordering::Relaxed);
             }
         }
         self.current = index;
-        self.narrate(text);
+        self.text = text.to_owned();
+        self.notes.clear();
+        self.narrate();
         if self.echo {
             let title = self.lesson.steps.get(index).copied().unwrap_or("");
             println!(
@@ -153,18 +173,25 @@ impl Runner {
 
     /// Says more within the current step.
     pub fn say(&mut self, text: &str) {
-        self.narrate(text);
+        self.notes.push(text.to_owned());
+        self.narrate();
         if self.echo {
             println!("{}", indent(text));
         }
     }
 
-    fn narrate(&self, text: &str) {
+    /// The panel's narration: the step's text, then what it recorded so far.
+    fn narrate(&self) {
+        let mut text = self.text.clone();
+        for note in &self.notes {
+            text.push('\n');
+            text.push_str(note);
+        }
         self.lab.narrate(Some(Narration {
             title: self.lesson.title.to_owned(),
             steps: self.lesson.steps.iter().map(|s| (*s).to_owned()).collect(),
             current: self.current,
-            text: text.to_owned(),
+            text,
         }));
     }
 
@@ -244,6 +271,8 @@ impl Runner {
         if !held {
             self.failures.push(what.to_owned());
         }
+        self.notes.push(line.clone());
+        self.narrate();
         self.lines.push(line);
     }
 
@@ -285,6 +314,8 @@ impl Runner {
         if self.echo {
             println!("  = {line}");
         }
+        self.notes.push(line.clone());
+        self.narrate();
         self.lines.push(line);
     }
 
@@ -469,4 +500,56 @@ pub async fn command(name: Option<&str>, list: bool, check: bool) -> Result<bool
         }
     }
     Ok(results.iter().all(|(_, p)| p.unwrap_or(true)))
+}
+
+/// The list the panel shows.
+pub fn infos() -> Vec<protocol::lab::LessonInfo> {
+    all()
+        .iter()
+        .map(|l| protocol::lab::LessonInfo {
+            name: l.name.to_owned(),
+            title: l.title.to_owned(),
+            article: l.article.to_owned(),
+            about: l.about.to_owned(),
+            steps: l.steps.iter().map(|s| (*s).to_owned()).collect(),
+        })
+        .collect()
+}
+
+/// Puts a running lab (the panel's) in the shape `lesson` needs: its backend set, its routing,
+/// its virtual users, no teaching mode. The cluster must have been started with `--teaching`.
+pub async fn prepare(lab: &Lab, lesson: &Lesson) -> Result<(), String> {
+    let op = |op: Op| async move {
+        let r = lab.op(op).await;
+        if r.ok { Ok(()) } else { Err(r.message) }
+    };
+    let view = lab.update(&mut Cursor::default()).cluster;
+    let bus = match lesson.setup.stack {
+        "rabbitmq" => "amqp",
+        other => other,
+    };
+    if view.backends.bus != bus || view.backends.store != "sqlite" {
+        op(Op::SetBackends {
+            name: lesson.setup.stack.to_owned(),
+        })
+        .await?;
+    }
+    let view = lab.update(&mut Cursor::default()).cluster;
+    if view.backends.routing != lesson.setup.routing.as_str() {
+        op(Op::SetRouting {
+            routing: lesson.setup.routing.as_str().to_owned(),
+        })
+        .await?;
+    }
+    op(Op::Teach { mode: None }).await?;
+    op(Op::Rate {
+        per_sec: 0.0,
+        room_share: None,
+    })
+    .await?;
+    op(Op::Users {
+        users: lesson.setup.users as u32,
+        devices_per_user: lesson.setup.devices_per_user as u32,
+    })
+    .await
 }

@@ -7,6 +7,7 @@
 //! - `GET /api/state`: one full frame, for scripts and tests.
 //! - `POST /api/op`: an [`Op`], answered once done.
 //! - `GET /api/report.json`, `GET /api/report.html`: the run so far.
+//! - `/api/lessons`, `/api/lesson`, `/api/lesson/next`: lessons, see `lessons`.
 //!
 //! ```no_run
 //! # async fn demo(lab: lab::control::Lab) -> Result<(), lab::LabError> {
@@ -21,6 +22,7 @@
 //! cannot drive the lab through the browser (nor through DNS rebinding).
 
 mod assets;
+mod lessons;
 pub mod stream;
 
 use std::net::SocketAddr;
@@ -134,6 +136,7 @@ fn serve_on(lab: Lab, listener: tokio::net::TcpListener) -> Result<PanelServer, 
         .route("/api/report.html", get(report_html))
         .route("/", get(index))
         .route("/{*path}", get(asset))
+        .merge(lessons::routes(ctx.lab.clone()))
         .layer(middleware::from_fn_with_state(ctx.clone(), same_origin))
         .with_state(ctx);
     let stop = cancel.clone();
