@@ -38,8 +38,14 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Time allowed between `hello` and `welcome`.
     pub welcome_timeout: Duration,
-    /// How often to ping a quiet node; one without an answer by the next ping is dead.
+    /// After this long without hearing from the node, ping it (and again as often while it
+    /// stays silent). The node answers every ping at once.
     pub ping_interval: Duration,
+    /// A node not heard from (no frame, no pong) for this long is taken for dead: frozen,
+    /// unreachable or half-closed. The session ends and the engine fails over, excluding it.
+    /// The default is within the registry's lease (5 s), so a device leaves a frozen node
+    /// about when the cluster drops it. At least twice `ping_interval`.
+    pub silence_timeout: Duration,
     /// Time allowed for the close handshake when the engine closes a socket.
     pub close_timeout: Duration,
     /// Pacing of frames written to the node; `None` writes as fast as the outbox fills.
@@ -59,7 +65,8 @@ impl Default for ClientConfig {
             exclusion_ttl: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             welcome_timeout: Duration::from_secs(10),
-            ping_interval: Duration::from_secs(15),
+            ping_interval: Duration::from_secs(2),
+            silence_timeout: Duration::from_millis(4_500),
             close_timeout: Duration::from_secs(1),
             send_rate: Some(RateLimit::default()),
             max_in_flight: 128,
@@ -78,6 +85,7 @@ impl ClientConfig {
         self.connect_timeout = self.connect_timeout.max(floor);
         self.welcome_timeout = self.welcome_timeout.max(floor);
         self.ping_interval = self.ping_interval.max(floor);
+        self.silence_timeout = self.silence_timeout.max(self.ping_interval * 2);
         self.max_in_flight = self.max_in_flight.max(1);
         self
     }

@@ -27,7 +27,7 @@ use protocol::{ClientMsgId, ConvId, DeviceId, NodeId, PROTOCOL_VERSION, Seq};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
-use tokio::time::{Instant, MissedTickBehavior, sleep_until};
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -98,8 +98,10 @@ impl Inner {
 struct Progress {
     welcomed: bool,
     live: bool,
-    /// When the ping still unanswered was sent.
-    ping_sent: Option<Instant>,
+    /// When the node was last heard from (any frame, pong or ping).
+    heard: Instant,
+    /// When the last ping was sent, if the node has been silent since.
+    pinged: Option<Instant>,
     /// When the next write may happen (a refused item's retry, or the rate limit).
     write_at: Option<Instant>,
 }
@@ -245,31 +247,35 @@ impl Engine {
             return Disconnect::Shutdown;
         }
         let welcome_deadline = Instant::now() + self.config.welcome_timeout;
-        let mut ping = tokio::time::interval_at(
-            Instant::now() + self.config.ping_interval,
-            self.config.ping_interval,
-        );
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut p = Progress {
             welcomed: false,
             live: false,
-            ping_sent: None,
+            heard: Instant::now(),
+            pinged: None,
             write_at: None,
         };
         let ended = loop {
             let write_at = p.write_at;
+            // Keepalive: ping once the node has been quiet for `ping_interval` (and as often
+            // while it stays quiet); give it up once it has been silent for `silence_timeout`.
+            let ping_at = p.pinged.unwrap_or(p.heard) + self.config.ping_interval;
+            let dead_at = p.heard + self.config.silence_timeout;
             tokio::select! {
                 // Cancellation first, then reading: incoming data is proof of life and must
-                // not lose to a ping deadline that expired while the application was slow.
+                // not lose to a silence deadline that expired while the application was slow.
                 biased;
                 _ = self.cancel.cancelled() => break Disconnect::Shutdown,
                 incoming = conn.recv() => {
-                    p.ping_sent = None;
+                    p.heard = Instant::now();
+                    p.pinged = None;
                     match incoming {
                         Incoming::Frame(frame) => {
                             if let Err(d) = self.on_frame(*frame, &node, &mut p, synced).await {
                                 break d;
                             }
+                            // Handing the frame over may have waited on a slow application;
+                            // that time is not the node's silence.
+                            p.heard = Instant::now();
                         }
                         Incoming::Unreadable(what) => warn!(%node, "ignoring a frame: {what}"),
                         Incoming::Alive => {}
@@ -290,18 +296,26 @@ impl Engine {
                 _ = sleep_until(welcome_deadline), if !p.welcomed => {
                     break Disconnect::Timeout { node: node.clone(), waiting_for: "welcome".to_owned() };
                 }
-                _ = ping.tick() => {
-                    if p.ping_sent.is_some() {
-                        break Disconnect::Timeout { node: node.clone(), waiting_for: "pong".to_owned() };
-                    }
-                    match tokio::time::timeout(WRITE_TIMEOUT, conn.ping()).await {
+                _ = sleep_until(dead_at) => {
+                    break Disconnect::Timeout {
+                        node: node.clone(),
+                        waiting_for: format!(
+                            "any sign of life for {} ms",
+                            self.config.silence_timeout.as_millis()
+                        ),
+                    };
+                }
+                _ = sleep_until(ping_at) => {
+                    // Bounded by the silence deadline: a node that stopped reading does not
+                    // hold the engine past it.
+                    match tokio::time::timeout_at(dead_at, conn.ping()).await {
                         Ok(Ok(())) => {}
                         Ok(Err(message)) => break Disconnect::Lost { node: node.clone(), message },
                         Err(_) => {
-                            break Disconnect::Timeout { node: node.clone(), waiting_for: "ping".to_owned() };
+                            break Disconnect::Timeout { node: node.clone(), waiting_for: "a ping to be written".to_owned() };
                         }
                     }
-                    p.ping_sent = Some(Instant::now());
+                    p.pinged = Some(Instant::now());
                 }
             }
             if p.live {

@@ -292,7 +292,17 @@ impl Device {
 
     /// Starts the client core on `session` from `state` and waits until it is live.
     pub async fn start(session: Session, state: ClientState, label: String) -> Result<Device> {
-        let (client, rx) = Client::start(&session, state, client_config())?;
+        Self::start_with(session, state, label, client_config()).await
+    }
+
+    /// [`Device::start`] with a client configuration of the test's own.
+    pub async fn start_with(
+        session: Session,
+        state: ClientState,
+        label: String,
+        config: ClientConfig,
+    ) -> Result<Device> {
+        let (client, rx) = Client::start(&session, state, config)?;
         let mut d = Device {
             label,
             session,
@@ -527,6 +537,12 @@ impl Raw {
     /// Sends a text message.
     pub async fn send_text(&mut self, text: impl Into<String>) -> Result<()> {
         self.ws.send(Message::Text(text.into().into())).await?;
+        Ok(())
+    }
+
+    /// Sends any WebSocket message (a ping, a binary frame).
+    pub async fn send_message(&mut self, msg: Message) -> Result<()> {
+        self.ws.send(msg).await?;
         Ok(())
     }
 

@@ -289,3 +289,73 @@ async fn death_between_ack_and_publish_loses_nothing() -> Result<()> {
     cluster.shutdown().await.ok();
     Ok(())
 }
+
+/// A node frozen with SIGSTOP keeps its sockets open but answers nothing: a device on it,
+/// with the client core's default keepalive, notices the silence and is live on another node
+/// while the frozen one is still listed (within about one registry lease), and what it sends
+/// then is stored. The frozen node is thawed only after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_node_is_left_within_the_lease() -> Result<()> {
+    let mut cluster = cluster(2).await?;
+    let lease = cluster.config().lease();
+    register(&cluster, "alice").await?;
+    let defaults = client::ClientConfig::default();
+    let mut config = tests::client_config();
+    config.ping_interval = defaults.ping_interval;
+    config.silence_timeout = defaults.silence_timeout;
+    let session = login(&cluster, "alice", "laptop").await?;
+    let mut laptop = Device::start_with(
+        session,
+        client::ClientState::default(),
+        "alice/laptop".into(),
+        config,
+    )
+    .await?;
+    let victim = laptop.live().await?;
+    let victim_index = cluster
+        .nodes()
+        .iter()
+        .position(|n| n.id == victim)
+        .ok_or_else(|| anyhow!("{victim} not in the cluster"))?;
+    let room = laptop
+        .api()
+        .create_room(&CreateRoomRequest {
+            name: "frozen".into(),
+            public: false,
+            members: vec![],
+        })
+        .await?;
+
+    cluster.pause_node(victim_index)?;
+    let frozen_at = Instant::now();
+    // Two leases and a margin: the old keepalive (a ping every 15 s, dead at the next
+    // unanswered one) took 15 to 30 s here.
+    let moved = eventually(
+        "the laptop to leave the frozen node",
+        lease * 2 + Duration::from_secs(2),
+        || {
+            let c = laptop.client.clone();
+            let victim = victim.clone();
+            async move {
+                match c.status() {
+                    client::Status::Live { node } if node != victim => Some(node),
+                    _ => None,
+                }
+            }
+        },
+    )
+    .await;
+    let failover = frozen_at.elapsed();
+    let thawed = cluster.resume_node(victim_index);
+    let moved = moved?;
+    thawed?;
+    let ack = laptop.say(room.id, "after the freeze").await?;
+    ensure!(ack.seq > 0, "not stored: {ack:?}");
+    println!(
+        "frozen {victim}: the laptop was live on {moved} {:.1} s after the freeze (lease {:.1} s)",
+        failover.as_secs_f64(),
+        lease.as_secs_f64()
+    );
+    cluster.shutdown().await.ok();
+    Ok(())
+}

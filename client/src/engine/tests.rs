@@ -929,6 +929,7 @@ async fn frozen_node_is_detected_by_its_silence() {
     .await;
     let config = ClientConfig {
         ping_interval: Duration::from_millis(100),
+        silence_timeout: Duration::from_millis(300),
         ..fast_config()
     };
     let (client, mut events) =
