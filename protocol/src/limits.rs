@@ -12,6 +12,9 @@ pub const MAX_TEXT_BYTES: usize = 16 * 1024;
 /// so in [`crate::http::ServerInfo`]).
 pub const MAX_ATTACHMENT_BYTES: u64 = 25 * 1024 * 1024;
 
+/// Most bytes of attachments one user may have stored, by default.
+pub const ATTACHMENT_QUOTA_BYTES: u64 = 1024 * 1024 * 1024;
+
 /// Attachment types the controller accepts, by MIME prefix or exact type.
 pub const ATTACHMENT_TYPES: &[&str] = &[
     "image/png",

@@ -136,6 +136,15 @@ impl ConnHandle {
     }
 }
 
+impl Conn {
+    /// A handle on this connection for its [`Peer`].
+    pub fn handle(&self) -> ConnHandle {
+        ConnHandle {
+            reset: self.reset.clone(),
+        }
+    }
+}
+
 impl Connected<IncomingStream<'_, Accept>> for Peer {
     fn connect_info(stream: IncomingStream<'_, Accept>) -> Peer {
         Peer {

@@ -17,6 +17,7 @@
 //! - [`controller`]: the controller's HTTP API and its background tasks.
 //! - [`auth`]: the key rings, the operator's token, password hashes and device-bound tokens.
 //! - [`conn`]: the accepted TCP connections (no Nagle delay; a reset instead of a close).
+//! - [`serve`]: the HTTP server loop over them (a deadline on request heads).
 //! - [`limit`]: token buckets (a device's frames, the controller's login throttles).
 //! - [`teaching`]: the switches that break a guarantee on purpose, for the lab's lessons.
 //! - [`ids`]: clocks and Snowflake ids; [`metrics`]: Prometheus; [`trace`]: hop events.
@@ -34,6 +35,7 @@ pub mod recovery;
 pub mod registry;
 pub mod route;
 pub mod sealed;
+pub mod serve;
 pub mod store;
 pub mod teaching;
 pub mod trace;

@@ -114,6 +114,9 @@ struct ControllerArgs {
     /// Largest attachment accepted, in bytes.
     #[arg(long, env = "CHAT_MAX_ATTACHMENT_BYTES", default_value_t = protocol::limits::MAX_ATTACHMENT_BYTES)]
     max_attachment_bytes: u64,
+    /// Most bytes of attachments one user may store.
+    #[arg(long, env = "CHAT_ATTACHMENT_QUOTA_BYTES", default_value_t = protocol::limits::ATTACHMENT_QUOTA_BYTES)]
+    attachment_quota_bytes: u64,
     /// Token lifetime in seconds.
     #[arg(long, env = "CHAT_TOKEN_TTL_SECS", default_value_t = server::auth::TOKEN_TTL_SECS)]
     token_ttl_secs: i64,
@@ -151,6 +154,12 @@ struct NodeArgs {
     /// milliseconds.
     #[arg(long, default_value_t = protocol::limits::WRITE_STALL_MS)]
     write_stall_ms: u64,
+    /// Sockets one device may hold open on this node.
+    #[arg(long, default_value_t = server::node::sockets::PER_DEVICE)]
+    sockets_per_device: u32,
+    /// Sockets one user's devices may hold open on this node together.
+    #[arg(long, default_value_t = server::node::sockets::PER_USER)]
+    sockets_per_user: u32,
     /// How long a drain waits for devices and pending events, in milliseconds.
     #[arg(long, default_value_t = 8_000)]
     drain_timeout_ms: u64,
@@ -247,6 +256,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
             trusted_proxies: args.trusted_proxies,
         },
         max_attachment_bytes: args.max_attachment_bytes,
+        attachment_quota_bytes: args.attachment_quota_bytes,
         token_ttl_secs: args.token_ttl_secs,
         teaching: args.common.teaching,
     };
@@ -288,6 +298,8 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
             rate_burst: args.rate_burst,
             queue_frames: args.queue_frames,
             write_stall: Duration::from_millis(args.write_stall_ms),
+            sockets_per_device: args.sockets_per_device,
+            sockets_per_user: args.sockets_per_user,
             ..NodeLimits::default()
         },
         fault: args.fault,

@@ -143,7 +143,14 @@ async fn tokens_are_checked_on_every_socket() -> Result<()> {
     let mut brief = Raw::open(&ws_url, Some(&short))
         .await
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    brief.hello().await?;
+    // Its name says "whoever": the welcome names the user as the store has them.
+    let frames = brief.hello().await?;
+    ensure!(
+        frames
+            .iter()
+            .any(|f| matches!(f, ServerFrame::Welcome(w) if w.user.username == "alice")),
+        "the welcome took the name from the token: {frames:?}"
+    );
     let said = brief
         .until(
             PATIENCE,

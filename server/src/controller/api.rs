@@ -5,37 +5,34 @@
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use protocol::bus::BusKind;
 use protocol::http::{
-    AssignResponse, Attachment, ConversationsResponse, CreateRoomRequest, DeviceInfo,
-    DevicesResponse, DirectRequest, Health, HistoryPage, InviteRequest, MembersResponse,
-    NodesResponse, RoomsResponse, ServerInfo, UserLookup,
+    AssignResponse, ConversationsResponse, CreateRoomRequest, DeviceInfo, DevicesResponse,
+    DirectRequest, Health, HistoryPage, InviteRequest, MembersResponse, NodesResponse,
+    RoomsResponse, ServerInfo, UserLookup,
 };
 use protocol::limits::{self, HISTORY_PAGE_MAX, NAME_MAX_CHARS};
 use protocol::model::{ConversationSummary, MemberAction, MemberInfo, UserInfo};
 use protocol::trace::NodeLoad;
 use protocol::ws::ServerFrame;
-use protocol::{AttachmentId, ConvId, DeviceId, NodeId, UserId};
+use protocol::{ConvId, DeviceId, NodeId, UserId};
 use serde::Deserialize;
 
 use super::AppState;
-use super::error::{ApiError, Authed, Body, PathOf, QueryOf, RawBody};
+use super::error::{ApiError, Authed, Body, PathOf, QueryOf};
 use crate::ids::now_ms;
-use crate::store::{
-    Appended, AttachmentBlob, Creation, DeviceRecord, NewBody, NewEvent, NewRoom, Page,
-};
+use crate::store::{Appended, Creation, DeviceRecord, NewBody, NewEvent, NewRoom, Page};
 
 type Api<T> = Result<T, ApiError>;
 
 /// The routes, with their state.
 pub fn router(state: Arc<AppState>) -> Router {
-    let upload_limit = state.max_attachment_bytes as usize + 1;
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_page))
@@ -54,9 +51,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/conversations/{id}/events", get(history))
         .route(
             "/v1/conversations/{id}/attachments",
-            post(upload).layer(DefaultBodyLimit::max(upload_limit)),
+            post(super::uploads::upload),
         )
-        .route("/v1/attachments/{id}", get(download))
+        .route("/v1/attachments/{id}", get(super::uploads::download))
         .route("/v1/rooms", post(create_room).get(rooms))
         .route("/v1/rooms/{id}/join", post(join))
         .route("/v1/rooms/{id}/invite", post(invite))
@@ -80,7 +77,7 @@ async fn info(State(s): State<Arc<AppState>>) -> Json<ServerInfo> {
     Json(ServerInfo {
         version: env!("CARGO_PKG_VERSION").into(),
         protocol: protocol::PROTOCOL_VERSION,
-        max_attachment_bytes: s.max_attachment_bytes,
+        max_attachment_bytes: s.uploads.max_bytes,
         attachment_types: limits::ATTACHMENT_TYPES
             .iter()
             .map(|t| (*t).to_owned())
@@ -165,13 +162,28 @@ async fn assign(
         .filter_map(|p| NodeId::new(p).ok())
         .collect();
     metrics::counter!("chat_assignments_total").increment(1);
+    // The nodes this client lost: knock on their doors, so that a dead one is offered to
+    // nobody else (see `suspects`).
+    let due = s.suspects.due(&exclude, std::time::Instant::now());
+    if !due.is_empty() {
+        match s.router.registry.nodes().await {
+            Ok(listed) => s.suspects.probe(due, &listed).await,
+            Err(e) => tracing::debug!(error = %e, "cannot list the nodes to probe"),
+        }
+    }
+    let mut leave_out = exclude.clone();
+    for dead in s.suspects.dead(std::time::Instant::now()) {
+        if !leave_out.contains(&dead) {
+            leave_out.push(dead);
+        }
+    }
     let answer = if s
         .teaching
         .is(protocol::teaching::Teaching::NaiveLeastConnections)
     {
-        naive_assign(&s, &exclude).await?
+        naive_assign(&s, &leave_out).await?
     } else {
-        s.router.registry.assign(&exclude).await?
+        s.router.registry.assign(&leave_out).await?
     }
     .ok_or(ApiError::NoNode)?;
     if s.tracer.enabled() {
@@ -583,103 +595,4 @@ async fn history(
     let limit = q.limit.unwrap_or(50).clamp(1, HISTORY_PAGE_MAX);
     let (events, has_more) = s.store.events(conv, page, limit).await?;
     Ok(Json(HistoryPage { events, has_more }))
-}
-
-#[derive(Deserialize)]
-struct UploadQuery {
-    name: Option<String>,
-}
-
-async fn upload(
-    State(s): State<Arc<AppState>>,
-    Authed(me): Authed,
-    PathOf(id): PathOf<i64>,
-    QueryOf(q): QueryOf<UploadQuery>,
-    headers: HeaderMap,
-    RawBody(data): RawBody,
-) -> Api<(StatusCode, Json<Attachment>)> {
-    let conv = ConvId(id);
-    must_be_member(&s, conv, me.user).await?;
-    let mime = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/octet-stream")
-        .trim()
-        .to_ascii_lowercase();
-    if !limits::attachment_type_allowed(&mime) {
-        return Err(ApiError::Invalid(format!(
-            "attachments of type {mime:?} are not accepted (accepted: {})",
-            limits::ATTACHMENT_TYPES.join(", ")
-        )));
-    }
-    if data.len() as u64 > s.max_attachment_bytes {
-        return Err(ApiError::TooLarge(format!(
-            "attachments are limited to {} bytes",
-            s.max_attachment_bytes
-        )));
-    }
-    if data.is_empty() {
-        return Err(ApiError::Invalid("the upload is empty".into()));
-    }
-    let name = q.name.unwrap_or_else(|| "file".into());
-    let name: String = name
-        .chars()
-        .filter(|c| !c.is_control() && *c != '/' && *c != '\\' && *c != '"')
-        .take(128)
-        .collect();
-    let name = if name.trim().is_empty() {
-        "file".to_owned()
-    } else {
-        name
-    };
-    let meta = Attachment {
-        id: AttachmentId::new(uuid::Uuid::new_v4().simple().to_string())
-            .map_err(|e| ApiError::Internal(e.to_string()))?,
-        name,
-        mime,
-        size: data.len() as u64,
-        conv,
-    };
-    s.store
-        .put_attachment(AttachmentBlob {
-            meta: meta.clone(),
-            uploader: me.user,
-            created_at: now_ms(),
-            data,
-        })
-        .await?;
-    metrics::counter!("chat_attachments_uploaded_total").increment(1);
-    Ok((StatusCode::CREATED, Json(meta)))
-}
-
-async fn download(
-    State(s): State<Arc<AppState>>,
-    Authed(me): Authed,
-    PathOf(id): PathOf<String>,
-) -> Api<Response> {
-    let id = AttachmentId::new(id).map_err(|_| ApiError::NotFound("no such attachment".into()))?;
-    let blob = s
-        .store
-        .attachment(&id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no such attachment".into()))?;
-    must_be_member(&s, blob.meta.conv, me.user).await?;
-    let disposition = if blob.meta.mime.starts_with("image/") {
-        "inline"
-    } else {
-        "attachment"
-    };
-    Ok((
-        [
-            (header::CONTENT_TYPE, blob.meta.mime.clone()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("{disposition}; filename=\"{}\"", blob.meta.name),
-            ),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
-            (header::CACHE_CONTROL, "private, max-age=86400".to_owned()),
-        ],
-        blob.data,
-    )
-        .into_response())
 }

@@ -212,17 +212,6 @@ pub struct PathOf<T>(pub T);
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct QueryOf<T>(pub T);
 
-/// Raw bytes whose rejection (including "too large") is an [`ApiError`].
-pub struct RawBody(pub bytes::Bytes);
-
-impl<S: Send + Sync> FromRequest<S> for RawBody {
-    type Rejection = ApiError;
-
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        Ok(RawBody(bytes::Bytes::from_request(req, state).await?))
-    }
-}
-
 /// The caller, from a bearer token checked against the store.
 pub struct Authed(pub Principal);
 

@@ -10,7 +10,9 @@
 pub mod accounts;
 pub mod api;
 pub mod error;
+pub mod suspects;
 pub mod throttle;
+pub mod uploads;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +42,9 @@ use error::ApiError;
 pub use throttle::AuthLimits;
 use throttle::Throttle;
 
+/// Largest attachments whose bodies the controller reads at once (their memory).
+const UPLOADS_IN_FLIGHT: u64 = 4;
+
 /// Everything the controller needs to start.
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
@@ -65,6 +70,8 @@ pub struct ControllerConfig {
     pub auth: AuthLimits,
     /// Largest attachment accepted.
     pub max_attachment_bytes: u64,
+    /// Most bytes of attachments one user may store.
+    pub attachment_quota_bytes: u64,
     /// Token lifetime.
     pub token_ttl_secs: i64,
     /// Started with `--teaching`: teaching modes may be turned on (see [`crate::teaching`]).
@@ -93,8 +100,10 @@ pub struct AppState {
     pub node_keys: KeyRing,
     /// Opens `/metrics` and `/v1/nodes` to the operator.
     pub operator: OperatorToken,
-    /// Largest attachment.
-    pub max_attachment_bytes: u64,
+    /// Attachment limits and the memory of the uploads being read.
+    pub uploads: uploads::Uploads,
+    /// Nodes clients reported lost, and those found dead.
+    pub suspects: suspects::Suspects,
     /// Token lifetime.
     pub token_ttl_secs: i64,
     /// Backend names for `/v1/info`.
@@ -197,7 +206,14 @@ impl Controller {
             hub,
             node_keys: config.keys.nodes.clone(),
             operator: config.operator.clone(),
-            max_attachment_bytes: config.max_attachment_bytes,
+            uploads: uploads::Uploads::new(
+                config.max_attachment_bytes,
+                config.attachment_quota_bytes,
+                config
+                    .max_attachment_bytes
+                    .saturating_mul(UPLOADS_IN_FLIGHT),
+            ),
+            suspects: suspects::Suspects::new(Duration::from_millis(config.lease_ms)),
             token_ttl_secs: config.token_ttl_secs,
             cancel: cancel.clone(),
             tasks: TaskTracker::new(),
@@ -223,12 +239,13 @@ impl Controller {
         let app = api::router(state.clone());
         let stop = cancel.clone();
         let server = tokio::spawn(async move {
-            let app = app.into_make_service_with_connect_info::<crate::conn::Peer>();
-            let serve = axum::serve(crate::conn::Accept::new(listener), app)
-                .with_graceful_shutdown(async move { stop.cancelled().await });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "controller HTTP server failed");
-            }
+            crate::serve::serve(
+                crate::conn::Accept::new(listener),
+                app,
+                crate::serve::HEAD_TIMEOUT,
+                stop,
+            )
+            .await;
         });
         tracing::info!(%http_url, registry = config.registry.name(), bus = config.bus.name(), routing = config.routing.as_str(), "controller serving");
         let hub = state.hub.clone();

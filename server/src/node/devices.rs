@@ -289,10 +289,13 @@ impl Devices {
         })
     }
 
-    /// Queues a live frame for every local device of the recipients.
-    pub fn deliver_live(&self, recipients: &[UserId], frame: &Bytes) -> usize {
+    /// Queues a live frame for every local device of the recipients but the session
+    /// `except` (the one the frame came from, if any).
+    pub fn deliver_live(&self, recipients: &[UserId], frame: &Bytes, except: Option<u64>) -> usize {
         self.for_each(recipients, |slot| {
-            slot.queue.push(Outbound::Live(frame.clone()));
+            if Some(slot.session) != except {
+                slot.queue.push(Outbound::Live(frame.clone()));
+            }
         })
     }
 
@@ -488,7 +491,10 @@ mod tests {
         }
         d.remove(UserId(1), 1);
         assert_eq!(d.count(), 3);
-        assert_eq!(d.deliver_live(&[UserId(1)], &Bytes::from_static(b"y")), 1);
+        assert_eq!(
+            d.deliver_live(&[UserId(1)], &Bytes::from_static(b"y"), None),
+            1
+        );
         let mut counts = d.user_counts();
         counts.sort();
         assert_eq!(counts, vec![(UserId(1), 1), (UserId(2), 1), (UserId(3), 1)]);

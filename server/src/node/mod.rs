@@ -19,6 +19,7 @@ pub mod delivery;
 pub mod devices;
 pub mod pipeline;
 pub mod session;
+pub mod sockets;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -97,6 +98,10 @@ pub struct NodeLimits {
     pub read_buffer: usize,
     /// WebSocket write buffer per device, in bytes.
     pub write_buffer: usize,
+    /// Sockets one device may hold open on this node.
+    pub sockets_per_device: u32,
+    /// Sockets one user's devices may hold open on this node together.
+    pub sockets_per_user: u32,
 }
 
 impl Default for NodeLimits {
@@ -109,6 +114,8 @@ impl Default for NodeLimits {
             write_stall: Duration::from_millis(limits::WRITE_STALL_MS),
             read_buffer: 512,
             write_buffer: 1024,
+            sockets_per_device: sockets::PER_DEVICE,
+            sockets_per_user: sockets::PER_USER,
         }
     }
 }
@@ -156,6 +163,8 @@ pub struct NodeCtx {
     pub router: Router,
     /// Connected devices.
     pub devices: Devices,
+    /// Sockets open by device and user, and their caps.
+    pub sockets: Arc<sockets::SocketCaps>,
     /// Trace stream.
     pub tracer: Tracer,
     /// Token checks.
@@ -269,6 +278,10 @@ impl Node {
                 routing: config.routing,
             },
             devices: Devices::default(),
+            sockets: sockets::SocketCaps::new(
+                config.limits.sockets_per_device,
+                config.limits.sockets_per_user,
+            ),
             tracer: Tracer::new(config.id.clone(), 4096),
             keys: TokenKeys::new(&config.keys.tokens),
             operator: config.operator.clone(),
@@ -332,12 +345,13 @@ impl Node {
             .with_state(ctx.clone());
         let stop_accepting = accept.clone();
         let server = tokio::spawn(async move {
-            let app = app.into_make_service_with_connect_info::<Peer>();
-            let serve = axum::serve(crate::conn::Accept::new(listener), app)
-                .with_graceful_shutdown(async move { stop_accepting.cancelled().await });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "node HTTP server failed");
-            }
+            crate::serve::serve(
+                crate::conn::Accept::new(listener),
+                app,
+                crate::serve::HEAD_TIMEOUT,
+                stop_accepting,
+            )
+            .await;
         });
         ctx.tracer.node(NodeChange::Started);
         tracing::info!(node = %config.id, %ws_url, worker = lease.worker_id, routing = config.routing.as_str(), "node serving");
@@ -498,6 +512,18 @@ async fn upgrade(
             };
         }
     };
+    let permit = match ctx.sockets.admit(who.user, &who.device) {
+        Ok(p) => p,
+        Err(over) => {
+            metrics::counter!("chat_upgrades_refused_total").increment(1);
+            metrics::counter!("chat_sockets_capped_total").increment(1);
+            return refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                &over.to_string(),
+            );
+        }
+    };
     let limits = ctx.limits;
     let tracker = ctx.tracker.clone();
     ws.read_buffer_size(limits.read_buffer)
@@ -506,7 +532,11 @@ async fn upgrade(
         .max_message_size(protocol::limits::MAX_FRAME_BYTES)
         .max_frame_size(protocol::limits::MAX_FRAME_BYTES)
         .on_upgrade(move |socket| {
-            tracker.track_future(session::run(ctx, socket, peer.conn, who, q.reservation))
+            let session = session::run(ctx, socket, peer.conn, who, q.reservation);
+            tracker.track_future(async move {
+                session.await;
+                drop(permit);
+            })
         })
 }
 
@@ -613,7 +643,7 @@ async fn consume_inbox(ctx: Arc<NodeCtx>, mut inbox: Inbox) {
                 metrics::counter!("chat_deliveries_total").increment(n as u64);
             }
             BusKind::Live => {
-                ctx.devices.deliver_live(recipients, &env.frame);
+                ctx.devices.deliver_live(recipients, &env.frame, None);
             }
             BusKind::Revoke { user, device } => {
                 ctx.devices

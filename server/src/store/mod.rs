@@ -401,6 +401,8 @@ pub trait Store: Send + Sync + 'static {
     async fn put_attachment(&self, blob: AttachmentBlob) -> StoreResult<()>;
     /// A file, bytes included.
     async fn attachment(&self, id: &AttachmentId) -> StoreResult<Option<AttachmentBlob>>;
+    /// The bytes of every attachment `uploader` has stored (their quota's use).
+    async fn attachment_bytes(&self, uploader: UserId) -> StoreResult<u64>;
 }
 
 /// The store shared by a process's tasks.

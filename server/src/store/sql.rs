@@ -533,6 +533,17 @@ where
             })
     }
 
+    async fn attachment_bytes(&self, uploader: UserId) -> StoreResult<u64> {
+        let total: i64 = sqlx::query_scalar::<B::Db, i64>(
+            "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM attachments WHERE uploader = $1",
+        )
+        .bind(uploader.0)
+        .fetch_one(self.backend.read_pool())
+        .await
+        .map_err(B::DB_ERR)?;
+        Ok(u64::try_from(total).unwrap_or(0))
+    }
+
     /// An uploaded file, bytes included.
     async fn attachment(&self, id: &AttachmentId) -> StoreResult<Option<AttachmentBlob>> {
         sqlx::query_as::<B::Db, AttachmentRow>(

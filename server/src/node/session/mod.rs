@@ -217,12 +217,18 @@ async fn open(
         .conn(ConnChange::Connected, who.user, Some(&who.device));
 
     let setup = async {
+        // The name as the store has it, not as the token says.
+        let me = ctx
+            .store
+            .user_by_id(who.user)
+            .await?
+            .ok_or(crate::store::StoreError::NotFound)?;
         let conversations = ctx.store.conversations_of(who.user).await?;
         let contacts: Arc<[UserId]> = ctx.store.contacts(who.user).await?.into();
-        Ok::<_, crate::store::StoreError>((conversations, contacts))
+        Ok::<_, crate::store::StoreError>((me.username, conversations, contacts))
     }
     .await;
-    let (conversations, contacts) = match setup {
+    let (username, conversations, contacts) = match setup {
         Ok(v) => v,
         Err(e) => {
             tracing::warn!(error = %e, "session setup failed");
@@ -251,7 +257,7 @@ async fn open(
     };
     if first {
         ctx.tracer.conn(ConnChange::Online, who.user, None);
-        announce(ctx, &contacts, presence_frame(who.user, true));
+        announce(ctx, &contacts, presence_frame(who.user, true), None);
     }
 
     // Plan the resync, then let the welcome take the summaries: nothing of the hello or the
@@ -263,7 +269,7 @@ async fn open(
         node: ctx.id.clone(),
         user: UserInfo {
             id: who.user,
-            username: who.username.clone(),
+            username,
         },
         device: who.device.clone(),
         conversations,
@@ -286,7 +292,7 @@ async fn leave(ctx: &Arc<NodeCtx>, slot: &DeviceSlot, contacts: &[UserId]) {
     match ctx.router.registry.detach(&ctx.id, slot.user).await {
         Ok(true) => {
             ctx.tracer.conn(ConnChange::Offline, slot.user, None);
-            announce(ctx, contacts, presence_frame(slot.user, false));
+            announce(ctx, contacts, presence_frame(slot.user, false), None);
         }
         Ok(false) => {}
         Err(e) => tracing::warn!(error = %e, user = %slot.user, "detach failed"),
@@ -294,11 +300,11 @@ async fn leave(ctx: &Arc<NodeCtx>, slot: &DeviceSlot, contacts: &[UserId]) {
 }
 
 /// Delivers a live frame to local devices of `recipients` and publishes it for the others.
-fn announce(ctx: &Arc<NodeCtx>, recipients: &[UserId], frame: Bytes) {
+fn announce(ctx: &Arc<NodeCtx>, recipients: &[UserId], frame: Bytes, except: Option<u64>) {
     if recipients.is_empty() {
         return;
     }
-    ctx.devices.deliver_live(recipients, &frame);
+    ctx.devices.deliver_live(recipients, &frame, except);
     let job = PublishJob {
         recipients: recipients.into(),
         kind: BusKind::Live,
@@ -328,13 +334,21 @@ async fn linger(stream: &mut Stream) -> bool {
     .unwrap_or(false)
 }
 
+/// Pings and pongs a device may send before its `hello`.
+const PINGS_BEFORE_HELLO: u32 = 16;
+
 async fn read_hello(stream: &mut Stream) -> Result<Hello, (ErrorCode, String)> {
     let deadline = Duration::from_millis(HELLO_TIMEOUT_MS);
     let first = tokio::time::timeout(deadline, async {
+        // Control frames before `hello` are answered but bounded: a device has nothing to
+        // say before it, so a flood of pings ends the socket.
+        let mut control = 0;
         loop {
             match stream.next().await {
                 Some(Ok(Message::Text(t))) => return Some(t),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) if control < PINGS_BEFORE_HELLO => {
+                    control += 1;
+                }
                 _ => return None,
             }
         }

@@ -49,21 +49,9 @@ pub(super) async fn read_loop(
         if slot.queue.closing().is_some() {
             return;
         }
-        let text = match msg {
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(Message::Binary(_))) => {
-                live(
-                    slot,
-                    ServerFrame::error(
-                        ErrorCode::Malformed,
-                        "binary frames are not accepted; send JSON text",
-                        None,
-                    ),
-                );
-                continue;
-            }
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+        let msg = match msg {
             Some(Ok(Message::Close(_))) | None => return,
+            Some(Ok(m)) => m,
             Some(Err(e)) => {
                 if too_big(&e) {
                     metrics::counter!("chat_frames_refused_total", "reason" => "too_big")
@@ -81,12 +69,18 @@ pub(super) async fn read_loop(
                 return;
             }
         };
+        // Every frame the device sends counts against its rate, whatever its kind: a flood of
+        // pings (each answered) or of binary frames (each refused) costs the node as much as
+        // one of text frames.
         match rate.admit() {
             Admit::Pass => {}
             Admit::Refuse => {
-                let reference = ClientFrame::parse(text.as_bytes())
-                    .ok()
-                    .and_then(|f| f.client_id().cloned());
+                let reference = match &msg {
+                    Message::Text(text) => ClientFrame::parse(text.as_bytes())
+                        .ok()
+                        .and_then(|f| f.client_id().cloned()),
+                    _ => None,
+                };
                 live(
                     slot,
                     ServerFrame::error(ErrorCode::RateLimited, "slow down", reference),
@@ -104,6 +98,23 @@ pub(super) async fn read_loop(
                 return;
             }
         }
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Binary(_) => {
+                metrics::counter!("chat_frames_refused_total", "reason" => "binary").increment(1);
+                live(
+                    slot,
+                    ServerFrame::error(
+                        ErrorCode::Malformed,
+                        "binary frames are not accepted; send JSON text",
+                        None,
+                    ),
+                );
+                continue;
+            }
+            // Answered by the socket itself (a ping) or proof of life (a pong).
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => continue,
+        };
         let frame = match ClientFrame::parse(text.as_bytes()) {
             Ok(f) => f,
             Err(e) => {
@@ -247,13 +258,16 @@ async fn typing(
     {
         return;
     }
-    typing_sent.insert(conv, now);
     let frame = ServerFrame::Typing {
         conv,
         user: who.user,
         active,
     };
-    ephemeral(ctx, slot, who, conv, frame).await;
+    // Only conversations the user is a member of enter the map: its size is bounded by
+    // theirs, whatever ids the device makes up.
+    if ephemeral(ctx, slot, who, conv, frame, Echo::Nobody).await {
+        typing_sent.insert(conv, now);
+    }
 }
 
 /// `read`: moves the user's read marker forward and tells the members.
@@ -271,7 +285,7 @@ async fn read_marker(
                 user: who.user,
                 seq,
             };
-            ephemeral(ctx, slot, who, conv, frame).await;
+            ephemeral(ctx, slot, who, conv, frame, Echo::OtherDevices).await;
         }
         Ok(None) => {}
         Err(e) => live(
@@ -281,14 +295,25 @@ async fn read_marker(
     }
 }
 
-/// Typing and read markers: checked against membership, delivered live to every member device.
+/// Which of the sender's own devices get a typing or read frame back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Echo {
+    /// None of them (typing: only the others care).
+    Nobody,
+    /// The sender's other devices, not the one that sent it (a read marker).
+    OtherDevices,
+}
+
+/// Typing and read markers: checked against membership, delivered live to the member
+/// devices `echo` says. `false` if refused.
 async fn ephemeral(
     ctx: &Arc<NodeCtx>,
     slot: &DeviceSlot,
     who: &Principal,
     conv: ConvId,
     frame: ServerFrame,
-) {
+    echo: Echo,
+) -> bool {
     let members = match ctx.store.recipients(conv).await {
         Ok(m) => m,
         Err(e) => {
@@ -296,7 +321,7 @@ async fn ephemeral(
                 slot,
                 ServerFrame::error(store_error_code(&e), store_error_message(&e), None),
             );
-            return;
+            return false;
         }
     };
     if !members.contains(&who.user) {
@@ -308,7 +333,14 @@ async fn ephemeral(
                 None,
             ),
         );
-        return;
+        return false;
     }
-    announce(ctx, &members, Bytes::from(frame.to_json()));
+    let frame = Bytes::from(frame.to_json());
+    if echo == Echo::Nobody {
+        let others: Vec<_> = members.iter().copied().filter(|u| *u != who.user).collect();
+        announce(ctx, &others, frame, Some(slot.session));
+    } else {
+        announce(ctx, &members, frame, Some(slot.session));
+    }
+    true
 }

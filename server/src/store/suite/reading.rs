@@ -361,8 +361,17 @@ pub async fn attachments_round_trip(db: &dyn TestDb) -> anyhow::Result<()> {
         created_at: 1_234,
         data: Bytes::from(data),
     };
+    assert_eq!(s.attachment_bytes(a).await?, 0);
     s.put_attachment(blob.clone()).await?;
     assert_eq!(s.attachment(&blob.meta.id).await?, Some(blob.clone()));
+    let mut second = blob.clone();
+    second.meta.id = AttachmentId::new(unique("file"))?;
+    s.put_attachment(second).await?;
+    assert_eq!(
+        s.attachment_bytes(a).await?,
+        200_000,
+        "a quota counts every upload"
+    );
     assert_err!(
         s.put_attachment(blob.clone()).await,
         StoreError::Conflict(_)
