@@ -33,7 +33,7 @@ pub fn main() -> ExitCode {
     match run(cli, clock) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("chat: {e:#}");
+            render::err_line(&format!("chat: {e:#}"));
             ExitCode::FAILURE
         }
     }

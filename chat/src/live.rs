@@ -191,11 +191,11 @@ pub async fn talk(ctx: &Ctx, conv: &ConvRef) -> Result<()> {
         Client::start(&session, ctx.profile.load_state(), ClientConfig::default())?;
     let mut names = Names::new(api, session.user.clone());
     names.learn(std::slice::from_ref(&summary));
-    eprintln!(
+    crate::render::err_line(&format!(
         "talking in {} as {}; type a message and press Enter. Ctrl-D or /quit to leave.",
         conv_label(&summary),
         session.user.username
-    );
+    ));
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
     let mut drain_deadline: Option<tokio::time::Instant> = None;
@@ -214,7 +214,7 @@ pub async fn talk(ctx: &Ctx, conv: &ConvRef) -> Result<()> {
                     } else if !line.is_empty()
                         && let Err(e) = chat.send_text(conv, line)
                     {
-                        eprintln!("! not sent: {e}");
+                        crate::render::err_line(&format!("! not sent: {e}"));
                     }
                 }
                 Ok(None) | Err(_) => {
@@ -225,7 +225,7 @@ pub async fn talk(ctx: &Ctx, conv: &ConvRef) -> Result<()> {
             event = events.recv() => {
                 let Some(event) = event else { break Ok(()) };
                 if let ClientEvent::Status(Status::Stopped { reason }) = &event {
-                    eprintln!("* {}", status_text(&Status::Stopped { reason: reason.clone() }));
+                    crate::render::err_line(&format!("* {}", status_text(&Status::Stopped { reason: reason.clone() })));
                     break stopped(reason);
                 }
                 if !concerns(&event, conv) {
@@ -240,7 +240,7 @@ pub async fn talk(ctx: &Ctx, conv: &ConvRef) -> Result<()> {
                     other => match names.notice(other).await {
                         // Connection changes go to stderr, so stdout stays the conversation.
                         Some(line) => {
-                            eprintln!("{line}");
+                            crate::render::err_line(&line);
                             Ok(())
                         }
                         None => Ok(()),

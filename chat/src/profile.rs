@@ -38,6 +38,8 @@ impl Profile {
 
     /// This profile's device id, created on first use.
     pub fn device_id(&self) -> Result<DeviceId> {
+        create_private_dir(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
         Ok(client::load_or_create_device_id(
             &self.dir.join("device_id"),
         )?)
@@ -145,33 +147,83 @@ fn default_dir() -> Option<PathBuf> {
 }
 
 /// Writes a file by renaming a complete temporary file over it, so a reader never sees half
-/// of it. `private` files are readable by the owner only (they hold a token).
+/// of it. The temporary file has a random name in the same folder and is created anew
+/// (`O_EXCL`, readable by the owner only), so nobody can have planted a file or a link under
+/// its name; `private` files stay owner-only (they hold a token), the others become
+/// world-readable as usual once complete. The folder is created owner-only.
 fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = private;
+    create_private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
     let write = || -> io::Result<()> {
         use std::io::Write;
-        let mut f = options.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".chat-")
+            .suffix(".tmp")
+            .tempfile_in(dir)?;
+        tmp.write_all(bytes)?;
+        #[cfg(unix)]
+        if !private {
+            use std::os::unix::fs::PermissionsExt;
+            tmp.as_file()
+                .set_permissions(fs::Permissions::from_mode(0o644))?;
+        }
+        #[cfg(not(unix))]
+        let _ = private;
+        tmp.as_file().sync_all()?;
+        tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
     };
     write().with_context(|| format!("writing {}", path.display()))
+}
+
+/// Creates `dir` (and its parents) if missing; a folder this creates is owner-only.
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A link planted where a temporary file with a guessable name would go is not followed:
+    /// the token is not written through it.
+    #[cfg(unix)]
+    #[test]
+    fn a_planted_link_is_not_followed() -> Result<()> {
+        let p = scratch();
+        fs::create_dir_all(&p.dir)?;
+        let victim = p.dir.with_extension("victim");
+        fs::write(&victim, "untouched")?;
+        let guess = p
+            .session_path()
+            .with_extension(format!("tmp-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &guess)?;
+        let session = Session {
+            server: "http://127.0.0.1:1".into(),
+            token: "secret-token".into(),
+            user: UserInfo {
+                id: protocol::UserId(1),
+                username: "alice".into(),
+            },
+            device: p.device_id()?,
+            expires_at: 1,
+        };
+        p.save_session(&session)?;
+        assert_eq!(fs::read_to_string(&victim)?, "untouched");
+        assert_eq!(p.session()?, session);
+        fs::remove_file(&victim)?;
+        Ok(())
+    }
     use protocol::ConvId;
     use protocol::model::UserInfo;
 
@@ -205,6 +257,13 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             let mode = fs::metadata(p.session_path())?.permissions().mode();
             assert_eq!(mode & 0o077, 0, "session.json must be private");
+        }
+
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&p.dir)?.permissions().mode();
+            assert_eq!(mode & 0o077, 0, "the profile folder must be private");
         }
 
         let c = |conv, seq| Cursor {

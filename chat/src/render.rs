@@ -267,12 +267,41 @@ pub fn human_size(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
-/// One line on stdout. Fails when stdout is gone (a closed pipe), which callers take as a
-/// reason to stop rather than a crash.
+/// One line on stdout, [`terminal_safe`]. Fails when stdout is gone (a closed pipe), which
+/// callers take as a reason to stop rather than a crash.
 pub fn out(line: &str) -> io::Result<()> {
     let mut stdout = io::stdout().lock();
-    writeln!(stdout, "{line}")?;
+    writeln!(stdout, "{}", terminal_safe(line))?;
     stdout.flush()
+}
+
+/// One line on stderr, [`terminal_safe`].
+pub fn err_line(line: &str) {
+    eprintln!("{}", terminal_safe(line));
+}
+
+/// `line` with every character that could steer a terminal written out as `\uXXXX`: C0 and
+/// C1 controls (escape sequences, carriage returns, newlines that would fake a line of their
+/// own), DEL, and the bidirectional overrides that make text display in another order than
+/// it reads. What other people wrote (messages, names, file names) reaches the terminal only
+/// through this. The escape is JSON's, so a JSON line stays valid JSON.
+pub fn terminal_safe(line: &str) -> std::borrow::Cow<'_, str> {
+    let steers = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !line.chars().any(steers) {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len() + 16);
+    for c in line.chars() {
+        if steers(c) {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// One JSON object on its own line.
@@ -286,6 +315,24 @@ mod tests {
     use super::*;
     use protocol::AttachmentId;
     use protocol::model::Attachment;
+
+    #[test]
+    fn nothing_steers_the_terminal() {
+        assert_eq!(terminal_safe("plain, é 😀"), "plain, é 😀");
+        assert_eq!(
+            terminal_safe("hi\u{1b}[2J\u{1b}]0;pwned\u{7}"),
+            "hi\\u001b[2J\\u001b]0;pwned\\u0007"
+        );
+        assert_eq!(
+            terminal_safe("a\r\nalice: fake"),
+            "a\\u000d\\u000aalice: fake"
+        );
+        assert_eq!(terminal_safe("\u{9b}31m"), "\\u009b31m");
+        assert_eq!(terminal_safe("abc\u{202e}fed"), "abc\\u202efed");
+        // JSON stays JSON.
+        let json = serde_json::to_string("x\u{9b}y\u{7f}").unwrap_or_default();
+        assert!(serde_json::from_str::<String>(&terminal_safe(&json)).is_ok());
+    }
 
     #[test]
     fn sizes() {
