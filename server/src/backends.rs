@@ -1,6 +1,6 @@
 //! Choosing backends from URLs: `embedded` (the controller hosts registry and bus; nothing to
 //! install), `redis://…` for the registry and the bus, `zookeeper://…` for the registry,
-//! `amqp://…` for the bus. One place turns the choice into trait objects, for nodes and for the
+//! `amqp://…` and `kafka://…` for the bus. One place turns the choice into trait objects, for nodes and for the
 //! controller alike.
 //!
 //! The combinations that work:
@@ -10,6 +10,7 @@
 //! | `embedded` | `embedded` | one machine, nothing installed: the controller hosts both |
 //! | `redis://…` | `redis://…` | many machines: Redis holds the registry and carries envelopes |
 //! | `redis://…` | `amqp://…` | many machines: Redis holds the registry, RabbitMQ carries envelopes |
+//! | `redis://…` | `kafka://…` | many machines: Redis holds the registry, Kafka carries envelopes |
 //! | `zookeeper://…` | any real bus | many machines: ZooKeeper holds the registry (ephemeral znodes) |
 //!
 //! The embedded bus runs through the controller, which routes by its own (embedded) registry,
@@ -20,8 +21,8 @@
 //! ([`crate::sealed`]): envelopes and node entries carry a MAC under the node-admission key.
 //!
 //! A URL may end in `?prefix=NAME` to keep a cluster's keys, channels, exchanges and queues
-//! apart from another's on the same server (default `chat:` in Redis, `chat.` in RabbitMQ, the
-//! root znode `/chat` in ZooKeeper).
+//! apart from another's on the same server (default `chat:` in Redis, `chat.` in RabbitMQ and
+//! Kafka, the root znode `/chat` in ZooKeeper). A Kafka URL may also say `?partitions=N`.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -59,6 +60,8 @@ pub enum BusChoice {
     Redis(String),
     /// RabbitMQ.
     Amqp(String),
+    /// Kafka.
+    Kafka(String),
 }
 
 /// A backend URL that cannot be used.
@@ -91,7 +94,8 @@ pub enum BackendError {
     #[error(
         "registry {registry} with bus {bus} is not supported: {why}. Combinations that work: \
          --registry embedded --bus embedded (one machine), or --registry redis://HOST:PORT \
-         or zookeeper://HOST:PORT with --bus redis://HOST:PORT or --bus amqp://USER:PASS@HOST:PORT"
+         or zookeeper://HOST:PORT with --bus redis://HOST:PORT, --bus amqp://USER:PASS@HOST:PORT \
+         or --bus kafka://HOST:PORT"
     )]
     Mismatch {
         /// The registry chosen.
@@ -134,11 +138,13 @@ impl FromStr for BusChoice {
             Ok(BusChoice::Redis(s.to_owned()))
         } else if s.starts_with("amqp://") || s.starts_with("amqps://") {
             Ok(BusChoice::Amqp(s.to_owned()))
+        } else if s.starts_with("kafka://") {
+            Ok(BusChoice::Kafka(s.to_owned()))
         } else {
             Err(BackendError::Unsupported {
                 what: "bus",
                 url: s.to_owned(),
-                expected: "embedded, redis://HOST:PORT or amqp://USER:PASS@HOST:PORT",
+                expected: "embedded, redis://HOST:PORT, amqp://USER:PASS@HOST:PORT or kafka://HOST:PORT",
             })
         }
     }
@@ -162,6 +168,7 @@ impl BusChoice {
             BusChoice::Embedded => "embedded",
             BusChoice::Redis(_) => "redis",
             BusChoice::Amqp(_) => "amqp",
+            BusChoice::Kafka(_) => "kafka",
         }
     }
 }
@@ -269,7 +276,7 @@ async fn shared_registry(
     }
 }
 
-/// Opens a real bus (Redis pub/sub or RabbitMQ). Real buses go with a shared registry only,
+/// Opens a real bus (Redis pub/sub, RabbitMQ or Kafka). Real buses go with a shared registry only,
 /// so without one nothing calls this.
 #[cfg_attr(not(any(feature = "redis", feature = "zookeeper")), allow(dead_code))]
 /// The real bus named by `bus`; `me` (a node or controller id) names its broker connection, so
@@ -285,7 +292,7 @@ async fn real_bus(
         BusChoice::Embedded => Err(BackendError::Unsupported {
             what: "bus",
             url: "embedded".into(),
-            expected: "redis://HOST:PORT or amqp://USER:PASS@HOST:PORT",
+            expected: "redis://HOST:PORT, amqp://USER:PASS@HOST:PORT or kafka://HOST:PORT",
         }),
         #[cfg(feature = "redis")]
         BusChoice::Redis(url) => {
@@ -316,6 +323,23 @@ async fn real_bus(
             what: "bus",
             url: url.clone(),
             feature: "amqp",
+        }),
+        #[cfg(feature = "kafka")]
+        BusChoice::Kafka(url) => {
+            let (url, prefix) = split_prefix(url, crate::bus::kafka::DEFAULT_PREFIX);
+            let mut config = crate::bus::kafka::KafkaConfig::from_url(&url, &prefix)
+                .map_err(|e| BackendError::Connect(e.to_string()))?;
+            config.label = Some(me.to_string());
+            let bus = crate::bus::kafka::KafkaBus::connect(config, cancel)
+                .await
+                .map_err(|e| BackendError::Connect(e.to_string()))?;
+            Ok(Arc::new(bus))
+        }
+        #[cfg(not(feature = "kafka"))]
+        BusChoice::Kafka(url) => Err(BackendError::NotBuilt {
+            what: "bus",
+            url: url.clone(),
+            feature: "kafka",
         }),
     }
 }

@@ -151,6 +151,11 @@ impl Launcher {
             return Ok(None);
         }
         let bus = &self.config.backends.bus;
+        if bus.starts_with("kafka://") {
+            // A Kafka client asks its first broker where the brokers are and connects there:
+            // a proxy would carry only that first question. Such a node is not cuttable.
+            return Ok(None);
+        }
         let url = if bus == "embedded" {
             self.controller.base()
         } else {

@@ -437,8 +437,9 @@ impl Cluster {
         let slot = self.slot(index)?;
         slot.proxy.as_ref().ok_or_else(|| LabError::NotCuttable {
             name: slot.node.id.to_string(),
-            why: "the cluster was started without proxies in front of the bus \
-                  (ClusterConfig::cuttable_bus)"
+            why: "no proxy stands in front of its bus: the cluster was started without \
+                  (ClusterConfig::cuttable_bus), or its bus is Kafka, whose clients connect to \
+                  the addresses the broker advertises"
                 .into(),
         })
     }

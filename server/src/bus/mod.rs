@@ -3,7 +3,7 @@
 //! [`Bus`] is the contract: `publish` an encoded [`protocol::bus::Envelope`] to some nodes (or
 //! all), and `subscribe` to the stream of envelopes for this node. Implementations: the
 //! controller-hosted bus of the embedded setup ([`crate::link::LinkClient`]), and, for many
-//! machines, RabbitMQ and Redis pub/sub. The behavioural suite in [`suite`] runs against each.
+//! machines, RabbitMQ, Redis pub/sub and Kafka. The behavioural suite in [`suite`] runs against each.
 //!
 //! The bus may lose or repeat an envelope when a broker or node fails; nothing relies on it
 //! alone. Receivers drop repeats by `seq`, fill gaps from the store, and a survivor publishes
@@ -31,6 +31,8 @@ use tokio::sync::mpsc;
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(test)]
@@ -59,7 +61,7 @@ pub type Inbox = mpsc::Receiver<Bytes>;
 /// The bus contract.
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
-    /// "embedded", "redis" or "amqp", for status pages.
+    /// "embedded", "redis", "amqp" or "kafka", for status pages.
     fn kind(&self) -> &'static str;
 
     /// Hands `envelope` to the bus for `targets`. Returns once the bus has accepted it
