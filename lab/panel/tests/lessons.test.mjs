@@ -8,46 +8,16 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { createInterface } from "node:readline";
-import { mkdirSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
-
-const here = dirname(fileURLToPath(import.meta.url));
-const root = resolve(here, "../../..");
-const labBin = process.env.LAB_BIN ?? join(root, "target/debug/lab");
-const shots = join(root, "artifacts/lab");
-mkdirSync(shots, { recursive: true });
+import { join } from "node:path";
+import { labUp, launchChromium, shots } from "./harness.mjs";
 
 const PATIENCE = 90_000;
-
-function labUp(args) {
-  const child = spawn(labBin, ["up", "--plain", "--panel", "127.0.0.1:0", ...args], {
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  const lines = [];
-  const ready = new Promise((resolveReady, reject) => {
-    const rl = createInterface({ input: child.stdout });
-    rl.on("line", (line) => {
-      lines.push(line);
-      if (line.startsWith("LAB_READY ")) resolveReady(JSON.parse(line.slice("LAB_READY ".length)));
-    });
-    child.on("exit", (code) => reject(new Error(`lab up exited (${code}) before it was ready:\n${lines.join("\n")}`)));
-  });
-  return { child, ready, lines };
-}
 
 test("a lesson in the panel: the mistake red, the fix green, step by step", { timeout: 300_000 }, async (t) => {
   const lab = labUp(["--teaching", "--nodes", "3"]);
   t.after(() => lab.child.kill("SIGKILL"));
   const ready = await lab.ready;
-  const browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: ["--headless", "--no-sandbox", "--disable-gpu"],
-  });
-  t.after(() => browser.close());
+  const browser = await launchChromium(t);
   const page = await (await browser.newContext({ viewport: { width: 1500, height: 1150 } })).newPage();
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));

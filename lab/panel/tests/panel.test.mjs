@@ -10,47 +10,17 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { createInterface } from "node:readline";
-import { mkdirSync, readFileSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
-
-const here = dirname(fileURLToPath(import.meta.url));
-const root = resolve(here, "../../..");
-const labBin = process.env.LAB_BIN ?? join(root, "target/debug/lab");
-const shots = join(root, "artifacts/lab");
-mkdirSync(shots, { recursive: true });
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { labBin, labUp, launchChromium, shots } from "./harness.mjs";
 
 const PATIENCE = 60_000;
-
-/** Starts `lab up` and resolves with its ready line once both the cluster and panel serve. */
-function labUp(args) {
-  const child = spawn(labBin, ["up", "--plain", "--panel", "127.0.0.1:0", ...args], {
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  const lines = [];
-  const ready = new Promise((resolveReady, reject) => {
-    const rl = createInterface({ input: child.stdout });
-    rl.on("line", (line) => {
-      lines.push(line);
-      if (line.startsWith("LAB_READY ")) resolveReady(JSON.parse(line.slice("LAB_READY ".length)));
-    });
-    child.on("exit", (code) => reject(new Error(`lab up exited (${code}) before it was ready:\n${lines.join("\n")}`)));
-  });
-  const exited = new Promise((r) => child.on("exit", (code, signal) => r({ code, signal })));
-  return { child, ready, lines, exited };
-}
 
 test("the panel drives a real cluster: kill, cut the bus, fanout, export", { timeout: 360_000 }, async (t) => {
   const lab = labUp(["--nodes", "3", "--users", "10", "--devices", "2", "--rate", "20"]);
   t.after(() => lab.child.kill("SIGKILL"));
   const ready = await lab.ready;
-  const browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: ["--headless", "--no-sandbox", "--disable-gpu"],
-  });
-  t.after(() => browser.close());
+  const browser = await launchChromium(t);
   const context = await browser.newContext({ viewport: { width: 1500, height: 1150 }, acceptDownloads: true });
   const page = await context.newPage();
   const errors = [];
@@ -191,11 +161,7 @@ test("the panel reconnects when the lab restarts", { timeout: 180_000 }, async (
   const first = labUp(["--nodes", "1"]);
   t.after(() => first.child.kill("SIGKILL"));
   const ready = await first.ready;
-  const browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: ["--headless", "--no-sandbox", "--disable-gpu"],
-  });
-  t.after(() => browser.close());
+  const browser = await launchChromium(t);
   const page = await browser.newPage();
   await page.goto(ready.panel);
   await page.waitForFunction(() => document.querySelector("#conn").dataset.ok === "true", null, { timeout: PATIENCE });
