@@ -135,6 +135,16 @@ impl Names {
             EventBody::Message(m) => format!("{who}: {}", message_text(m)),
             EventBody::Edit { target, text } => format!("{who} edited {target}: {text}"),
             EventBody::Delete { target } => format!("{who} deleted {target}"),
+            EventBody::Reaction {
+                target,
+                emoji,
+                on: true,
+            } => format!("{who} reacted {emoji} to {target}"),
+            EventBody::Reaction {
+                target,
+                emoji,
+                on: false,
+            } => format!("{who} took back {emoji} from {target}"),
             EventBody::Member { action, user } => {
                 let subject = self.user(event.conv, *user).await;
                 match action {
@@ -238,6 +248,9 @@ pub fn message_text(m: &Message) -> String {
     out.push_str(&m.text);
     if m.edited_at.is_some() {
         out.push_str(" (edited)");
+    }
+    for r in &m.reactions {
+        out.push_str(&format!(" [{} {}]", r.emoji, r.users.len()));
     }
     out
 }
@@ -356,6 +369,7 @@ mod tests {
             reply_to: Some(protocol::MessageId(7)),
             edited_at: Some(1),
             deleted: false,
+            reactions: Vec::new(),
         };
         assert_eq!(
             message_text(&m),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use protocol::model::{Attachment, MessageKind};
-use protocol::ws::{Ack, Cursor, DeleteMessage, EditMessage, SendMessage};
+use protocol::ws::{Ack, Cursor, DeleteMessage, EditMessage, ReactMessage, SendMessage};
 use protocol::{
     AttachmentId, ClientMsgId, ConvId, DeviceId, MessageId, Millis, NodeId, Seq, limits,
 };
@@ -363,6 +363,24 @@ impl Client {
         }))
     }
 
+    /// Reacts to a message (anyone's) with an emoji, or takes that reaction back (`on` false).
+    /// The server refuses what [`limits::reaction_valid`] refuses.
+    pub fn react(
+        &self,
+        conv: ConvId,
+        target: MessageId,
+        emoji: impl Into<String>,
+        on: bool,
+    ) -> Result<ClientMsgId, ClientError> {
+        self.enqueue(Outgoing::React(ReactMessage {
+            conv,
+            client_id: new_client_id(),
+            target,
+            emoji: emoji.into(),
+            on,
+        }))
+    }
+
     /// Puts anything that needs an ack in the outbox. Returns its client id at once.
     pub fn enqueue(&self, op: Outgoing) -> Result<ClientMsgId, ClientError> {
         let item = self.prepare(op)?;
@@ -547,7 +565,7 @@ impl Client {
         let text_len = match &op {
             Outgoing::Send(m) => m.text.len(),
             Outgoing::Edit(m) => m.text.len(),
-            Outgoing::Delete(_) => 0,
+            Outgoing::Delete(_) | Outgoing::React(_) => 0,
         };
         if text_len > limits::MAX_TEXT_BYTES {
             return Err(ClientError::TooLarge {

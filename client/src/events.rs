@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::api::code_name;
 
 /// Something the application should know, in the order it happened.
+// Conversation events are nearly all of what flows, and the largest variant: boxing them would
+// cost an allocation each to save the space of the few small ones.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientEvent {

@@ -1,4 +1,4 @@
-//! The outbox: every message, edit and delete the application sent that the server has not
+//! The outbox: every message, edit, delete and reaction the application sent that the server has not
 //! acknowledged yet, in the order it was sent.
 //!
 //! Invariant: an item leaves the outbox only when the server has stored it (an ack, or its
@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use protocol::ws::{ClientFrame, DeleteMessage, EditMessage, ErrorCode, SendMessage};
+use protocol::ws::{ClientFrame, DeleteMessage, EditMessage, ErrorCode, ReactMessage, SendMessage};
 use protocol::{ClientMsgId, ConvId, Millis};
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +33,8 @@ pub enum Outgoing {
     Edit(EditMessage),
     /// A delete of one of my messages.
     Delete(DeleteMessage),
+    /// A reaction to a message, or taking one back.
+    React(ReactMessage),
 }
 
 impl Outgoing {
@@ -42,6 +44,7 @@ impl Outgoing {
             Outgoing::Send(m) => &m.client_id,
             Outgoing::Edit(m) => &m.client_id,
             Outgoing::Delete(m) => &m.client_id,
+            Outgoing::React(m) => &m.client_id,
         }
     }
 
@@ -51,6 +54,7 @@ impl Outgoing {
             Outgoing::Send(m) => m.conv,
             Outgoing::Edit(m) => m.conv,
             Outgoing::Delete(m) => m.conv,
+            Outgoing::React(m) => m.conv,
         }
     }
 
@@ -60,6 +64,7 @@ impl Outgoing {
             Outgoing::Send(m) => ClientFrame::Send(m.clone()),
             Outgoing::Edit(m) => ClientFrame::Edit(m.clone()),
             Outgoing::Delete(m) => ClientFrame::Delete(m.clone()),
+            Outgoing::React(m) => ClientFrame::React(m.clone()),
         }
     }
 }

@@ -72,6 +72,19 @@ pub const HISTORY_PAGE_MAX: u32 = 200;
 /// in the history pages).
 pub const INITIAL_SYNC_EVENTS: u32 = 50;
 
+/// Longest reaction, in bytes of UTF-8 (an emoji with its modifiers and joiners fits).
+pub const REACTION_MAX_BYTES: usize = 32;
+
+/// Reactions: 1 to [`REACTION_MAX_BYTES`] bytes, no spaces or control characters, and no
+/// letters or digits of any script: an emoji, not a word.
+pub fn reaction_valid(emoji: &str) -> bool {
+    !emoji.is_empty()
+        && emoji.len() <= REACTION_MAX_BYTES
+        && emoji
+            .chars()
+            .all(|c| !c.is_whitespace() && !c.is_control() && !c.is_alphanumeric())
+}
+
 /// Usernames: 3 to 32 of `[a-z0-9_.-]`, starting with a letter or digit.
 pub fn username_valid(name: &str) -> bool {
     (3..=32).contains(&name.len())
@@ -96,6 +109,16 @@ pub const NAME_MAX_CHARS: usize = 64;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reactions_are_emoji_not_words() {
+        for ok in ["👍", "❤️", "🎉", "👩\u{200d}💻", "+1!"] {
+            assert!(reaction_valid(ok), "{ok:?}");
+        }
+        for bad in ["", "like", "ok", " ", "👍 👍", "\u{7}", &"🎉".repeat(9)] {
+            assert!(!reaction_valid(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn attachment_types() {

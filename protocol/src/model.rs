@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{AttachmentId, ClientMsgId, ConvId, DeviceId, MessageId, Millis, Seq, UserId};
+use crate::{AttachmentId, ClientMsgId, ConvId, DeviceId, MessageId, Millis, NodeId, Seq, UserId};
 
 /// A user as others see them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +35,10 @@ pub struct Event {
     /// The sending client's id for it, when a device sent it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<ClientMsgId>,
+    /// The node (or controller) that accepted and persisted it: which part of the cluster a
+    /// message went in through, for people testing the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<NodeId>,
     /// What happened.
     pub body: EventBody,
 }
@@ -56,6 +60,15 @@ pub enum EventBody {
     Delete {
         /// The message deleted.
         target: MessageId,
+    },
+    /// The sender reacted to a message with an emoji (`on`), or took that reaction back.
+    Reaction {
+        /// The message reacted to.
+        target: MessageId,
+        /// The reaction: a short emoji ([`crate::limits::reaction_valid`]).
+        emoji: String,
+        /// Added (true) or taken back (false).
+        on: bool,
     },
     /// Someone joined, left, was invited, or the conversation was created.
     Member {
@@ -100,6 +113,46 @@ pub struct Message {
     /// Whether the message was deleted (history pages only; the text is then empty).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
+    /// The reactions it has now, in the order they were first given (history pages only; live
+    /// and replayed, they come as [`EventBody::Reaction`] events).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<Reactions>,
+}
+
+/// One emoji's reactions to a message: who gave it, in the order they did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reactions {
+    /// The emoji.
+    pub emoji: String,
+    /// Who reacted with it.
+    pub users: Vec<UserId>,
+}
+
+impl Reactions {
+    /// Applies one reaction event to a message's reactions: `user` adds `emoji` (once) or takes
+    /// it back; an emoji nobody gives any more goes.
+    pub fn apply(list: &mut Vec<Reactions>, user: UserId, emoji: &str, on: bool) {
+        match list.iter_mut().position(|r| r.emoji == emoji) {
+            Some(i) => {
+                let users = &mut list[i].users;
+                if on {
+                    if !users.contains(&user) {
+                        users.push(user);
+                    }
+                } else {
+                    users.retain(|u| *u != user);
+                    if users.is_empty() {
+                        list.remove(i);
+                    }
+                }
+            }
+            None if on => list.push(Reactions {
+                emoji: emoji.to_owned(),
+                users: vec![user],
+            }),
+            None => {}
+        }
+    }
 }
 
 /// Kinds of message.
@@ -211,4 +264,27 @@ pub struct MemberInfo {
     pub online: bool,
     /// Their `seq` of joining.
     pub joined_seq: Seq,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reactions_fold_in_order_once_per_user() {
+        let (a, b) = (UserId(1), UserId(2));
+        let mut list = Vec::new();
+        Reactions::apply(&mut list, a, "👍", true);
+        Reactions::apply(&mut list, b, "🎉", true);
+        Reactions::apply(&mut list, b, "👍", true);
+        Reactions::apply(&mut list, b, "👍", true);
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].emoji, "👍");
+        assert_eq!(list[0].users, vec![a, b]);
+        Reactions::apply(&mut list, b, "🎉", false);
+        Reactions::apply(&mut list, a, "😮", false);
+        assert_eq!(list.len(), 1);
+        Reactions::apply(&mut list, a, "👍", false);
+        assert_eq!(list[0].users, vec![b]);
+    }
 }

@@ -24,6 +24,8 @@ pub enum ClientFrame {
     Edit(EditMessage),
     /// Delete one of my messages.
     Delete(DeleteMessage),
+    /// React to a message (any member's) with an emoji, or take the reaction back.
+    React(ReactMessage),
     /// I am typing (or stopped) in a conversation.
     Typing {
         /// Where.
@@ -112,6 +114,28 @@ pub struct DeleteMessage {
     pub client_id: ClientMsgId,
     /// The message to delete.
     pub target: MessageId,
+}
+
+/// A reaction to a message, or taking one back. Like a send, it becomes an event of the
+/// conversation (so every device gets it, offline ones through resync) and is acked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReactMessage {
+    /// The conversation of the message.
+    pub conv: ConvId,
+    /// The client's id for this reaction (idempotent like a send).
+    pub client_id: ClientMsgId,
+    /// The message reacted to.
+    pub target: MessageId,
+    /// The emoji ([`crate::limits::reaction_valid`]).
+    pub emoji: String,
+    /// Add it (true) or take it back (false).
+    #[serde(default = "yes")]
+    pub on: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A frame a node sends to a device.
@@ -340,7 +364,7 @@ impl FrameError {
     }
 }
 
-const CLIENT_TYPES: &[&str] = &["hello", "send", "edit", "delete", "typing", "read"];
+const CLIENT_TYPES: &[&str] = &["hello", "send", "edit", "delete", "react", "typing", "read"];
 
 impl ClientFrame {
     /// Parses one frame from a device, telling an unknown `type` apart from a malformed frame.
@@ -369,6 +393,7 @@ impl ClientFrame {
             ClientFrame::Send(s) => Some(&s.client_id),
             ClientFrame::Edit(e) => Some(&e.client_id),
             ClientFrame::Delete(d) => Some(&d.client_id),
+            ClientFrame::React(r) => Some(&r.client_id),
             _ => None,
         }
     }
@@ -461,6 +486,21 @@ mod tests {
     }
 
     #[test]
+    fn react_round_trips_and_defaults_to_adding() -> Result<(), serde_json::Error> {
+        let json = r#"{"type":"react","conv":3,"client_id":"r1","target":"90","emoji":"👍"}"#;
+        let frame = ClientFrame::parse(json.as_bytes()).map_err(serde::de::Error::custom)?;
+        let ClientFrame::React(r) = &frame else {
+            panic!("not a react frame: {frame:?}");
+        };
+        assert!(r.on);
+        assert_eq!(r.target, MessageId(90));
+        assert_eq!(frame.client_id().map(ClientMsgId::as_str), Some("r1"));
+        let off = r#"{"type":"react","conv":3,"client_id":"r2","target":"90","emoji":"👍","on":false}"#;
+        assert!(matches!(ClientFrame::parse(off.as_bytes()), Ok(ClientFrame::React(r)) if !r.on));
+        Ok(())
+    }
+
+    #[test]
     fn bad_client_id_is_malformed() {
         assert!(matches!(
             ClientFrame::parse(br#"{"type":"send","conv":1,"client_id":"a b","text":"x"}"#),
@@ -478,6 +518,7 @@ mod tests {
             sender: UserId(1),
             device: Some(DeviceId::new("d1").map_err(serde::ser::Error::custom)?),
             client_id: None,
+            origin: None,
             body: EventBody::Message(Message {
                 kind: MessageKind::Text,
                 text: "hi".into(),
@@ -485,6 +526,7 @@ mod tests {
                 reply_to: None,
                 edited_at: None,
                 deleted: false,
+                reactions: Vec::new(),
             }),
         });
         let json = ev.to_json();

@@ -1,14 +1,14 @@
 //! Delivery across the cluster, with three node processes and a controller: direct messages
 //! across nodes, rooms with members on every node, multi-device sync, offline resync, and
-//! idempotent resend through two nodes.
+//! idempotent resend through two nodes, reactions on every device.
 
 use std::collections::HashSet;
 
 use anyhow::{Result, ensure};
 use client::{ClientEvent, ClientState, Draft, new_client_id};
-use protocol::NodeId;
 use protocol::http::CreateRoomRequest;
-use protocol::model::EventBody;
+use protocol::model::{EventBody, Reactions};
+use protocol::{ConvId, MessageId, NodeId};
 use tests::{Device, PATIENCE, assert_contiguous, assert_no_duplicates, cluster, register};
 
 /// A on node 1, B on node 2: B gets A's message once; A's ack carries id and seq.
@@ -336,6 +336,121 @@ async fn idempotent_send_through_two_nodes() -> Result<()> {
         .filter(|e| matches!(&e.body, EventBody::Message(m) if m.text == "only once"))
         .count();
     ensure!(stored == 1, "stored {stored} times");
+    cluster.shutdown().await?;
+    Ok(())
+}
+
+/// The reactions heard in `log` for message `target` of `conv`, folded in order.
+fn reactions_heard(log: &[ClientEvent], conv: ConvId, target: MessageId) -> Vec<Reactions> {
+    let mut list = Vec::new();
+    for e in log {
+        if let ClientEvent::Event(ev) = e
+            && ev.conv == conv
+            && let EventBody::Reaction {
+                target: t,
+                emoji,
+                on,
+            } = &ev.body
+            && *t == target
+        {
+            Reactions::apply(&mut list, ev.sender, emoji, *on);
+        }
+    }
+    list
+}
+
+/// How many reaction events `log` holds.
+fn reaction_events(log: &[ClientEvent]) -> usize {
+    log.iter()
+        .filter(|e| matches!(e, ClientEvent::Event(ev) if matches!(ev.body, EventBody::Reaction { .. })))
+        .count()
+}
+
+/// A reaction reaches every device of every member, through whichever node each is on, with
+/// the node that accepted it named; one taken back while a device was offline reaches it on
+/// resync; history shows the message with its reactions as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reactions_reach_every_device_offline_ones_on_resync() -> Result<()> {
+    let cluster = cluster(3).await?;
+    register(&cluster, "alice").await?;
+    register(&cluster, "bob").await?;
+    let mut laptop = Device::connect(&cluster, "alice", "laptop").await?;
+    let mut phone = Device::connect(&cluster, "alice", "phone").await?;
+    let mut bob = Device::connect(&cluster, "bob", "desktop").await?;
+    let dm = laptop.api().open_direct("bob").await?;
+    let ack = laptop.say(dm.id, "react to me").await?;
+    bob.until_texts(dm.id, &["react to me".into()], PATIENCE).await?;
+
+    bob.client.react(dm.id, ack.id, "👍", true)?;
+    let thumbs = vec![Reactions {
+        emoji: "👍".into(),
+        users: vec![bob.user()],
+    }];
+    let bob_node = bob.node();
+    for d in [&mut laptop, &mut phone, &mut bob] {
+        d.until("bob's 👍", PATIENCE, |log| {
+            reactions_heard(log, dm.id, ack.id) == thumbs
+        })
+        .await?;
+        let origin = d
+            .events(dm.id)
+            .iter()
+            .find(|e| matches!(e.body, EventBody::Reaction { .. }))
+            .and_then(|e| e.origin.clone());
+        ensure!(
+            origin == bob_node,
+            "{}: the reaction's origin is {origin:?}, bob is on {bob_node:?}",
+            d.label
+        );
+    }
+
+    // The phone goes away; bob takes his 👍 back and gives a 🎉; the phone hears both on its
+    // return, in order.
+    let state: ClientState = phone.client.shutdown().await;
+    let session = phone.session.clone();
+    drop(phone);
+    bob.client.react(dm.id, ack.id, "👍", false)?;
+    bob.client.react(dm.id, ack.id, "🎉", true)?;
+    let party = vec![Reactions {
+        emoji: "🎉".into(),
+        users: vec![bob.user()],
+    }];
+    laptop
+        .until("bob's change of mind", PATIENCE, |log| {
+            reactions_heard(log, dm.id, ack.id) == party
+        })
+        .await?;
+    let mut back = Device::start(session, state, "alice/phone-back".into()).await?;
+    back.until("the two reactions missed", PATIENCE, |log| {
+        reaction_events(log) == 2
+    })
+    .await?;
+    let mut replayed = Vec::new();
+    for e in back.events(dm.id) {
+        if let EventBody::Reaction { target, emoji, on } = &e.body
+            && *target == ack.id
+        {
+            replayed.push((emoji.clone(), *on));
+        }
+    }
+    ensure!(
+        replayed == vec![("👍".to_owned(), false), ("🎉".to_owned(), true)],
+        "replayed {replayed:?}"
+    );
+
+    let page = laptop
+        .api()
+        .history(dm.id, client::HistoryRange::Latest, None)
+        .await?;
+    let shown = page
+        .events
+        .iter()
+        .find_map(|e| match &e.body {
+            EventBody::Message(m) if e.id == ack.id => Some(m.reactions.clone()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    ensure!(shown == party, "history shows {shown:?}");
     cluster.shutdown().await?;
     Ok(())
 }

@@ -221,6 +221,7 @@ fn store(w: &mut World, send: &SendMessage, device: &DeviceId) -> (Ack, Option<E
         sender: UserId(1),
         device: Some(device.clone()),
         client_id: Some(send.client_id.clone()),
+        origin: None,
         body: EventBody::Message(ChatMessage {
             kind: send.kind,
             text: send.text.clone(),
@@ -228,6 +229,7 @@ fn store(w: &mut World, send: &SendMessage, device: &DeviceId) -> (Ack, Option<E
             reply_to: send.reply_to,
             edited_at: None,
             deleted: false,
+            reactions: Vec::new(),
         }),
     };
     log.push(event.clone());

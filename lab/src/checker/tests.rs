@@ -42,6 +42,7 @@ fn event(seq: Seq, client_id: &str) -> Event {
         sender: UserId(1),
         device: Some(dev("a-laptop")),
         client_id: Some(cid(client_id)),
+        origin: None,
         body: EventBody::Message(Message {
             kind: MessageKind::Text,
             text: format!("m{seq}"),
@@ -49,6 +50,7 @@ fn event(seq: Seq, client_id: &str) -> Event {
             reply_to: None,
             edited_at: None,
             deleted: false,
+            reactions: Vec::new(),
         }),
     }
 }

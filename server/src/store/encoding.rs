@@ -37,6 +37,10 @@ pub(crate) mod body_type {
     pub const DELETE: &str = "delete";
     /// A membership change.
     pub const MEMBER: &str = "member";
+    /// A reaction given to a message.
+    pub const REACT: &str = "react";
+    /// A reaction taken back.
+    pub const UNREACT: &str = "unreact";
 }
 
 /// A conversation kind as `conversations.kind` holds it.

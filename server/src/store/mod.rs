@@ -200,6 +200,16 @@ pub enum NewBody {
         /// The message.
         target: MessageId,
     },
+    /// React to a live message of the conversation (any member may), or take the reaction
+    /// back. History pages show a message with its reactions folded in.
+    Reaction {
+        /// The message.
+        target: MessageId,
+        /// The emoji ([`protocol::limits::reaction_valid`]).
+        emoji: String,
+        /// Given (true) or taken back (false).
+        on: bool,
+    },
     /// Change membership of a room: `Joined` (sender = user, room public), `Invited` (sender a
     /// member, user not), `Left` (sender = user, a member). `Created` is not accepted here.
     Member {

@@ -31,8 +31,8 @@ use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 use super::encoding::{seq_from_db, seq_to_db};
 use super::member_cache::MemberCache;
 use super::rows::{
-    AttachmentRow, ConversationRow, DeviceRow, EventRow, MemberRow, RoomRow, SummaryRow, UserRow,
-    event_select,
+    AttachmentRow, ConversationRow, DeviceRow, EventRow, MemberRow, REACTIONS_SELECT, ReactionRow,
+    RoomRow, SummaryRow, UserRow, event_select, fold_reactions, message_id_range,
 };
 use super::write::{self, WriteTransactions};
 use super::{
@@ -154,6 +154,7 @@ where
     for<'r> AttachmentRow: FromRow<'r, <B::Db as Database>::Row>,
     for<'r> SummaryRow: FromRow<'r, <B::Db as Database>::Row>,
     for<'r> EventRow: FromRow<'r, <B::Db as Database>::Row>,
+    for<'r> ReactionRow: FromRow<'r, <B::Db as Database>::Row>,
 {
     fn kind(&self) -> &'static str {
         B::KIND
@@ -451,6 +452,16 @@ where
         if newest_first {
             events.reverse();
         }
+        if let Some((lo, hi)) = message_id_range(&events) {
+            let reactions = sqlx::query_as::<B::Db, ReactionRow>(REACTIONS_SELECT)
+                .bind(lo)
+                .bind(hi)
+                .bind(conv.0)
+                .fetch_all(self.backend.read_pool())
+                .await
+                .map_err(B::DB_ERR)?;
+            fold_reactions(&mut events, reactions);
+        }
         Ok((events, has_more))
     }
 
@@ -607,6 +618,7 @@ mod tests {
             sender: UserId(3),
             device: None,
             client_id: None,
+            origin: None,
             body: EventBody::Member {
                 action: MemberAction::Left,
                 user: UserId(3),

@@ -180,6 +180,14 @@ async fn handle(
             (e.conv, e.client_id, body)
         }
         ClientFrame::Delete(d) => (d.conv, d.client_id, NewBody::Delete { target: d.target }),
+        ClientFrame::React(r) => {
+            let body = NewBody::Reaction {
+                target: r.target,
+                emoji: r.emoji,
+                on: r.on,
+            };
+            (r.conv, r.client_id, body)
+        }
         ClientFrame::Typing { conv, active } => {
             return typing(ctx, slot, who, conv, active, typing_sent).await;
         }

@@ -1,6 +1,7 @@
 //! What messages may be, and their edits and deletes.
 
 use protocol::limits::MAX_TEXT_BYTES;
+use protocol::model::Reactions;
 
 use super::*;
 
@@ -225,5 +226,96 @@ pub async fn edits_and_deletes(db: &dyn TestDb) -> anyhow::Result<()> {
         None,
         "the deleted message's file is gone"
     );
+    Ok(())
+}
+
+/// Reactions: any member reacts to a live message of the conversation with an emoji, once per
+/// emoji, and may take it back; history pages show each message with its reactions now, in the
+/// order they were first given, and keep the reaction events in the log.
+pub async fn reactions_fold_into_history(db: &dyn TestDb) -> anyhow::Result<()> {
+    let store = db.open().await?;
+    let s = &*store;
+    let (a, b, c) = (
+        user(s, "ra").await?,
+        user(s, "rb").await?,
+        user(s, "rc").await?,
+    );
+    let conv = direct(s, a, b).await?;
+    let elsewhere = room(s, a, false).await?;
+    let first = append(s, text(conv, a, "first")).await?.event;
+    let second = append(s, text(conv, b, "second")).await?.event;
+    let foreign = append(s, text(elsewhere, a, "other")).await?.event;
+    let react = |sender: UserId, target: MessageId, emoji: &str, on: bool| {
+        event(
+            conv,
+            sender,
+            NewBody::Reaction {
+                target,
+                emoji: emoji.into(),
+                on,
+            },
+        )
+    };
+
+    let given = append(s, react(b, first.id, "👍", true)).await?;
+    assert_eq!(
+        given.event.body,
+        EventBody::Reaction {
+            target: first.id,
+            emoji: "👍".into(),
+            on: true
+        }
+    );
+    assert_eq!(sorted(given.recipients.to_vec()), sorted(vec![a, b]));
+    append(s, react(a, second.id, "🎉", true)).await?;
+    append(s, react(a, first.id, "👍", true)).await?;
+    append(s, react(a, first.id, "👍", true)).await?;
+    append(s, react(a, first.id, "😮", true)).await?;
+    append(s, react(b, first.id, "👍", false)).await?;
+    append(s, react(a, first.id, "😮", false)).await?;
+
+    assert_err!(
+        append(s, react(a, foreign.id, "👍", true)).await,
+        StoreError::Invalid(_)
+    );
+    assert_err!(
+        append(s, react(a, first.id, "like", true)).await,
+        StoreError::Invalid(_)
+    );
+    assert_err!(
+        append(s, react(c, first.id, "👍", true)).await,
+        StoreError::NotMember
+    );
+    assert_err!(
+        append(s, react(a, given.event.id, "👍", true)).await,
+        StoreError::Invalid(_)
+    );
+
+    let page = history(s, conv).await?;
+    let first_now = message_of(&page[1])?;
+    assert_eq!(
+        first_now.reactions,
+        vec![Reactions {
+            emoji: "👍".into(),
+            users: vec![a]
+        }]
+    );
+    let second_now = message_of(&page[2])?;
+    assert_eq!(second_now.reactions.len(), 1);
+    assert_eq!(second_now.reactions[0].emoji, "🎉");
+    assert!(
+        matches!(&page[3].body, EventBody::Reaction { target, on: true, .. } if *target == first.id),
+        "the reactions stay in the log: {:?}",
+        page[3].body
+    );
+
+    // A deleted message takes no more reactions and shows none.
+    append(s, event(conv, a, NewBody::Delete { target: first.id })).await?;
+    assert_err!(
+        append(s, react(b, first.id, "👍", true)).await,
+        StoreError::Invalid(_)
+    );
+    let page = history(s, conv).await?;
+    assert!(message_of(&page[1])?.reactions.is_empty());
     Ok(())
 }

@@ -64,6 +64,7 @@ macro_rules! store_suite {
             appends::refusals_do_not_disturb_the_batch,
             messages::message_rules,
             messages::edits_and_deletes,
+            messages::reactions_fold_into_history,
             appends::concurrent_appends_through_two_handles,
             reading::history_pages,
             reading::events_by_origin_with_recipients,

@@ -91,6 +91,9 @@ async fn append_new<T: WriteOps>(
             dropped_attachment = dropped;
             body
         }
+        NewBody::Reaction { target, emoji, on } => {
+            edit::checked_reaction(tx, &author, target, emoji, on).await?
+        }
         NewBody::Member { action, user } => {
             member::checked(tx, state, &author, action, user).await?
         }
@@ -104,6 +107,7 @@ async fn append_new<T: WriteOps>(
         sender: ev.sender,
         device: ev.device,
         client_id: ev.client_id,
+        origin: Some(ev.origin.clone()),
         body,
     };
     insert(tx, &event, &ev.origin).await?;
@@ -122,6 +126,8 @@ async fn append_new<T: WriteOps>(
                 .await?;
             None
         }
+        // History pages fold reactions into their messages when read.
+        EventBody::Reaction { .. } => None,
         EventBody::Member { action, user } => {
             member::apply(tx, state, &event, *action, *user).await?
         }

@@ -46,6 +46,7 @@ fn created_event(conv: ConvId, creation: &Creation<'_>, creator: UserId) -> Even
         sender: creator,
         device: None,
         client_id: None,
+        origin: Some(creation.origin.clone()),
         body: EventBody::Member {
             action: MemberAction::Created,
             user: creator,

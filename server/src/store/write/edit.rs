@@ -1,5 +1,6 @@
-//! Edits and deletes: changes a member makes to a live message they sent, in the same
-//! conversation. A delete drops the message's text and attachment from history.
+//! Edits, deletes and reactions: changes a member makes to a live message of the same
+//! conversation (edits and deletes to one they sent, reactions to anyone's). A delete drops
+//! the message's text and attachment from history.
 
 use protocol::model::EventBody;
 use protocol::{AttachmentId, MessageId};
@@ -36,6 +37,37 @@ pub(super) async fn checked_delete<T: WriteOps>(
     }
     let dropped = own_message(tx, author, target).await?.attachment;
     Ok((EventBody::Delete { target }, dropped))
+}
+
+/// The body of a reaction given or taken back, once its checks passed: any member may react
+/// to a live message of the conversation with an emoji.
+pub(super) async fn checked_reaction<T: WriteOps>(
+    tx: &mut T,
+    author: &Author,
+    target: MessageId,
+    emoji: String,
+    on: bool,
+) -> Result<EventBody, Fail> {
+    if !author.is_member {
+        return refuse(StoreError::NotMember);
+    }
+    if !protocol::limits::reaction_valid(&emoji) {
+        return refuse(StoreError::Invalid(format!(
+            "{emoji:?} is not a reaction: one emoji, at most {} bytes",
+            protocol::limits::REACTION_MAX_BYTES
+        )));
+    }
+    match tx.message_ref(target).await? {
+        Some(m) if m.conv == author.conv && m.is_message && !m.deleted => {
+            Ok(EventBody::Reaction { target, emoji, on })
+        }
+        Some(m) if m.conv == author.conv && m.is_message => {
+            refuse(StoreError::Invalid(format!("message {target} was deleted")))
+        }
+        _ => refuse(StoreError::Invalid(format!(
+            "{target} is not a message of this conversation"
+        ))),
+    }
 }
 
 /// The message `target` if the author may edit or delete it.

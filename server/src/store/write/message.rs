@@ -51,5 +51,6 @@ pub(super) async fn checked<T: WriteOps>(
         reply_to,
         edited_at: None,
         deleted: false,
+        reactions: Vec::new(),
     }))
 }
