@@ -188,6 +188,10 @@ impl Backend {
         config.data_dir = Some(dir.clone());
         config.log_dir = Some(dir.join("logs"));
         config.server_bin = Some(server_binary().map_err(|e| Error::Cluster(e.to_string()))?);
+        // A Ctrl-C in the terminal reaches the app alone, which then stops the nodes before
+        // the controller (nodes stopped after it would find no registry). Servers of a run
+        // killed outright are reaped at the next start (`cluster.json`).
+        config.own_process_groups = true;
         // One secret for the life of the data dir, so saved sessions stay valid across runs.
         config
             .env

@@ -5,13 +5,13 @@
 //! The cache is a copy, never the truth: the client core's cursors decide what the server
 //! replays, and the server's history pages overwrite what is here. Edits and deletes are
 //! applied to the cached message they target, so the cache holds messages in their current
-//! state, as history pages do.
+//! state (text, deleted, reactions), as history pages do.
 
 use std::path::Path;
 
 use parking_lot::Mutex;
-use protocol::model::{ConversationSummary, Event, EventBody, UserInfo};
-use protocol::{ConvId, Seq, UserId};
+use protocol::model::{ConversationSummary, Event, EventBody, Reactions, UserInfo};
+use protocol::{ConvId, MessageId, Millis, Seq, UserId};
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// Messages kept per conversation; older ones are dropped (the server still has them).
@@ -71,6 +71,12 @@ impl Cache {
              CREATE TABLE IF NOT EXISTS users (
                  id INTEGER PRIMARY KEY,
                  username TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS receipts (
+                 id INTEGER PRIMARY KEY,
+                 conv INTEGER NOT NULL,
+                 at INTEGER NOT NULL,
+                 node TEXT
              );",
         )?;
         init_search(&conn)?;
@@ -132,6 +138,7 @@ impl Cache {
         let conn = self.conn.lock();
         conn.execute("DELETE FROM conversations WHERE id = ?1", params![conv.0])?;
         conn.execute("DELETE FROM events WHERE conv = ?1", params![conv.0])?;
+        conn.execute("DELETE FROM receipts WHERE conv = ?1", params![conv.0])?;
         Ok(())
     }
 
@@ -179,6 +186,12 @@ impl Cache {
                     m.deleted = true;
                     m.text.clear();
                     m.attachment = None;
+                    m.reactions.clear();
+                })?;
+            }
+            EventBody::Reaction { target, emoji, on } => {
+                update_message(&tx, target.0, |m| {
+                    Reactions::apply(&mut m.reactions, e.sender, emoji, *on);
                 })?;
             }
             EventBody::Message(_) | EventBody::Member { .. } => {}
@@ -331,11 +344,45 @@ impl Cache {
         Ok(out)
     }
 
-    /// Forgets everything (another user signed in on this device).
-    pub fn clear(&self) -> rusqlite::Result<()> {
+    /// Records when this device got an event and through which node; the first time counts
+    /// (a replay of the same event after a reconnect does not move it).
+    pub fn record_receipt(&self, e: &Event, at: Millis, node: Option<&str>) -> rusqlite::Result<()> {
+        let conn = self.conn.lock();
+        conn.execute(
+            "INSERT OR IGNORE INTO receipts (id, conv, at, node) VALUES (?1, ?2, ?3, ?4)",
+            params![e.id.0, e.conv.0, at, node],
+        )?;
+        // Bounded like the events: receipts of events no longer cached go.
+        conn.execute(
+            "DELETE FROM receipts WHERE conv = ?1 AND id < (SELECT MIN(id) FROM events WHERE conv = ?1)",
+            params![e.conv.0],
+        )?;
+        Ok(())
+    }
+
+    /// When this device got event `id`, and through which node, if it got it live or in a
+    /// replay (not from a history page).
+    pub fn receipt(&self, id: MessageId) -> rusqlite::Result<Option<(Millis, Option<String>)>> {
         self.conn
             .lock()
-            .execute_batch("DELETE FROM conversations; DELETE FROM events; DELETE FROM users;")
+            .query_row(
+                "SELECT at, node FROM receipts WHERE id = ?1",
+                params![id.0],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+    }
+
+    /// The cached event with this id.
+    pub fn event(&self, id: MessageId) -> rusqlite::Result<Option<Event>> {
+        message_event(&self.conn.lock(), id.0)
+    }
+
+    /// Forgets everything (another user signed in on this device).
+    pub fn clear(&self) -> rusqlite::Result<()> {
+        self.conn.lock().execute_batch(
+            "DELETE FROM conversations; DELETE FROM events; DELETE FROM users; DELETE FROM receipts;",
+        )
     }
 }
 
@@ -512,6 +559,7 @@ mod tests {
             sender: UserId(sender),
             device: None,
             client_id: None,
+            origin: None,
             body: EventBody::Message(Message {
                 kind: MessageKind::Text,
                 text: text.into(),
@@ -519,8 +567,50 @@ mod tests {
                 reply_to: None,
                 edited_at: None,
                 deleted: false,
+                reactions: Vec::new(),
             }),
         }
+    }
+
+    #[test]
+    fn reactions_apply_to_their_message_and_receipts_keep_the_first_arrival()
+    -> rusqlite::Result<()> {
+        let cache = Cache::in_memory()?;
+        cache.replace_conversations(&[summary(1)])?;
+        let hi = message(1, 1, 2, "hi");
+        cache.apply_event(&hi, UserId(1))?;
+        let react = |seq: Seq, sender: i64, on: bool| Event {
+            body: EventBody::Reaction {
+                target: hi.id,
+                emoji: "👍".into(),
+                on,
+            },
+            ..message(1, seq, sender, "")
+        };
+        cache.apply_event(&react(2, 1, true), UserId(1))?;
+        cache.apply_event(&react(3, 2, true), UserId(1))?;
+        cache.apply_event(&react(4, 1, false), UserId(1))?;
+        let Some(Event {
+            body: EventBody::Message(m),
+            ..
+        }) = cache.event(hi.id)?
+        else {
+            panic!("the message is cached")
+        };
+        assert_eq!(m.reactions.len(), 1);
+        assert_eq!(m.reactions[0].users, vec![UserId(2)]);
+        // Reactions are not news: the unread count is the message's alone.
+        let s = cache
+            .conversation(ConvId(1))?
+            .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+        assert_eq!(s.unread, 1);
+
+        cache.record_receipt(&hi, 50, Some("n1"))?;
+        cache.record_receipt(&hi, 90, Some("n2"))?;
+        assert_eq!(cache.receipt(hi.id)?, Some((50, Some("n1".to_owned()))));
+        cache.clear()?;
+        assert_eq!(cache.receipt(hi.id)?, None);
+        Ok(())
     }
 
     #[test]

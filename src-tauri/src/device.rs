@@ -17,7 +17,7 @@ use std::time::Duration;
 use client::{Api, Client, ClientConfig, ClientEvent, ClientState, Session, Status, StopReason};
 use parking_lot::Mutex;
 use protocol::model::{ConvKind, EventBody, MemberAction, PresenceState, UserInfo};
-use protocol::{ConvId, DeviceId, UserId};
+use protocol::{ConvId, DeviceId, Millis, UserId};
 use serde::{Deserialize, Serialize};
 use tauri::ipc::Channel;
 use tokio::sync::mpsc;
@@ -64,6 +64,27 @@ struct Inner {
     presence: Vec<PresenceState>,
     /// A start is in progress (waiting for the server).
     starting: bool,
+    /// Where the connection is, for My devices.
+    link: Link,
+}
+
+/// Where a device's connection is: the node it is on (or was last on) and when it was last
+/// connected, for a tester's view of the devices.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Link {
+    /// Connected to a node now (resyncing or live).
+    pub online: bool,
+    /// The node it is on, or was last on.
+    pub node: Option<String>,
+    /// When it was last connected (now, while it is).
+    pub last_seen: Option<Millis>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl Device {
@@ -106,6 +127,15 @@ impl Device {
             device: s.session.device.clone(),
             device_name: s.device_name.clone(),
         })
+    }
+
+    /// Where this device's connection is.
+    pub fn link(&self) -> Link {
+        let mut link = self.inner.lock().link.clone();
+        if link.online {
+            link.last_seen = Some(now_ms());
+        }
+        link
     }
 
     /// The signed-in user's name, if any.
@@ -326,6 +356,7 @@ impl Device {
         let client = {
             let mut inner = self.inner.lock();
             inner.sink = None;
+            inner.link.online = false;
             inner.client.take()
         };
         if let Some(client) = client {
@@ -340,6 +371,23 @@ impl Device {
             .session
             .as_ref()
             .map(|s| s.session.user.id)
+    }
+
+    /// Follows the connection for [`Device::link`].
+    fn on_status(&self, status: &Status) {
+        let mut inner = self.inner.lock();
+        let link = &mut inner.link;
+        let was_online = link.online;
+        match status.node() {
+            Some(node) => {
+                link.online = true;
+                link.node = Some(node.to_string());
+            }
+            None => link.online = false,
+        }
+        if link.online || was_online {
+            link.last_seen = Some(now_ms());
+        }
     }
 
     fn on_stopped(&self, reason: &StopReason) {
@@ -376,6 +424,16 @@ async fn pump(device: Arc<Device>, client: Client, mut events: mpsc::Receiver<Cl
             }
         };
         let Some(event) = event else { break };
+        match &event {
+            ClientEvent::Status(status) => device.on_status(status),
+            ClientEvent::Event(e) => {
+                let node = device.inner.lock().link.node.clone();
+                if let Err(err) = device.cache.record_receipt(e, now_ms(), node.as_deref()) {
+                    tracing::debug!(error = %err, "cache: receipt");
+                }
+            }
+            _ => {}
+        }
         match &event {
             ClientEvent::Status(Status::Stopped { reason }) => {
                 device.emit(UiEvent::Client(event.clone()));

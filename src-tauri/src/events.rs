@@ -13,6 +13,8 @@ use serde::Serialize;
 use crate::backend::ServerState;
 
 /// One item of a window's event stream.
+// Mostly the core's conversation events, the largest variant: see `client::ClientEvent`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, Serialize)]
 #[serde(untagged)]
 pub enum UiEvent {

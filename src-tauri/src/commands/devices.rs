@@ -2,16 +2,48 @@
 
 use protocol::DeviceId;
 use protocol::http::DeviceInfo;
+use serde::Serialize;
 use tauri::{AppHandle, Manager, State, WebviewUrl, WebviewWindow, WebviewWindowBuilder};
 
 use super::Caller;
+use crate::device::Link;
 use crate::error::{Error, Result};
 use crate::state::AppState;
 
-/// My devices.
+/// One of my devices as the server lists it, with where its connection is when it runs in a
+/// window of this app.
+#[derive(Debug, Serialize)]
+pub struct DeviceView {
+    /// As the server lists it.
+    #[serde(flatten)]
+    pub info: DeviceInfo,
+    /// The window of this app it runs in (`main`, `device-2`), if any.
+    pub window: Option<String>,
+    /// Its connection, if it runs in this app (online, node, last seen).
+    pub link: Option<Link>,
+}
+
+/// My devices, and for those running in this app's windows, their node and when they were
+/// last connected.
 #[tauri::command]
-pub async fn devices(caller: Caller<'_>) -> Result<Vec<DeviceInfo>> {
-    Ok(caller.api().await?.devices().await?)
+pub async fn devices(caller: Caller<'_>) -> Result<Vec<DeviceView>> {
+    let list = caller.api().await?.devices().await?;
+    let me = caller.device.session_view().map(|s| s.user.id);
+    let here = caller.state.all_devices();
+    Ok(list
+        .into_iter()
+        .map(|info| {
+            // A window's device id is the device only while it is signed in as me.
+            let local = here.iter().find(|d| {
+                d.id == info.id && d.session_view().map(|s| s.user.id) == me
+            });
+            DeviceView {
+                window: local.map(|d| d.label.clone()),
+                link: local.map(|d| d.link()),
+                info,
+            }
+        })
+        .collect())
 }
 
 /// Revokes one of my devices: its sessions close at once and its token stops working.

@@ -3,7 +3,7 @@
 
 use client::HistoryRange;
 use protocol::model::Event;
-use protocol::{ConvId, MessageId, Seq, limits};
+use protocol::{ConvId, DeviceId, MessageId, Millis, Seq, limits};
 use serde::Serialize;
 use tauri::AppHandle;
 use tauri::ipc::{InvokeBody, Request};
@@ -62,6 +62,26 @@ pub fn edit_message(
 #[tauri::command]
 pub fn delete_message(caller: Caller<'_>, conv: ConvId, target: MessageId) -> Result<String> {
     let id = caller.device.client()?.delete(conv, target)?;
+    caller.device.save_state();
+    Ok(id.to_string())
+}
+
+/// Reacts to a message with an emoji, or takes my reaction back (`on` false). Every device of
+/// every member gets it, as an event of the conversation.
+#[tauri::command]
+pub fn react(
+    caller: Caller<'_>,
+    conv: ConvId,
+    target: MessageId,
+    emoji: String,
+    on: bool,
+) -> Result<String> {
+    if !limits::reaction_valid(&emoji) {
+        return Err(Error::Invalid(format!(
+            "{emoji:?} cannot be a reaction: pick one emoji."
+        )));
+    }
+    let id = caller.device.client()?.react(conv, target, emoji, on)?;
     caller.device.save_state();
     Ok(id.to_string())
 }
@@ -209,6 +229,56 @@ const SEARCH_LIMIT: u32 = 50;
 #[tauri::command]
 pub fn search_messages(caller: Caller<'_>, query: String) -> Result<Vec<SearchHit>> {
     Ok(caller.device.cache.search(&query, SEARCH_LIMIT)?)
+}
+
+/// When one of my devices running in this app got a message, and through which node.
+#[derive(Debug, Serialize)]
+pub struct Receipt {
+    /// Its window (`main`, `device-2`).
+    pub window: String,
+    /// Its device id.
+    pub device: DeviceId,
+    /// Its name.
+    pub device_name: String,
+    /// When it got the event (`None`: not yet, or only from a history page).
+    pub at: Option<Millis>,
+    /// The node it was connected to then.
+    pub node: Option<String>,
+}
+
+/// A message as a tester looks at it: the event itself (sender device, origin node, `seq`,
+/// id, time) and when each of my devices in this app got it.
+#[derive(Debug, Serialize)]
+pub struct MessageInfo {
+    /// The event, as this window's cache holds it.
+    pub event: Option<Event>,
+    /// One per device of mine open in this app, this window's first.
+    pub receipts: Vec<Receipt>,
+}
+
+/// What the cluster did with one message: see [`MessageInfo`].
+#[tauri::command]
+pub fn message_info(caller: Caller<'_>, id: MessageId) -> Result<MessageInfo> {
+    let event = caller.device.cache.event(id)?;
+    let me = caller.device.session_view().map(|s| s.user.id);
+    let mut devices = caller.state.all_devices();
+    devices.retain(|d| me.is_some() && d.session_view().map(|s| s.user.id) == me);
+    devices.sort_by_key(|d| (d.label != caller.device.label, d.label.clone()));
+    let mut receipts = Vec::new();
+    for d in devices {
+        let Some(session) = d.session_view() else {
+            continue;
+        };
+        let (at, node) = d.cache.receipt(id)?.map_or((None, None), |(at, node)| (Some(at), node));
+        receipts.push(Receipt {
+            window: d.label.clone(),
+            device: session.device,
+            device_name: session.device_name,
+            at,
+            node,
+        });
+    }
+    Ok(MessageInfo { event, receipts })
 }
 
 /// What the cache holds of a conversation (shown at once, before `history` answers).

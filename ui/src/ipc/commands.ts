@@ -9,9 +9,10 @@ import type {
   ClusterView,
   ConvId,
   ConversationSummary,
-  DeviceInfo,
+  DeviceView,
   HistoryView,
   MemberInfo,
+  MessageInfo,
   MessageId,
   RoomListing,
   SearchHit,
@@ -77,6 +78,9 @@ export const editMessage = (conv: ConvId, target: MessageId, text: string) =>
   call<string>("edit_message", { conv, target, text });
 export const deleteMessage = (conv: ConvId, target: MessageId) =>
   call<string>("delete_message", { conv, target });
+/** Gives (`on`) or takes back my reaction `emoji` to a message. */
+export const react = (conv: ConvId, target: MessageId, emoji: string, on: boolean) =>
+  call<string>("react", { conv, target, emoji, on });
 export const typing = (conv: ConvId, active: boolean) => call<void>("typing", { conv, active });
 export const markRead = (conv: ConvId, seq: Seq) => call<void>("mark_read", { conv, seq });
 
@@ -111,6 +115,8 @@ export function attachmentUrl(id: string): string {
 export const history = (conv: ConvId, before?: Seq) =>
   call<HistoryView>("history", { conv, before: before ?? null });
 export const searchMessages = (query: string) => call<SearchHit[]>("search_messages", { query });
+/** A message's id, seq, sender device, origin node, and when each of my devices here got it. */
+export const messageInfo = (id: MessageId) => call<MessageInfo>("message_info", { id });
 export const cachedEvents = (conv: ConvId) => call<ChatEvent[]>("cached_events", { conv });
 export const conversations = () => call<ConversationSummary[]>("conversations");
 export const conversation = (conv: ConvId) => call<ConversationSummary>("conversation", { conv });
@@ -124,7 +130,7 @@ export const joinRoom = (conv: ConvId) => call<ConversationSummary>("join_room",
 export const leaveRoom = (conv: ConvId) => call<void>("leave_room", { conv });
 export const invite = (conv: ConvId, username: string) => call<void>("invite", { conv, username });
 
-export const devices = () => call<DeviceInfo[]>("devices");
+export const devices = () => call<DeviceView[]>("devices");
 export const revokeDevice = (id: string) => call<void>("revoke_device", { id });
 export const openDeviceWindow = () => call<string>("open_device_window");
 

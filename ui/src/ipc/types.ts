@@ -24,6 +24,12 @@ export interface Attachment {
   conv: ConvId;
 }
 
+/** One emoji's reactions to a message: who gave it, in order. */
+export interface Reactions {
+  emoji: string;
+  users: UserId[];
+}
+
 export interface MessageBody {
   type: "message";
   kind: MessageKind;
@@ -32,6 +38,8 @@ export interface MessageBody {
   reply_to?: MessageId;
   edited_at?: Millis;
   deleted?: boolean;
+  /** In history pages: its reactions now. */
+  reactions?: Reactions[];
 }
 
 export type MemberAction = "created" | "joined" | "invited" | "left";
@@ -40,6 +48,7 @@ export type EventBody =
   | MessageBody
   | { type: "edit"; target: MessageId; text: string }
   | { type: "delete"; target: MessageId }
+  | { type: "reaction"; target: MessageId; emoji: string; on: boolean }
   | { type: "member"; action: MemberAction; user: UserId };
 
 export interface ChatEvent {
@@ -50,6 +59,8 @@ export interface ChatEvent {
   sender: UserId;
   device?: string;
   client_id?: string;
+  /** The node (or controller) that accepted and stored it. */
+  origin?: string;
   body: EventBody;
 }
 
@@ -187,7 +198,8 @@ export interface SendMessage {
 export type Outgoing =
   | ({ type: "send" } & SendMessage)
   | { type: "edit"; conv: ConvId; client_id: string; target: MessageId; text: string }
-  | { type: "delete"; conv: ConvId; client_id: string; target: MessageId };
+  | { type: "delete"; conv: ConvId; client_id: string; target: MessageId }
+  | { type: "react"; conv: ConvId; client_id: string; target: MessageId; emoji: string; on: boolean };
 
 export interface OutboxItem {
   op: Outgoing;
@@ -222,6 +234,34 @@ export interface DeviceInfo {
   last_login: Millis;
   state: "active" | "revoked";
   current: boolean;
+}
+
+/** Where a device's connection is (`src-tauri/src/device.rs`, `Link`). */
+export interface Link {
+  online: boolean;
+  node: string | null;
+  last_seen: Millis | null;
+}
+
+/** One of my devices, with its connection when it runs in a window of this app. */
+export interface DeviceView extends DeviceInfo {
+  window: string | null;
+  link: Link | null;
+}
+
+/** When one of my devices in this app got a message, and through which node. */
+export interface Receipt {
+  window: string;
+  device: string;
+  device_name: string;
+  at: Millis | null;
+  node: string | null;
+}
+
+/** A message as a tester looks at it (`message_info`). */
+export interface MessageInfo {
+  event: ChatEvent | null;
+  receipts: Receipt[];
 }
 
 export interface RoomListing {

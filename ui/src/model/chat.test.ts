@@ -154,6 +154,27 @@ describe("receiving", () => {
     expect(items(s)[0]).toMatchObject({ deleted: true, text: "" });
   });
 
+  it("applies live reactions in order, and trusts a history page's own", () => {
+    const react = (seq: number, sender: number, emoji: string, on: boolean): ChatEvent => ({ ...msg(seq, sender, ""), body: { type: "reaction", target: "9001", emoji, on } });
+    let s = start();
+    s = reduce(s, event(msg(1, BOB.id, "ship it?")));
+    s = reduce(s, event(react(2, ME.id, "👍", true)));
+    s = reduce(s, event(react(3, BOB.id, "👍", true)));
+    s = reduce(s, event(react(4, BOB.id, "🎉", true)));
+    s = reduce(s, event(react(5, ME.id, "👍", false)));
+    expect(items(s)[0]!.reactions).toEqual([
+      { emoji: "👍", users: [BOB.id] },
+      { emoji: "🎉", users: [BOB.id] },
+    ]);
+    // Reactions are not messages: no unread, and the preview stays the message.
+    expect(s.convs[3]!.unread).toBe(1);
+    expect(s.convs[3]!.last_message?.body).toMatchObject({ text: "ship it?" });
+    // A page shows the message as it is now; its reaction events are not applied again.
+    const now = { ...msg(1, BOB.id, "ship it?"), body: { type: "message" as const, kind: "text" as const, text: "ship it?", reactions: [{ emoji: "🎉", users: [BOB.id] }] } };
+    s = reduce(s, { type: "history", conv: 3, events: [now, react(2, ME.id, "👍", true), react(4, BOB.id, "🎉", true)], hasMore: false, older: false, offline: false });
+    expect(items(s)[0]!.reactions).toEqual([{ emoji: "🎉", users: [BOB.id] }]);
+  });
+
   it("undoes my edit when the server refuses it", () => {
     let s = start();
     s = reduce(s, event(msg(1, ME.id, "mine")));

@@ -12,6 +12,7 @@ import { mentioned } from "./markup";
 import type {
   Attachment,
   ChatEvent,
+  Reactions,
   ConvId,
   ConversationSummary,
   MemberAction,
@@ -56,6 +57,8 @@ export interface Item {
   state: MessageState;
   /** Why it failed, for people. */
   error?: string;
+  /** Reactions, in the order they were first given. */
+  reactions?: Reactions[];
   /** Membership rows. */
   action?: MemberAction;
   user?: UserId;
@@ -198,6 +201,7 @@ export function itemFromEvent(e: ChatEvent): Item | null {
         replyTo: e.body.reply_to,
         editedAt: e.body.edited_at,
         deleted: e.body.deleted ?? false,
+        reactions: e.body.deleted ? [] : (e.body.reactions ?? []),
       };
     case "member":
       return {
@@ -239,16 +243,35 @@ function order(a: Item, b: Item): number {
   return a.at - b.at;
 }
 
+/** One reaction event applied to a message's reactions: `user` gives `emoji` (once) or takes it
+ * back; an emoji nobody gives any more goes. (As `protocol::model::Reactions::apply`.) */
+export function applyReaction(list: Reactions[], user: UserId, emoji: string, on: boolean): Reactions[] {
+  const i = list.findIndex((r) => r.emoji === emoji);
+  if (i < 0) return on ? [...list, { emoji, users: [user] }] : list;
+  const r = list[i]!;
+  const users = on ? (r.users.includes(user) ? r.users : [...r.users, user]) : r.users.filter((u) => u !== user);
+  if (users.length === 0) return list.filter((_, j) => j !== i);
+  return list.map((x, j) => (j === i ? { ...x, users } : x));
+}
+
 /** Puts a stored event into a timeline: replaces the pending item it confirms, applies edits
- * and deletes to their target, ignores what is already there. */
-export function mergeEvent(t: Timeline, e: ChatEvent): Timeline {
+ * and deletes to their target, ignores what is already there. Reactions are applied only when
+ * `live` (arriving live or replayed in order): a history page's messages already carry theirs,
+ * and the page's reaction events are only part of their story. */
+export function mergeEvent(t: Timeline, e: ChatEvent, live = true): Timeline {
+  if (e.body.type === "reaction") {
+    if (!live) return t;
+    const { target, emoji, on } = e.body;
+    const items = t.items.map((it) => (it.id === target && !it.deleted ? { ...it, reactions: applyReaction(it.reactions ?? [], e.sender, emoji, on) } : it));
+    return { ...t, items };
+  }
   if (e.body.type === "edit" || e.body.type === "delete") {
     const body = e.body;
     const items = t.items.map((it) => {
       if (it.id !== body.target) return it;
       return body.type === "edit"
         ? { ...it, text: body.text, editedAt: e.at }
-        : { ...it, text: "", attachment: undefined, deleted: true };
+        : { ...it, text: "", attachment: undefined, deleted: true, reactions: [] };
     });
     return { ...t, items };
   }
@@ -264,10 +287,13 @@ export function mergeEvent(t: Timeline, e: ChatEvent): Timeline {
     item.text = existing.text;
     item.editedAt = existing.editedAt;
   }
+  // A live message event carries no reactions; the ones already applied stay.
+  if (live && existing?.reactions?.length && !item.reactions?.length) item.reactions = existing.reactions;
   if (existing?.deleted) {
     item.deleted = true;
     item.text = "";
     item.attachment = undefined;
+    item.reactions = [];
   }
   items.push(item);
   items.sort(order);
@@ -275,7 +301,7 @@ export function mergeEvent(t: Timeline, e: ChatEvent): Timeline {
 }
 
 function mergeAll(t: Timeline, events: ChatEvent[]): Timeline {
-  return events.reduce(mergeEvent, t);
+  return events.reduce((acc, e) => mergeEvent(acc, e, false), t);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -353,6 +353,12 @@ export class ChatController {
     }
   }
 
+  /** Gives or takes back my reaction to a message; every device of every member shows it
+   * when its event comes back. */
+  react(conv: ConvId, target: MessageId, emoji: string, on: boolean): void {
+    api.react(conv, target, emoji, on).catch(this.fail);
+  }
+
   typing(conv: ConvId, active: boolean): void {
     api.typing(conv, active).catch(() => undefined);
   }
@@ -373,6 +379,7 @@ export class ChatController {
   // Devices, cluster, session
 
   devices = () => api.devices();
+  messageInfo = (id: MessageId) => api.messageInfo(id);
 
   async revokeDevice(id: string, name: string): Promise<void> {
     await api.revokeDevice(id);

@@ -11,6 +11,7 @@ import { peerOnline, title, typingLine } from "../model/view";
 import { Avatar } from "./common";
 import type { DialogName } from "./dialogs";
 import { ConfirmDelete } from "./dialogs/ConfirmDelete";
+import { MessageInfo } from "./dialogs/MessageInfo";
 import { Composer, type Draft } from "./Composer";
 import { UsersIcon } from "./icons";
 import { Timeline } from "./Timeline";
@@ -19,6 +20,7 @@ export function Conversation({ conv, state, chat, open }: { conv: ConversationSu
   const t = state.timelines[conv.id] ?? emptyTimeline();
   const [draft, setDraft] = useState<Draft>({ mode: "new" });
   const [deleting, setDeleting] = useState<Item | null>(null);
+  const [inspecting, setInspecting] = useState<Item | null>(null);
   // The first unread message when the conversation opened: the "new messages" line stays there.
   const [unreadFrom] = useState(conv.unread > 0 ? conv.read_seq + 1 : null);
   const atBottom = useRef(true);
@@ -77,6 +79,7 @@ export function Conversation({ conv, state, chat, open }: { conv: ConversationSu
         onReply={(it) => setDraft({ mode: "reply", item: it })}
         onEdit={(it) => setDraft({ mode: "edit", item: it })}
         onDelete={setDeleting}
+        onInfo={setInspecting}
         unreadFrom={unreadFrom}
         chat={chat}
       />
@@ -87,6 +90,7 @@ export function Conversation({ conv, state, chat, open }: { conv: ConversationSu
         setDraft={setDraft}
         chat={chat}
       />
+      {inspecting && <MessageInfo item={inspecting} state={state} chat={chat} onClose={() => setInspecting(null)} />}
       {deleting?.id && <ConfirmDelete item={deleting} onConfirm={() => deleting.id && chat.deleteWithUndo(conv.id, deleting.id)} onClose={() => setDeleting(null)} />}
     </section>
   );

@@ -186,8 +186,17 @@ function StatusBar({ state, chat }: { state: ChatState; chat: ChatController }) 
     return () => window.clearInterval(timer);
   }, []);
   const line = statusLine(state.status, state.server, waitingCount(state), now, since);
+  const backoff = state.status.status === "reconnecting" ? state.status : null;
   return (
-    <footer class={`status-line ${line.tone}`} data-testid="status-line" data-state={line.state} data-node={line.node ?? ""} role="status">
+    <footer
+      class={`status-line ${line.tone}`}
+      data-testid="status-line"
+      data-state={line.state}
+      data-node={line.node ?? ""}
+      data-attempt={backoff?.attempt ?? ""}
+      data-in-ms={backoff?.in_ms ?? ""}
+      role="status"
+    >
       <span class="dot" aria-hidden="true" />
       <span class="status-text">
         <span data-testid="status-text">{line.text}</span>

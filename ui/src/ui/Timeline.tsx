@@ -12,7 +12,8 @@ import { clock, fileSize, hue } from "../model/format";
 import { mentioned } from "../model/markup";
 import { lastSeq, mark, quote, rows, userName } from "../model/view";
 import { Rich } from "./Rich";
-import { AlertIcon, ClockIcon, DownIcon, CheckIcon, DoubleCheckIcon, DownloadIcon, EditIcon, FileIcon, ReplyIcon, TrashIcon } from "./icons";
+import { Avatar } from "./common";
+import { AlertIcon, ClockIcon, DownIcon, CheckIcon, DoubleCheckIcon, DownloadIcon, EditIcon, FileIcon, InfoIcon, ReplyIcon, SmileIcon, TrashIcon } from "./icons";
 
 interface Props {
   conv: ConversationSummary;
@@ -24,6 +25,8 @@ interface Props {
   onReply: (it: Item) => void;
   onEdit: (it: Item) => void;
   onDelete: (it: Item) => void;
+  /** Opens a message's info (sender device, origin node, seq, id, arrivals on my devices). */
+  onInfo: (it: Item) => void;
   /** Where the "new messages" line goes (the first unread when the conversation opened). */
   unreadFrom: Seq | null;
   chat: ChatController;
@@ -158,7 +161,10 @@ export function Timeline(p: Props) {
   );
 }
 
-function Bubble({ row, flash, conv, state, onReply, onEdit, onDelete, chat }: Props & { row: Extract<ReturnType<typeof rows>[number], { type: "message" }>; flash: boolean }) {
+/** The reactions offered under a message's "React" button. */
+export const QUICK_REACTIONS = ["👍", "❤️", "😂", "🎉", "😮", "😢"];
+
+function Bubble({ row, flash, conv, state, onReply, onEdit, onDelete, onInfo, chat }: Props & { row: Extract<ReturnType<typeof rows>[number], { type: "message" }>; flash: boolean }) {
   const it = row.item;
   const showName = conv.kind === "room" && !row.mine && row.first;
   const q = it.replyTo && !it.deleted ? quote(state, conv.id, it.replyTo) : null;
@@ -166,9 +172,19 @@ function Bubble({ row, flash, conv, state, onReply, onEdit, onDelete, chat }: Pr
   const canAct = it.state === "sent" && it.id !== null && !it.deleted;
   const mentionsMe = !row.mine && state.me !== null && mentioned(it.text).includes(state.me.username);
   const name = userName(state, it.sender);
+  // In rooms, others' messages carry their avatar (on the last bubble of a run, as in other
+  // chat apps); direct conversations have the peer's in the header.
+  const avatar = conv.kind === "room" && !row.mine;
+  const [picking, setPicking] = useState(false);
+  const me = state.me?.id;
+  const react = (emoji: string, on: boolean) => {
+    setPicking(false);
+    if (it.id) chat.react(conv.id, it.id, emoji, on);
+  };
+  const reactions = it.deleted ? [] : (it.reactions ?? []);
   return (
     <div
-      class={`msg ${row.mine ? "mine" : "theirs"}${row.first ? " first" : ""}${row.last ? " last" : ""} ${it.state}${flash ? " flash" : ""}${mentionsMe ? " mentions-me" : ""}`}
+      class={`msg ${row.mine ? "mine" : "theirs"}${row.first ? " first" : ""}${row.last ? " last" : ""} ${it.state}${flash ? " flash" : ""}${mentionsMe ? " mentions-me" : ""}${avatar ? " with-avatar" : ""}`}
       data-testid="message"
       data-key={it.key}
       data-seq={it.seq ?? ""}
@@ -176,6 +192,11 @@ function Bubble({ row, flash, conv, state, onReply, onEdit, onDelete, chat }: Pr
       data-mark={m ?? ""}
       data-sender={name}
     >
+      {avatar && row.last && (
+        <span class="msg-avatar" data-testid="message-avatar">
+          <Avatar name={name} size={30} />
+        </span>
+      )}
       <div class="bubble">
         {showName && (
           <div class="sender" style={{ "--h": hue(name) }}>
@@ -229,6 +250,37 @@ function Bubble({ row, flash, conv, state, onReply, onEdit, onDelete, chat }: Pr
           )}
         </div>
       </div>
+      {reactions.length > 0 && (
+        <div class="reactions" data-testid="reactions">
+          {reactions.map((r) => {
+            const mine = me !== undefined && r.users.includes(me);
+            return (
+              <button
+                key={r.emoji}
+                class={`reaction${mine ? " mine" : ""}`}
+                data-testid="reaction"
+                data-emoji={r.emoji}
+                data-count={r.users.length}
+                data-mine={String(mine)}
+                title={r.users.map((u) => userName(state, u)).join(", ")}
+                onClick={() => react(r.emoji, !mine)}
+              >
+                <span class="emoji">{r.emoji}</span>
+                <span class="count">{r.users.length}</span>
+              </button>
+            );
+          })}
+        </div>
+      )}
+      {picking && canAct && (
+        <div class="react-picker" role="menu" data-testid="react-picker">
+          {QUICK_REACTIONS.map((emoji) => (
+            <button key={emoji} class="icon small" role="menuitem" data-testid="react-option" data-emoji={emoji} onClick={() => react(emoji, !(me !== undefined && reactions.some((r) => r.emoji === emoji && r.users.includes(me))))}>
+              {emoji}
+            </button>
+          ))}
+        </div>
+      )}
       {it.state === "failed" && (
         <div class="failed-line" role="alert">
           <AlertIcon size={14} />
@@ -243,6 +295,9 @@ function Bubble({ row, flash, conv, state, onReply, onEdit, onDelete, chat }: Pr
       )}
       {canAct && (
         <div class="actions" role="toolbar" aria-label="Message actions">
+          <button class="icon small" title="React" aria-label="React" onClick={() => setPicking(!picking)} data-testid="react">
+            <SmileIcon size={16} />
+          </button>
           <button class="icon small" title="Reply" aria-label="Reply" onClick={() => onReply(it)} data-testid="reply">
             <ReplyIcon size={16} />
           </button>
@@ -256,6 +311,9 @@ function Bubble({ row, flash, conv, state, onReply, onEdit, onDelete, chat }: Pr
               <TrashIcon size={16} />
             </button>
           )}
+          <button class="icon small" title="Message info" aria-label="Message info" onClick={() => onInfo(it)} data-testid="info">
+            <InfoIcon size={16} />
+          </button>
         </div>
       )}
     </div>
