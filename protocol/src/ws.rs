@@ -495,7 +495,8 @@ mod tests {
         assert!(r.on);
         assert_eq!(r.target, MessageId(90));
         assert_eq!(frame.client_id().map(ClientMsgId::as_str), Some("r1"));
-        let off = r#"{"type":"react","conv":3,"client_id":"r2","target":"90","emoji":"👍","on":false}"#;
+        let off =
+            r#"{"type":"react","conv":3,"client_id":"r2","target":"90","emoji":"👍","on":false}"#;
         assert!(matches!(ClientFrame::parse(off.as_bytes()), Ok(ClientFrame::React(r)) if !r.on));
         Ok(())
     }

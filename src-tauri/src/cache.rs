@@ -346,7 +346,12 @@ impl Cache {
 
     /// Records when this device got an event and through which node; the first time counts
     /// (a replay of the same event after a reconnect does not move it).
-    pub fn record_receipt(&self, e: &Event, at: Millis, node: Option<&str>) -> rusqlite::Result<()> {
+    pub fn record_receipt(
+        &self,
+        e: &Event,
+        at: Millis,
+        node: Option<&str>,
+    ) -> rusqlite::Result<()> {
         let conn = self.conn.lock();
         conn.execute(
             "INSERT OR IGNORE INTO receipts (id, conv, at, node) VALUES (?1, ?2, ?3, ?4)",
@@ -573,8 +578,8 @@ mod tests {
     }
 
     #[test]
-    fn reactions_apply_to_their_message_and_receipts_keep_the_first_arrival()
-    -> rusqlite::Result<()> {
+    fn reactions_apply_to_their_message_and_receipts_keep_the_first_arrival() -> rusqlite::Result<()>
+    {
         let cache = Cache::in_memory()?;
         cache.replace_conversations(&[summary(1)])?;
         let hi = message(1, 1, 2, "hi");

@@ -379,7 +379,8 @@ async fn reactions_reach_every_device_offline_ones_on_resync() -> Result<()> {
     let mut bob = Device::connect(&cluster, "bob", "desktop").await?;
     let dm = laptop.api().open_direct("bob").await?;
     let ack = laptop.say(dm.id, "react to me").await?;
-    bob.until_texts(dm.id, &["react to me".into()], PATIENCE).await?;
+    bob.until_texts(dm.id, &["react to me".into()], PATIENCE)
+        .await?;
 
     bob.client.react(dm.id, ack.id, "👍", true)?;
     let thumbs = vec![Reactions {

@@ -34,9 +34,9 @@ pub async fn devices(caller: Caller<'_>) -> Result<Vec<DeviceView>> {
         .into_iter()
         .map(|info| {
             // A window's device id is the device only while it is signed in as me.
-            let local = here.iter().find(|d| {
-                d.id == info.id && d.session_view().map(|s| s.user.id) == me
-            });
+            let local = here
+                .iter()
+                .find(|d| d.id == info.id && d.session_view().map(|s| s.user.id) == me);
             DeviceView {
                 window: local.map(|d| d.label.clone()),
                 link: local.map(|d| d.link()),

@@ -269,7 +269,10 @@ pub fn message_info(caller: Caller<'_>, id: MessageId) -> Result<MessageInfo> {
         let Some(session) = d.session_view() else {
             continue;
         };
-        let (at, node) = d.cache.receipt(id)?.map_or((None, None), |(at, node)| (Some(at), node));
+        let (at, node) = d
+            .cache
+            .receipt(id)?
+            .map_or((None, None), |(at, node)| (Some(at), node));
         receipts.push(Receipt {
             window: d.label.clone(),
             device: session.device,
