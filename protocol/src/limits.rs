@@ -112,7 +112,7 @@ mod tests {
 
     #[test]
     fn reactions_are_emoji_not_words() {
-        for ok in ["👍", "❤️", "🎉", "👩\u{200d}💻", "+1!"] {
+        for ok in ["👍", "❤️", "🎉", "👩\u{200d}💻", "✔️", "+!"] {
             assert!(reaction_valid(ok), "{ok:?}");
         }
         for bad in ["", "like", "ok", " ", "👍 👍", "\u{7}", &"🎉".repeat(9)] {
