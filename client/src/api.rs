@@ -120,6 +120,43 @@ pub fn http_client() -> Result<reqwest::Client, ApiError> {
         .map_err(ApiError::Transport)
 }
 
+/// A TLS configuration that trusts the certificates in `ca_pem` (PEM) and nothing else: for a
+/// cluster whose certificates come from its own authority rather than a public one.
+pub fn tls_trusting(ca_pem: &[u8]) -> Result<std::sync::Arc<rustls::ClientConfig>, std::io::Error> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots
+            .add(cert.map_err(|e| invalid(e.to_string()))?)
+            .map_err(|e| invalid(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(invalid("no certificate in the PEM".into()));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| invalid(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
+}
+
+/// [`http_client`] with this TLS trust instead of the public roots.
+pub fn http_client_with_tls(
+    tls: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<reqwest::Client, ApiError> {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .user_agent(concat!("chat-client/", env!("CARGO_PKG_VERSION")))
+        .use_preconfigured_tls((*tls).clone())
+        .build()
+        .map_err(ApiError::Transport)
+}
+
 /// The wire name of an error code (`not_member`…), as serde writes it.
 pub fn code_name(code: ErrorCode) -> String {
     match serde_json::to_value(code) {

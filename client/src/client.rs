@@ -55,6 +55,9 @@ pub struct ClientConfig {
     /// An HTTP client to share with other clients of the process (see
     /// [`crate::api::http_client`]); `None` makes one for this client.
     pub http: Option<reqwest::Client>,
+    /// Trust for `wss://` nodes (see [`crate::api::tls_trusting`]); `None`: the public roots.
+    /// Give `http` a client made with the same trust ([`crate::api::http_client_with_tls`]).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Default for ClientConfig {
@@ -71,6 +74,7 @@ impl Default for ClientConfig {
             send_rate: Some(RateLimit::default()),
             max_in_flight: 128,
             http: None,
+            tls: None,
         }
     }
 }

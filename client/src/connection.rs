@@ -2,6 +2,7 @@
 //! handed out), writing [`ClientFrame`]s, reading [`ServerFrame`]s, closing it. Transport only:
 //! what the frames mean is the engine's business.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -96,8 +97,10 @@ pub struct Connection {
     ws: Socket,
 }
 
-/// The upgrade URL: the node's `ws_url` with the token and reservation as query parameters.
-pub fn upgrade_url(assign: &AssignResponse, token: &str) -> Result<Url, ConnectError> {
+/// The upgrade URL: the node's `ws_url` with the reservation as a query parameter. The token
+/// is not in it (URLs end up in logs and proxies' records): it goes in the `Authorization`
+/// header ([`upgrade_request`]).
+pub fn upgrade_url(assign: &AssignResponse) -> Result<Url, ConnectError> {
     let bad = |reason: String| ConnectError::BadUrl {
         url: assign.ws_url.clone(),
         reason,
@@ -107,9 +110,30 @@ pub fn upgrade_url(assign: &AssignResponse, token: &str) -> Result<Url, ConnectE
         return Err(bad("the scheme must be ws or wss".to_owned()));
     }
     url.query_pairs_mut()
-        .append_pair("token", token)
         .append_pair("reservation", &assign.reservation);
     Ok(url)
+}
+
+/// The upgrade request: [`upgrade_url`] with the token as `Authorization: Bearer`.
+pub fn upgrade_request(
+    assign: &AssignResponse,
+    token: &str,
+) -> Result<tungstenite::handshake::client::Request, ConnectError> {
+    use tungstenite::client::IntoClientRequest;
+    let url = upgrade_url(assign)?;
+    let bad = |reason: String| ConnectError::BadUrl {
+        url: assign.ws_url.clone(),
+        reason,
+    };
+    let mut req = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| bad(e.to_string()))?;
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| bad("the token is not a valid header value".to_owned()))?;
+    req.headers_mut().insert("authorization", value);
+    Ok(req)
 }
 
 /// The socket configuration every client connection uses.
@@ -123,15 +147,21 @@ pub fn ws_config() -> WebSocketConfig {
 }
 
 impl Connection {
-    /// Opens the socket to the node the controller assigned, within `timeout`.
+    /// Opens the socket to the node the controller assigned, within `timeout`; a `wss://`
+    /// node is checked against `tls` when given (else the public roots).
     pub async fn open(
         assign: &AssignResponse,
         token: &str,
         timeout: Duration,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Connection, ConnectError> {
-        let url = upgrade_url(assign, token)?;
-        let connect =
-            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config()), true);
+        let req = upgrade_request(assign, token)?;
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            req,
+            Some(ws_config()),
+            true,
+            tls.map(tokio_tungstenite::Connector::Rustls),
+        );
         match tokio::time::timeout(timeout, connect).await {
             Err(_) => Err(ConnectError::Failed(format!(
                 "no answer within {} ms",
@@ -275,14 +305,20 @@ mod tests {
     }
 
     #[test]
-    fn upgrade_url_carries_token_and_reservation() -> Result<(), Box<dyn std::error::Error>> {
-        let url = upgrade_url(&assign("ws://127.0.0.1:9000/ws")?, "tok.en")?;
+    fn the_token_goes_in_a_header_not_the_url() -> Result<(), Box<dyn std::error::Error>> {
+        let req = upgrade_request(&assign("wss://127.0.0.1:9000/ws")?, "tok.en")?;
         assert_eq!(
-            url.as_str(),
-            "ws://127.0.0.1:9000/ws?token=tok.en&reservation=r+1%26x"
+            req.uri().to_string(),
+            "wss://127.0.0.1:9000/ws?reservation=r+1%26x"
+        );
+        assert_eq!(
+            req.headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()),
+            Some("Bearer tok.en")
         );
         assert!(matches!(
-            upgrade_url(&assign("http://127.0.0.1/ws")?, "t"),
+            upgrade_url(&assign("http://127.0.0.1/ws")?),
             Err(ConnectError::BadUrl { .. })
         ));
         Ok(())

@@ -213,7 +213,7 @@ impl Engine {
         debug!(%node, url = %assign.ws_url, "connecting");
         let opened = tokio::select! {
             _ = self.cancel.cancelled() => return Disconnect::Shutdown,
-            r = Connection::open(&assign, &self.token, self.config.connect_timeout) => r,
+            r = Connection::open(&assign, &self.token, self.config.connect_timeout, self.config.tls.clone()) => r,
         };
         match opened {
             Ok(conn) => self.session(run, conn, node, synced).await,

@@ -352,9 +352,10 @@ pub async fn for_node(
     bus: &BusChoice,
     controller: Option<&str>,
     node_keys: &KeyRing,
+    link_tls: Option<Arc<rustls::ClientConfig>>,
     cancel: CancellationToken,
 ) -> Result<NodeBackends, BackendError> {
-    let mut b = open_for_node(me, registry, bus, controller, node_keys, cancel).await?;
+    let mut b = open_for_node(me, registry, bus, controller, node_keys, link_tls, cancel).await?;
     b.registry = SealedRegistry::wrap(b.registry, node_keys.clone());
     b.bus = SealedBus::wrap(b.bus, node_keys.clone());
     Ok(b)
@@ -366,12 +367,13 @@ async fn open_for_node(
     bus: &BusChoice,
     controller: Option<&str>,
     node_keys: &KeyRing,
+    link_tls: Option<Arc<rustls::ClientConfig>>,
     cancel: CancellationToken,
 ) -> Result<NodeBackends, BackendError> {
     match (registry, bus) {
         (RegistryChoice::Embedded, BusChoice::Embedded) => {
             let controller = controller.ok_or(BackendError::NoController)?;
-            let link = LinkClient::start(controller, node_keys.clone(), cancel);
+            let link = LinkClient::start(controller, node_keys.clone(), link_tls, cancel);
             Ok(NodeBackends {
                 lease_changes: Some(link.lease()),
                 node_reaps: false,
@@ -582,6 +584,7 @@ mod tests {
                 &bus,
                 None,
                 &keys.nodes,
+                None,
                 CancellationToken::new(),
             )
             .await

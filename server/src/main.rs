@@ -66,6 +66,12 @@ struct Common {
     /// on purpose for a class (the lab's lessons). Never in production.
     #[arg(long)]
     teaching: bool,
+    /// Serve HTTPS (and, on a node, WSS) with this certificate chain (PEM, leaf first).
+    #[arg(long, env = "CHAT_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "CHAT_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 impl Common {
@@ -76,6 +82,14 @@ impl Common {
             ClusterKeys::load(&self.data_dir)?,
             OperatorToken::load(&self.data_dir)?,
         ))
+    }
+
+    /// The server TLS configuration, when a certificate is given.
+    fn tls(&self) -> anyhow::Result<Option<std::sync::Arc<rustls::ServerConfig>>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(server::conn::tls_config(cert, key)?)),
+            _ => Ok(None),
+        }
     }
 
     fn store_url(&self) -> String {
@@ -133,6 +147,10 @@ struct NodeArgs {
     /// The controller's HTTP base (for the embedded registry and bus).
     #[arg(long, env = "CHAT_CONTROLLER", default_value = "http://127.0.0.1:8080")]
     controller: String,
+    /// Trust only this certificate authority (PEM) for an https:// controller, instead of the
+    /// public roots: for a cluster with certificates of its own.
+    #[arg(long, env = "CHAT_CA_CERT")]
+    ca_cert: Option<PathBuf>,
     #[command(flatten)]
     common: Common,
     /// Node id, unique for the life of the process (default: random).
@@ -259,6 +277,7 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         attachment_quota_bytes: args.attachment_quota_bytes,
         token_ttl_secs: args.token_ttl_secs,
         teaching: args.common.teaching,
+        tls: args.common.tls()?,
     };
     let listener = TcpListener::bind(&args.listen)
         .await
@@ -306,6 +325,11 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
         drain_timeout: Duration::from_millis(args.drain_timeout_ms),
         teaching: args.common.teaching,
         teaching_mode: args.teaching_mode,
+        tls: args.common.tls()?,
+        link_tls: match &args.ca_cert {
+            Some(path) => Some(server::conn::tls_trusting(path)?),
+            None => None,
+        },
     };
     let listener = TcpListener::bind(&args.listen)
         .await

@@ -90,7 +90,7 @@ mod tests {
         let stop = CancellationToken::new();
         let app = Router::new().route("/", get(|| async { "ok" }));
         let limit = Duration::from_millis(300);
-        let server = tokio::spawn(serve(Accept::new(listener), app, limit, stop.clone()));
+        let server = tokio::spawn(serve(Accept::new(listener, None), app, limit, stop.clone()));
         let mut tcp = TcpStream::connect(addr).await?;
         tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await?;
         let mut buf = Vec::new();

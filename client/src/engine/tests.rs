@@ -261,8 +261,16 @@ async fn serve_node(stream: TcpStream, world: Shared, index: usize) {
         return; // a dead node: the connection is dropped at once
     }
     let check_token = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        // The token comes in the header, never in the URL.
         let query = req.uri().query().unwrap_or_default();
-        if query.contains(&format!("token={GOOD_TOKEN}")) && query.contains("reservation=r-") {
+        let bearer = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if bearer == Some(format!("Bearer {GOOD_TOKEN}").as_str())
+            && !query.contains("token=")
+            && query.contains("reservation=r-")
+        {
             Ok(resp)
         } else {
             let body = ErrorBody::new(ErrorCode::Unauthorized, "bad token");

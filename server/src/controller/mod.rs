@@ -76,6 +76,8 @@ pub struct ControllerConfig {
     pub token_ttl_secs: i64,
     /// Started with `--teaching`: teaching modes may be turned on (see [`crate::teaching`]).
     pub teaching: bool,
+    /// Serve HTTPS with this certificate (`None`: plain HTTP).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// State shared by the handlers.
@@ -141,7 +143,21 @@ impl Controller {
         config: ControllerConfig,
     ) -> anyhow::Result<Controller> {
         let addr = listener.local_addr()?;
-        let http_url = format!("http://{addr}");
+        let http_url = format!(
+            "{}://{addr}",
+            if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            }
+        );
+        if crate::conn::exposed_without_tls(addr, config.tls.is_some()) {
+            tracing::warn!(
+                %addr,
+                "SERVING BEYOND LOOPBACK WITHOUT TLS: passwords and tokens cross the network \
+                 in clear; give --tls-cert and --tls-key (docs/security.md)"
+            );
+        }
         let cancel = CancellationToken::new();
         let store = crate::store::open(&config.store).await?;
         let (dead_tx, dead_rx) = mpsc::unbounded_channel::<DeadNode>();
@@ -238,9 +254,10 @@ impl Controller {
         ));
         let app = api::router(state.clone());
         let stop = cancel.clone();
+        let tls = config.tls.clone();
         let server = tokio::spawn(async move {
             crate::serve::serve(
-                crate::conn::Accept::new(listener),
+                crate::conn::Accept::new(listener, tls),
                 app,
                 crate::serve::HEAD_TIMEOUT,
                 stop,

@@ -44,6 +44,8 @@ struct Shared {
     url: String,
     /// The node-admission key: each connect proves the node holds it.
     node_keys: KeyRing,
+    /// Trust for a `wss://` controller (`None`: the public roots).
+    tls: Option<Arc<rustls::ClientConfig>>,
     up: AtomicBool,
     /// Links established so far.
     sessions: AtomicU64,
@@ -76,7 +78,12 @@ pub struct LinkClient {
 impl LinkClient {
     /// Starts the link task towards `controller` (its HTTP base URL). The task stops when
     /// `cancel` fires.
-    pub fn start(controller: &str, node_keys: KeyRing, cancel: CancellationToken) -> LinkClient {
+    pub fn start(
+        controller: &str,
+        node_keys: KeyRing,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        cancel: CancellationToken,
+    ) -> LinkClient {
         let base = controller.trim_end_matches('/');
         let url = if let Some(rest) = base.strip_prefix("https://") {
             format!("wss://{rest}/internal/link")
@@ -87,6 +94,7 @@ impl LinkClient {
         let shared = Arc::new(Shared {
             url,
             node_keys,
+            tls,
             up: AtomicBool::new(false),
             sessions: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
@@ -365,10 +373,14 @@ async fn connect(shared: &Shared) -> Result<Ws, String> {
             .parse()
             .map_err(|_| "the admission proof is not a valid header".to_owned())?,
     );
-    let (ws, _) =
-        tokio_tungstenite::connect_async_with_config(req, Some(super::socket_config()), true)
-            .await
-            .map_err(|e| e.to_string())?;
+    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+        req,
+        Some(super::socket_config()),
+        true,
+        shared.tls.clone().map(tokio_tungstenite::Connector::Rustls),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     Ok(ws)
 }
 

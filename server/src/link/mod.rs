@@ -95,7 +95,7 @@ mod tests {
 
     async fn registered(url: &str, name: &str) -> (NodeId, LinkClient) {
         let id = NodeId::new(name).expect("id");
-        let client = LinkClient::start(url, secret(), CancellationToken::new());
+        let client = LinkClient::start(url, secret(), None, CancellationToken::new());
         client
             .register(&NodeInfo {
                 id: id.clone(),
@@ -165,7 +165,7 @@ mod tests {
                 .find(|(id, _)| *id == node.id)
                 .map(|(_, c)| c.clone());
             let client = known.unwrap_or_else(|| {
-                let c = LinkClient::start(&self.hub.url, secret(), CancellationToken::new());
+                let c = LinkClient::start(&self.hub.url, secret(), None, CancellationToken::new());
                 self.clients.lock().push((node.id.clone(), c.clone()));
                 c
             });

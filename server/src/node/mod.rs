@@ -151,6 +151,10 @@ pub struct NodeConfig {
     pub teaching: bool,
     /// The teaching mode to start in (only with `teaching`): the shared queue is chosen here.
     pub teaching_mode: Option<protocol::teaching::Teaching>,
+    /// Serve HTTPS and WSS with this certificate (`None`: plain HTTP and WS).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Trust for the link to an HTTPS controller (`None`: the public roots).
+    pub link_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// State shared by the node's tasks.
@@ -220,8 +224,19 @@ impl Node {
             .advertise_host
             .clone()
             .unwrap_or_else(|| addr.ip().to_string());
-        let http_url = format!("http://{host}:{}", addr.port());
-        let ws_url = format!("ws://{host}:{}/ws", addr.port());
+        let (http, ws) = match config.tls {
+            Some(_) => ("https", "wss"),
+            None => ("http", "ws"),
+        };
+        let http_url = format!("{http}://{host}:{}", addr.port());
+        let ws_url = format!("{ws}://{host}:{}/ws", addr.port());
+        if crate::conn::exposed_without_tls(addr, config.tls.is_some()) {
+            tracing::warn!(
+                %addr,
+                "SERVING BEYOND LOOPBACK WITHOUT TLS: tokens and messages cross the network \
+                 in clear; give --tls-cert and --tls-key (docs/security.md)"
+            );
+        }
         let background = CancellationToken::new();
 
         let store = crate::store::open(&config.store).await?;
@@ -236,6 +251,7 @@ impl Node {
             &config.bus,
             config.controller.as_deref(),
             &config.keys.nodes,
+            config.link_tls.clone(),
             background.clone(),
         )
         .await?;
@@ -344,9 +360,10 @@ impl Node {
             .route("/v1/teaching", put(teach))
             .with_state(ctx.clone());
         let stop_accepting = accept.clone();
+        let tls = config.tls.clone();
         let server = tokio::spawn(async move {
             crate::serve::serve(
-                crate::conn::Accept::new(listener),
+                crate::conn::Accept::new(listener, tls),
                 app,
                 crate::serve::HEAD_TIMEOUT,
                 stop_accepting,
