@@ -344,6 +344,33 @@ fn no_source_file_is_longer_than_the_limit() {
     );
 }
 
+/// Each dialect's migrations have one file per version: two helpers' changes landing with the
+/// same number made every store refuse to open, and nothing else reads the numbers before run
+/// time.
+#[test]
+fn migration_versions_are_unique() {
+    for dialect in ["sqlite", "postgres"] {
+        let dir = repo().join("server/migrations").join(dialect);
+        let mut seen = std::collections::BTreeMap::<String, String>::new();
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for entry in entries {
+            let name = entry
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            let Some(version) = name.split('_').next().filter(|v| !v.is_empty()) else {
+                continue;
+            };
+            if let Some(other) = seen.insert(version.to_owned(), name.clone()) {
+                panic!(
+                    "server/migrations/{dialect}: {other} and {name} share version {version}: renumber the newer one"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn the_helpers_read_what_they_should() {
     assert_eq!(
