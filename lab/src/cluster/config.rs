@@ -187,6 +187,10 @@ impl ClusterConfig {
         ];
         args.extend(self.common_args(data_dir, bus));
         args.extend(["--id".into(), id.as_str().into()]);
+        // A lab's login storm (`Op::Burst`) is one user's devices by the hundred: the cap on
+        // one user's sockets per node would turn it away. The cap per device stays.
+        // `node_args` may override this.
+        args.extend(["--sockets-per-user".into(), "100000".into()]);
         if let (true, Some(mode)) = (self.teaching, self.teaching_at_start) {
             args.extend(["--teaching-mode".into(), mode.as_str().into()]);
         }
@@ -236,7 +240,7 @@ mod tests {
             "node --listen 127.0.0.1:0 --controller http://127.0.0.1:9 --data-dir /d \
              --store postgres://127.0.0.1/chat --registry redis://127.0.0.1:6379 \
              --bus amqp://127.0.0.1:5672 --routing fanout --lease-ms 1500 --id n2-r1 \
-             --rate-per-sec 1000"
+             --sockets-per-user 100000 --rate-per-sec 1000"
         );
         assert!(
             strings(c.controller_command(Path::new("/d")))
