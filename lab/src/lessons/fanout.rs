@@ -61,6 +61,9 @@ fn broker_ticks() -> Option<u64> {
     total
 }
 
+/// Sampled messages wanted before envelopes per message are compared.
+const MIN_SAMPLED: u64 = 5;
+
 /// Traffic for a while, judged; with the broker's CPU share meanwhile (percent of one core;
 /// the broker is shared with whatever else runs here).
 async fn measure(r: &mut Runner, label: &str) -> Result<(CheckerView, Option<f64>), String> {
@@ -76,7 +79,17 @@ async fn measure(r: &mut Runner, label: &str) -> Result<(CheckerView, Option<f64
         (Some(a), Some(b)) => Some((b - a.min(b)) as f64 / t0.elapsed().as_secs_f64()),
         _ => None,
     };
-    let view = r.settle(Duration::from_secs(20)).await;
+    let mut view = r.settle(Duration::from_secs(20)).await;
+    // The envelopes are counted on sampled messages only: on six nodes a few seconds of
+    // traffic may leave too few of them to say anything, so keep the traffic going (a few
+    // more seconds at a time) until enough were sampled.
+    for _ in 0..4 {
+        if view.ops_sampled >= MIN_SAMPLED {
+            break;
+        }
+        r.traffic(30.0, 0.3, Duration::from_secs(4)).await?;
+        view = r.settle(Duration::from_secs(20)).await;
+    }
     let nodes = r.lab().nodes().len();
     r.figure(format!(
         "{label}, {nodes} nodes: {} bus envelopes per message (over {} sampled), broker CPU {}",
