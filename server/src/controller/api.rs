@@ -192,14 +192,35 @@ async fn assign(
     Ok(Json(answer))
 }
 
+/// How long the naive least-connections teaching mode answers from the counts it last read:
+/// the article's counts came from each server's periodic report, so a storm saw one snapshot
+/// (and how much the counts lag must not depend on how fast this machine is).
+const NAIVE_COUNTS_LAG: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The node counts the naive least-connections teaching mode answers from, and when it read
+/// them.
+#[derive(Default)]
+pub struct NaiveCounts {
+    read_at: Option<std::time::Instant>,
+    nodes: Vec<protocol::http::NodeStatus>,
+}
+
 /// The naive least-connections teaching mode, as the article (`000_*`) wrote it: under one
 /// global lock, a scan of every node for the fewest connections, without a reservation. A
 /// thousand clients asking before any of them connected all get the same node.
 async fn naive_assign(s: &AppState, exclude: &[NodeId]) -> Api<Option<AssignResponse>> {
-    let _global = s.naive_lock.lock().await;
-    let nodes = s.router.registry.nodes().await?;
-    Ok(nodes
-        .into_iter()
+    let mut counts = s.naive_lock.lock().await;
+    let stale = counts
+        .read_at
+        .is_none_or(|at| at.elapsed() >= NAIVE_COUNTS_LAG);
+    if stale {
+        counts.nodes = s.router.registry.nodes().await?;
+        counts.read_at = Some(std::time::Instant::now());
+    }
+    Ok(counts
+        .nodes
+        .iter()
+        .cloned()
         .filter(|n| n.state == protocol::http::NodeState::Live && !exclude.contains(&n.id))
         .min_by_key(|n| (n.connections, n.id.clone()))
         .map(|n| AssignResponse {

@@ -119,8 +119,9 @@ pub struct AppState {
     pub tracer: crate::trace::Tracer,
     /// The teaching mode on, if any.
     pub teaching: crate::teaching::TeachingState,
-    /// The one lock of the naive least-connections teaching mode (every answer waits for it).
-    pub naive_lock: tokio::sync::Mutex<()>,
+    /// The one lock of the naive least-connections teaching mode (every answer waits for it),
+    /// over the node counts it last read: they lag, as the article's did.
+    pub naive_lock: tokio::sync::Mutex<api::NaiveCounts>,
 }
 
 /// A running controller.
@@ -235,7 +236,7 @@ impl Controller {
             tasks: TaskTracker::new(),
             tracer: crate::trace::Tracer::new(config.id.clone(), 4096),
             teaching: crate::teaching::TeachingState::new(config.teaching, None),
-            naive_lock: tokio::sync::Mutex::new(()),
+            naive_lock: tokio::sync::Mutex::new(api::NaiveCounts::default()),
         });
         let worker_keeper = workers.map(|w| {
             let state = state.clone();
