@@ -220,12 +220,11 @@ async fn naive_assign(s: &AppState, exclude: &[NodeId]) -> Api<Option<AssignResp
     Ok(counts
         .nodes
         .iter()
-        .cloned()
         .filter(|n| n.state == protocol::http::NodeState::Live && !exclude.contains(&n.id))
         .min_by_key(|n| (n.connections, n.id.clone()))
         .map(|n| AssignResponse {
-            node: n.id,
-            ws_url: n.ws_url,
+            node: n.id.clone(),
+            ws_url: n.ws_url.clone(),
             reservation: String::new(),
             expires_at: now_ms(),
         }))
