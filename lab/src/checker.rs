@@ -22,7 +22,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
-use protocol::lab::{CheckRow, CheckerView, Failover, Histogram, Level, Violation, ViolationKind};
+use protocol::lab::{CheckRow, CheckerView, Failover, Level, Violation, ViolationKind};
 use protocol::model::Event;
 use protocol::trace::Hop;
 use protocol::ws::Ack;
@@ -148,33 +148,6 @@ pub struct Checker {
 
 /// How many fully delivered messages are remembered to recognise duplicates of.
 const DONE_KEPT: usize = 100_000;
-/// Histogram bounds, microseconds (one hour).
-const HIST_MAX_US: u64 = 3_600_000_000;
-/// Bucket bounds the panel draws, in milliseconds.
-const BUCKETS_MS: &[f64] = &[
-    1.0,
-    2.0,
-    5.0,
-    10.0,
-    20.0,
-    50.0,
-    100.0,
-    200.0,
-    500.0,
-    1000.0,
-    2000.0,
-    5000.0,
-    10000.0,
-    // Everything above: the histogram's own top (an hour). A finite number, so that every
-    // frame stays valid JSON that reads back as it was written.
-    (HIST_MAX_US / 1000) as f64,
-];
-
-fn histogram() -> hdrhistogram::Histogram<u64> {
-    hdrhistogram::Histogram::new_with_bounds(1, HIST_MAX_US, 2)
-        .unwrap_or_else(|_| unreachable!("constant bounds are valid"))
-}
-
 impl Checker {
     /// A checker with nothing seen yet.
     pub fn new(config: CheckerConfig) -> Self {
@@ -783,34 +756,10 @@ impl Checker {
     }
 }
 
-/// p50, p99, max and the panel's buckets of a histogram of microseconds.
-pub fn summarize(h: &hdrhistogram::Histogram<u64>) -> Histogram {
-    if h.is_empty() {
-        return Histogram {
-            buckets: BUCKETS_MS.iter().map(|b| (*b, 0)).collect(),
-            ..Histogram::default()
-        };
-    }
-    let ms = |us: u64| us as f64 / 1000.0;
-    let mut buckets = Vec::with_capacity(BUCKETS_MS.len());
-    let mut below = 0u64;
-    for &bound in BUCKETS_MS {
-        let upto = if bound.is_finite() {
-            h.count_between(0, (bound * 1000.0) as u64)
-        } else {
-            h.len()
-        };
-        buckets.push((bound, upto.saturating_sub(below)));
-        below = upto;
-    }
-    Histogram {
-        count: h.len(),
-        p50_ms: ms(h.value_at_quantile(0.5)),
-        p99_ms: ms(h.value_at_quantile(0.99)),
-        max_ms: ms(h.max()),
-        buckets,
-    }
-}
+mod latency;
+
+pub use self::latency::summarize;
+use self::latency::{HIST_MAX_US, histogram};
 
 #[cfg(test)]
 mod tests;
